@@ -1,0 +1,51 @@
+# Weft. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+CLANG ?= clang
+MULTIARCH := $(shell gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
+# Used by bpf2go (see bpf/gen.go); set once here.
+export BPF2GO_CC := $(CLANG)
+export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(MULTIARCH)
+BIN := bin
+GOTEST_FLAGS ?= -count=1
+FUZZTIME ?= 30s
+
+# Debian packages a fresh machine with Go lacks; installed only when missing.
+DEPS_BUILD := clang llvm libbpf-dev
+DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux kmod
+
+.PHONY: help deps deps-build generate build test test-unit test-e2e fuzz bench demo lint clean check-generate
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
+
+deps-build: ## install clang/llvm/libbpf-dev if missing (needs root)
+	@./.ci/ensure-deps.sh $(DEPS_BUILD)
+
+deps: ## install everything the tests and the lab need, if missing (needs root)
+	@./.ci/ensure-deps.sh $(DEPS_BUILD) $(DEPS_TEST)
+
+generate: deps-build ## rebuild the BPF objects and Go bindings with bpf2go
+	cd bpf && $(GO) generate ./...
+
+check-generate: generate ## fail if the committed BPF objects are stale
+	git diff --exit-code -- bpf/ || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
+
+build: ## build weftd, weftctl and weft-cni into bin/
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+test: deps build ## run every test, including the privileged end-to-end ones (needs root)
+	$(GO) vet ./...
+	$(GO) test $(GOTEST_FLAGS) -timeout 40m ./...
+	$(MAKE) fuzz
+
+fuzz: ## run the decap fuzz target for $(FUZZTIME)
+	$(GO) test -run '^$$' -fuzz FuzzDecap -fuzztime $(FUZZTIME) ./bpf/
+
+lint: ## go vet and gofmt
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+clean: ## remove build output
+	rm -rf $(BIN) test/bench/out

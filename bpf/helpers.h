@@ -1,0 +1,306 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * helpers.h: the one set of helpers every Weft program shares: address
+ * conversion, bounds-checked parsing of the VXLAN frame, checksums, and
+ * counters. Parsing works on (data, data_end) so XDP and tc run the same
+ * validation byte for byte.
+ */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "weft.h"
+#include "maps.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#define IP_DF 0x4000
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+/* RFC 7348: the I flag says the VNI is valid. */
+#define VXLAN_FLAG_I 0x08
+
+struct vxlanhdr {
+	__u8 flags;
+	__u8 reserved1[3];
+	__be32 vni_reserved; /* VNI in the upper 24 bits */
+};
+
+/* linux/icmp.h and linux/if_arp.h drag in libc headers; what we need of them: */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_FRAG_NEEDED 4
+
+struct icmp_frag_needed {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 unused;
+	__be16 mtu;
+};
+
+#define ARPHRD_ETHER 1
+#define ARPOP_REQUEST 1
+#define ARPOP_REPLY 2
+
+struct arp_ipv4 {
+	struct {
+		__be16 ar_hrd;
+		__be16 ar_pro;
+		__u8 ar_hln;
+		__u8 ar_pln;
+		__be16 ar_op;
+	} hdr;
+	__u8 sha[ETH_ALEN];
+	__be32 spa;
+	__u8 tha[ETH_ALEN];
+	__be32 tpa;
+} __attribute__((packed));
+
+/* Counters at or past this value drop the packet. */
+#define CNT_FIRST_DROP CNT_DROP_NO_TUNNEL
+
+static __always_inline int counter_is_drop(enum counter c)
+{
+	return c >= CNT_FIRST_DROP;
+}
+
+/* ---- addresses ---- */
+
+/* IPv4 -> ::ffff:a.b.c.d, the form every map key and value uses. */
+static __always_inline void addr_from_v4(__u8 *addr, __be32 v4)
+{
+	__builtin_memset(addr, 0, 10);
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(addr + 12, &v4, 4);
+}
+
+static __always_inline __be32 addr_to_v4(const __u8 *addr)
+{
+	__be32 v4;
+
+	__builtin_memcpy(&v4, addr + 12, 4);
+	return v4;
+}
+
+static __always_inline const struct node_config *node_config(void)
+{
+	__u32 zero = 0;
+	const struct node_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	/* An all-zero entry (array maps always have one) means "not set up". */
+	if (!cfg || !cfg->underlay_ifindex)
+		return NULL;
+	return cfg;
+}
+
+static __always_inline const struct tunnel_info *tunnel_for_v4(__be32 dst)
+{
+	struct tunnel_key key = { .prefixlen = 128 };
+
+	addr_from_v4(key.addr, dst);
+	return bpf_map_lookup_elem(&tunnels, &key);
+}
+
+static __always_inline const struct endpoint_info *endpoint_for_v4(__be32 dst)
+{
+	struct endpoint_key key;
+
+	addr_from_v4(key.addr, dst);
+	return bpf_map_lookup_elem(&endpoints, &key);
+}
+
+/* ---- counters ---- */
+
+static __always_inline void count(enum counter c, __u64 bytes)
+{
+	__u32 key = c;
+	struct counter_value *v = bpf_map_lookup_elem(&stats, &key);
+
+	if (v) {
+		v->packets++;
+		v->bytes += bytes;
+	}
+}
+
+static __always_inline struct peer_stats *peer_stats_for(const __u8 *remote)
+{
+	struct peer_key key;
+	struct peer_stats *ps;
+
+	__builtin_memcpy(key.addr, remote, WEFT_ADDR_LEN);
+	ps = bpf_map_lookup_elem(&tunnel_stats, &key);
+	if (ps)
+		return ps;
+
+	struct peer_stats zero = {};
+	/* A full map only costs us the per-peer numbers, never the packet. */
+	bpf_map_update_elem(&tunnel_stats, &key, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&tunnel_stats, &key);
+}
+
+static __always_inline void count_peer_tx(const __u8 *remote, __u64 bytes)
+{
+	struct peer_stats *ps = peer_stats_for(remote);
+
+	if (ps) {
+		ps->tx_packets++;
+		ps->tx_bytes += bytes;
+	}
+}
+
+static __always_inline void count_peer_rx(const __u8 *remote, __u64 bytes)
+{
+	struct peer_stats *ps = peer_stats_for(remote);
+
+	if (ps) {
+		ps->rx_packets++;
+		ps->rx_bytes += bytes;
+	}
+}
+
+/* ---- checksums ---- */
+
+static __always_inline __u16 csum_fold(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* Header checksum of an option-less IPv4 header whose check field is zero. */
+static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u64 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+		sum += w[i];
+	return csum_fold(sum);
+}
+
+/*
+ * Forward like a router: TTL - 1, checksum patched incrementally (RFC 1624:
+ * the TTL is the high byte of its 16-bit word, so the sum grows by 0x0100).
+ * The change is checksum-neutral, so CHECKSUM_COMPLETE stays valid.
+ */
+static __always_inline void ipv4_decrement_ttl(struct iphdr *ip)
+{
+	__u32 check = (__u32)ip->check + (__u32)bpf_htons(0x0100);
+
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+}
+
+/* ---- the VXLAN receive classifier ---- */
+
+struct vxlan_frame {
+	struct ethhdr *outer_eth;
+	struct iphdr *outer_ip;
+	const struct tunnel_info *tunnel; /* the peer that owns the inner source */
+};
+
+/* Bytes a decapsulation needs to see in the linear area. */
+#define VXLAN_PARSE_LEN (ETH_HLEN + 20 + 8 + 8 + ETH_HLEN + 20)
+
+/*
+ * Decides what an underlay frame is. Returns CNT_DECAP only for VXLAN to our
+ * port and VNI whose every header is consistent and whose outer source is the
+ * underlay address of the peer owning the inner source subnet; otherwise the
+ * counter naming why not. pkt_len is the whole frame's length (skb->len in
+ * tc, where data_end may only cover the linear head).
+ *
+ * Verdicts for frames we cannot yet tell are ours (not IPv4, truncated before
+ * the UDP port, other ports, non-first fragments) are CNT_PASS_UNDERLAY: the
+ * kernel gets them untouched, exactly as without Weft.
+ */
+static __always_inline enum counter classify_underlay(void *data, void *data_end, __u32 pkt_len,
+						      const struct node_config *cfg,
+						      struct vxlan_frame *f)
+{
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	struct udphdr *udp;
+	struct vxlanhdr *vx;
+	struct ethhdr *inner_eth;
+	struct iphdr *inner_ip;
+	__u32 ihl, tot_len, udp_len, inner_len;
+
+	if ((void *)(eth + 1) > data_end)
+		return CNT_PASS_UNDERLAY;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return CNT_PASS_UNDERLAY;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return CNT_PASS_UNDERLAY;
+	if (ip->version != 4 || ip->protocol != IPPROTO_UDP || ip->ihl < 5)
+		return CNT_PASS_UNDERLAY;
+	if (ip->frag_off & bpf_htons(IP_OFFSET))
+		return CNT_PASS_UNDERLAY; /* no UDP header to look at */
+
+	ihl = ip->ihl * 4;
+	udp = (void *)ip + ihl;
+	if ((void *)(udp + 1) > data_end)
+		return CNT_PASS_UNDERLAY;
+	if (udp->dest != bpf_htons(cfg->port))
+		return CNT_PASS_UNDERLAY;
+
+	/* From here on the frame claims to be VXLAN for us. */
+	if (ihl != sizeof(*ip))
+		return CNT_DROP_OUTER_OPTIONS;
+	if (ip->frag_off & bpf_htons(IP_MF))
+		return CNT_DROP_OUTER_FRAGMENT;
+
+	tot_len = bpf_ntohs(ip->tot_len);
+	udp_len = bpf_ntohs(udp->len);
+	if (tot_len > pkt_len - ETH_HLEN || tot_len < sizeof(*ip) + sizeof(*udp) ||
+	    udp_len != tot_len - sizeof(*ip))
+		return CNT_DROP_OUTER_LENGTH;
+	if (udp_len < sizeof(*udp) + sizeof(*vx) + ETH_HLEN + sizeof(struct iphdr))
+		return CNT_DROP_SHORT;
+
+	vx = (void *)(udp + 1);
+	inner_eth = (void *)(vx + 1);
+	inner_ip = (void *)(inner_eth + 1);
+	if ((void *)(inner_ip + 1) > data_end)
+		return CNT_DROP_SHORT; /* lengths agree but the bytes are not there */
+
+	if (!(vx->flags & VXLAN_FLAG_I))
+		return CNT_DROP_VXLAN_FLAGS;
+	/* Reserved bits are ignored on receipt (RFC 7348 section 5). */
+	if ((bpf_ntohl(vx->vni_reserved) >> 8) != cfg->vni)
+		return CNT_PASS_OTHER_VNI;
+
+	if (inner_eth->h_proto != bpf_htons(ETH_P_IP))
+		return CNT_DROP_INNER_NOT_IPV4;
+	inner_len = udp_len - sizeof(*udp) - sizeof(*vx) - ETH_HLEN;
+	if (inner_ip->version != 4 || inner_ip->ihl < 5 ||
+	    bpf_ntohs(inner_ip->tot_len) < inner_ip->ihl * 4 ||
+	    bpf_ntohs(inner_ip->tot_len) > inner_len)
+		return CNT_DROP_INNER_MALFORMED;
+
+	/*
+	 * Source check: the inner source must lie in a remote pod subnet, and
+	 * the frame must come from that subnet's owner. Without it, anyone on
+	 * the underlay could inject packets into pods.
+	 */
+	f->tunnel = tunnel_for_v4(inner_ip->saddr);
+	if (!f->tunnel)
+		return CNT_DROP_UNKNOWN_SOURCE;
+	if (addr_to_v4(f->tunnel->remote) != ip->saddr)
+		return CNT_DROP_UNKNOWN_PEER;
+
+	f->outer_eth = eth;
+	f->outer_ip = ip;
+	return CNT_DECAP;
+}

@@ -1,0 +1,579 @@
+//go:build ignore
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Weft's data plane. Four programs share the maps in maps.h:
+ *
+ *   from_pod           tc ingress on each pod's host-side veth
+ *   from_host          tc egress on weft0, the device the one cluster route points at
+ *   from_underlay      tc ingress on the underlay NIC
+ *   from_underlay_xdp  XDP on the underlay NIC (optional fast receive path)
+ *
+ * Encapsulation is done here, byte-compatible with the Linux vxlan driver as
+ * flannel programs it, so there is no vxlan device and no per-remote-host
+ * route, neighbour or FDB entry. The underlay next hop is resolved by the
+ * kernel's FIB and neighbour tables (bpf_redirect_neigh), so routed underlays
+ * work too.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "helpers.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Emit BTF for types Go needs that no map references (bpf2go -type). */
+const enum counter *unused_counter __attribute__((unused));
+const enum tunnel_mode *unused_tunnel_mode __attribute__((unused));
+const struct xdp_meta *unused_xdp_meta __attribute__((unused));
+
+/* ---- delivery into local pods ---- */
+
+/*
+ * Hands the IPv4 packet at data + ETH_HLEN to the pod behind ep, as the
+ * pod's gateway would: TTL - 1, gateway MAC as source. bpf_redirect_peer
+ * moves it straight into the pod's namespace without a backlog queue; it is
+ * allowed because every caller runs at tc ingress. Returns -1 when the TTL
+ * would expire, leaving the packet untouched for the kernel.
+ */
+static __always_inline int deliver_to_pod(struct __sk_buff *skb, const struct endpoint_info *ep,
+					  enum counter c)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) > data_end)
+		return -1;
+	if (ip->ttl <= 1)
+		return -1;
+	ipv4_decrement_ttl(ip);
+	__builtin_memcpy(eth->h_dest, ep->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	count(c, skb->len);
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+/*
+ * After decapsulation (here or in XDP): a local pod, or else the host via
+ * weft0's ingress so the kernel sees it arrive on the device its cluster
+ * route points at (rp_filter stays happy, time-exceeded gets sent).
+ */
+static __always_inline int deliver_decapsulated(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	const struct endpoint_info *ep;
+
+	if ((void *)(ip + 1) > data_end) {
+		count(CNT_DROP_INNER_MALFORMED, skb->len);
+		return TC_ACT_SHOT;
+	}
+	ep = endpoint_for_v4(ip->daddr);
+	if (ep) {
+		int ret = deliver_to_pod(skb, ep, CNT_DELIVER);
+
+		if (ret >= 0)
+			return ret;
+	}
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(eth->h_dest, cfg->vtep_mac, ETH_ALEN); /* weft0's own MAC */
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	count(CNT_TO_HOST, skb->len);
+	return bpf_redirect(cfg->host_ifindex, BPF_F_INGRESS);
+}
+
+/* ---- toward remote nodes ---- */
+
+/*
+ * Length of one segment's IPv4 packet once GSO has cut it, for TCP and UDP;
+ * 0 when unknown. Needed because the skb's length says nothing about what
+ * reaches the wire.
+ */
+static __always_inline __u32 gso_segment_l3_len(struct __sk_buff *skb, struct iphdr *ip, void *data_end)
+{
+	__u32 ihl = ip->ihl * 4;
+
+	if (ihl < sizeof(*ip))
+		return 0;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)ip + ihl;
+
+		if ((void *)(tcp + 1) > data_end)
+			return 0;
+		return ihl + tcp->doff * 4 + skb->gso_size;
+	}
+	if (ip->protocol == IPPROTO_UDP)
+		return ihl + sizeof(struct udphdr) + skb->gso_size;
+	return 0;
+}
+
+/*
+ * Turns a too-big DF packet from a pod into ICMP fragmentation-needed
+ * (RFC 792/1191) and sends it back to the pod: the redirect path skips the
+ * kernel's own check, and a silent drop would black-hole PMTU discovery.
+ * Quotes the offending IPv4 header (option-less) and its first 8 bytes.
+ */
+static __always_inline int send_frag_needed(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	const __u32 quoted = sizeof(struct iphdr) + 8;
+	const __u32 added = sizeof(struct iphdr) + sizeof(struct icmp_frag_needed);
+	__u8 pod_mac[ETH_ALEN], gw_mac[ETH_ALEN];
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct iphdr *ip, *orig;
+	struct icmp_frag_needed *icmp;
+
+	if (bpf_skb_change_tail(skb, ETH_HLEN + quoted, 0) ||
+	    bpf_skb_adjust_room(skb, added, BPF_ADJ_ROOM_MAC, 0)) {
+		count(CNT_DROP_HELPER, skb->len);
+		return TC_ACT_SHOT;
+	}
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	icmp = (void *)(ip + 1);
+	orig = (void *)(icmp + 1);
+	if ((void *)orig + quoted > data_end) {
+		count(CNT_DROP_HELPER, skb->len);
+		return TC_ACT_SHOT;
+	}
+
+	__builtin_memcpy(pod_mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(gw_mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, pod_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, gw_mac, ETH_ALEN);
+
+	icmp->type = ICMP_DEST_UNREACH;
+	icmp->code = ICMP_FRAG_NEEDED;
+	icmp->checksum = 0;
+	icmp->unused = 0;
+	icmp->mtu = bpf_htons(cfg->mtu - VXLAN_OVERHEAD);
+	icmp->checksum = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)icmp, sizeof(*icmp) + quoted, 0));
+
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0xc0; /* internetwork control, as the kernel marks its ICMP errors */
+	ip->tot_len = bpf_htons(added + quoted);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_ICMP;
+	ip->saddr = addr_to_v4(cfg->host_ip);
+	ip->daddr = orig->saddr;
+	ip->check = 0;
+	ip->check = ipv4_csum(ip);
+
+	count(CNT_ICMP_FRAG_NEEDED, skb->len);
+	return bpf_redirect(skb->ifindex, 0); /* back out toward the pod */
+}
+
+/* UDP source port from the inner flow's hash, spread over [min, max) like the vxlan driver. */
+static __always_inline __be16 flow_src_port(__u32 hash, const struct node_config *cfg)
+{
+	__u32 min = cfg->src_port_min, max = cfg->src_port_max;
+
+	if (max <= min)
+		return bpf_htons(min ? min : 32768);
+	hash ^= hash << 16;
+	return bpf_htons((__u16)((((__u64)hash * (max - min)) >> 32) + min));
+}
+
+/*
+ * Pushes outer IPv4 + UDP + VXLAN + inner Ethernet after the MAC header.
+ * The ENCAP flags mark the skb as a UDP tunnel with an Ethernet inner header
+ * so GSO segments the inner flow and replicates our headers per segment;
+ * FIXED_GSO keeps gso_size (pods already leave room: MTU - 50).
+ */
+static __always_inline int vxlan_encap(struct __sk_buff *skb, const struct node_config *cfg,
+				       const struct tunnel_info *tun)
+{
+	const __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+			    BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+			    BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
+	__u32 hash = bpf_get_hash_recalc(skb);
+	void *data, *data_end;
+	struct ethhdr *eth, *inner_eth;
+	struct iphdr *ip, *inner_ip;
+	struct udphdr *udp;
+	struct vxlanhdr *vx;
+	__u8 inner_tos, ecn;
+
+	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags))
+		return -1;
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	udp = (void *)(ip + 1);
+	vx = (void *)(udp + 1);
+	inner_eth = (void *)(vx + 1);
+	inner_ip = (void *)(inner_eth + 1);
+	if ((void *)(inner_ip + 1) > data_end)
+		return -1;
+
+	__builtin_memcpy(inner_eth->h_dest, tun->vtep_mac, ETH_ALEN);
+	__builtin_memcpy(inner_eth->h_source, cfg->vtep_mac, ETH_ALEN);
+	inner_eth->h_proto = bpf_htons(ETH_P_IP);
+
+	vx->flags = VXLAN_FLAG_I;
+	vx->reserved1[0] = vx->reserved1[1] = vx->reserved1[2] = 0;
+	vx->vni_reserved = bpf_htonl(tun->vni << 8);
+
+	udp->source = flow_src_port(hash, cfg);
+	udp->dest = bpf_htons(cfg->port);
+	udp->len = bpf_htons(skb->len - ETH_HLEN - sizeof(*ip));
+	udp->check = 0; /* IPv4 VXLAN: zero, as the vxlan driver sends by default */
+
+	/* ECN of the inner packet, CE carried as ECT(0) (RFC 6040), like ip_tunnel_ecn_encap. */
+	inner_tos = inner_ip->tos;
+	ecn = inner_tos & 0x3;
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = ecn == 0x3 ? 0x2 : ecn;
+	ip->tot_len = bpf_htons(skb->len - ETH_HLEN);
+	ip->id = (__u16)bpf_get_prandom_u32();
+	ip->frag_off = 0; /* the vxlan driver's default (df unset) */
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_UDP;
+	ip->saddr = addr_to_v4(cfg->underlay_ip);
+	ip->daddr = addr_to_v4(tun->remote);
+	ip->check = 0;
+	ip->check = ipv4_csum(ip);
+
+	__builtin_memcpy(eth->h_source, cfg->underlay_mac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	return 0;
+}
+
+/*
+ * Sends the IPv4 packet toward the remote node owning its destination:
+ * VXLAN, or plain routing for a DirectRouting peer. from_pod: the packet is
+ * being forwarded (TTL - 1, MTU signalled back to the pod).
+ */
+static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct node_config *cfg,
+					   const struct tunnel_info *tun, int from_pod)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__u32 l3_len, overhead;
+
+	if ((void *)(ip + 1) > data_end)
+		return TC_ACT_OK;
+
+	overhead = tun->mode == TUNNEL_MODE_DIRECT ? 0 : VXLAN_OVERHEAD;
+	if (skb->gso_size) {
+		l3_len = gso_segment_l3_len(skb, ip, data_end);
+		if (!l3_len || l3_len + overhead > cfg->mtu) {
+			/* The kernel's forwarding path knows how to signal or segment this. */
+			count(CNT_PASS_MTU, skb->len);
+			return TC_ACT_OK;
+		}
+	} else if (skb->len - ETH_HLEN + overhead > cfg->mtu) {
+		if (from_pod && (ip->frag_off & bpf_htons(IP_DF))) {
+			if (ip->ihl == 5)
+				return send_frag_needed(skb, cfg);
+			count(CNT_DROP_MTU, skb->len);
+			return TC_ACT_SHOT;
+		}
+		count(CNT_PASS_MTU, skb->len); /* kernel fragments it on weft0 */
+		return TC_ACT_OK;
+	}
+
+	if (from_pod) {
+		if (ip->ttl <= 1) {
+			count(CNT_PASS_TTL, skb->len);
+			return TC_ACT_OK;
+		}
+		ipv4_decrement_ttl(ip);
+	}
+
+	if (tun->mode == TUNNEL_MODE_DIRECT) {
+		struct bpf_redir_neigh nh = { .nh_family = AF_INET };
+
+		nh.ipv4_nh = addr_to_v4(tun->remote);
+		count(from_pod ? CNT_DIRECT : CNT_DIRECT_HOST, skb->len);
+		count_peer_tx(tun->remote, skb->len);
+		return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
+	}
+
+	if (vxlan_encap(skb, cfg, tun)) {
+		count(CNT_DROP_HELPER, skb->len);
+		return TC_ACT_SHOT;
+	}
+	count(from_pod ? CNT_ENCAP : CNT_ENCAP_HOST, skb->len);
+	count_peer_tx(tun->remote, skb->len);
+	/* FIB + neighbour lookup on the outer destination fills the outer MACs. */
+	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
+}
+
+/* ---- ARP: the pod's gateway ---- */
+
+
+/*
+ * Answers a pod's ARP request for any address but its own with its
+ * host-side MAC, so everything the pod sends comes to from_pod. Requests
+ * from unknown senders and gratuitous ARP go to the kernel.
+ */
+static __always_inline int answer_arp(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct arp_ipv4 *arp = (void *)(eth + 1);
+	const struct endpoint_info *ep;
+	__be32 sender, target;
+
+	if ((void *)(arp + 1) > data_end)
+		goto pass;
+	if (arp->hdr.ar_hrd != bpf_htons(ARPHRD_ETHER) || arp->hdr.ar_pro != bpf_htons(ETH_P_IP) ||
+	    arp->hdr.ar_hln != ETH_ALEN || arp->hdr.ar_pln != 4 || arp->hdr.ar_op != bpf_htons(ARPOP_REQUEST))
+		goto pass;
+	sender = arp->spa;
+	target = arp->tpa;
+	if (sender == target || sender == 0)
+		goto pass;
+	ep = endpoint_for_v4(sender);
+	if (!ep || ep->ifindex != skb->ifindex)
+		goto pass;
+
+	__builtin_memcpy(eth->h_dest, arp->sha, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
+	arp->hdr.ar_op = bpf_htons(ARPOP_REPLY);
+	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
+	arp->tpa = sender;
+	__builtin_memcpy(arp->sha, ep->host_mac, ETH_ALEN);
+	arp->spa = target;
+	count(CNT_ARP_REPLY, skb->len);
+	return bpf_redirect(skb->ifindex, 0);
+pass:
+	count(CNT_PASS_POD, skb->len);
+	return TC_ACT_OK;
+}
+
+/* ---- programs ---- */
+
+SEC("tc")
+int from_pod(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = node_config();
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	const struct tunnel_info *tun;
+	const struct endpoint_info *ep;
+	struct iphdr *ip;
+
+	if (!cfg) {
+		count(CNT_PASS_NO_CONFIG, skb->len);
+		return TC_ACT_OK;
+	}
+	if ((void *)(eth + 1) > data_end)
+		goto pass;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return answer_arp(skb);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		goto pass;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		goto pass;
+
+	/* Remote first: it is the path the benchmarks measure. */
+	tun = tunnel_for_v4(ip->daddr);
+	if (tun)
+		return forward_to_peer(skb, cfg, tun, 1);
+
+	ep = endpoint_for_v4(ip->daddr);
+	if (ep) {
+		int ret = deliver_to_pod(skb, ep, CNT_LOCAL);
+
+		if (ret >= 0)
+			return ret;
+		count(CNT_PASS_TTL, skb->len);
+		return TC_ACT_OK;
+	}
+pass:
+	count(CNT_PASS_POD, skb->len);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int from_host(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = node_config();
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	const struct tunnel_info *tun;
+	struct iphdr *ip;
+
+	if (!cfg) {
+		count(CNT_PASS_NO_CONFIG, skb->len);
+		return TC_ACT_OK;
+	}
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		goto drop;
+	tun = tunnel_for_v4(ip->daddr);
+	if (tun)
+		return forward_to_peer(skb, cfg, tun, 0);
+drop:
+	/* weft0 leads nowhere else: anything we cannot carry is counted here. */
+	count(CNT_DROP_NO_TUNNEL, skb->len);
+	return TC_ACT_SHOT;
+}
+
+/*
+ * Unencapsulated IPv4 from a DirectRouting peer to a local pod: deliver it
+ * directly. Anything else goes to the kernel untouched.
+ */
+static __always_inline int from_underlay_plain(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	const struct endpoint_info *ep;
+	const struct tunnel_info *tun;
+
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		goto pass;
+	ep = endpoint_for_v4(ip->daddr);
+	if (!ep)
+		goto pass;
+	tun = tunnel_for_v4(ip->saddr);
+	if (!tun || tun->mode != TUNNEL_MODE_DIRECT)
+		goto pass;
+	count_peer_rx(tun->remote, skb->len);
+	{
+		int ret = deliver_to_pod(skb, ep, CNT_DIRECT_RX);
+
+		if (ret >= 0)
+			return ret;
+	}
+pass:
+	count(CNT_PASS_UNDERLAY, skb->len);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int from_underlay(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = node_config();
+	void *data = (void *)(long)skb->data;
+	void *meta = (void *)(long)skb->data_meta;
+	void *data_end;
+	struct vxlan_frame f = {};
+	enum counter c;
+
+	if (!cfg) {
+		count(CNT_PASS_NO_CONFIG, skb->len);
+		return TC_ACT_OK;
+	}
+
+	/* Already handled by from_underlay_xdp? */
+	if (meta + sizeof(struct xdp_meta) <= data) {
+		__u32 tag = ((struct xdp_meta *)meta)->tag;
+
+		if (tag == WEFT_META_DECAPPED)
+			return deliver_decapsulated(skb, cfg);
+		if (tag == WEFT_META_PASSED)
+			return TC_ACT_OK;
+	}
+
+	data_end = (void *)(long)skb->data_end;
+	if (data + VXLAN_PARSE_LEN > data_end && skb->len >= VXLAN_PARSE_LEN) {
+		/* Headers split across fragments: make them linear first. */
+		bpf_skb_pull_data(skb, VXLAN_PARSE_LEN);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+
+	c = classify_underlay(data, data_end, skb->len, cfg, &f);
+	if (c == CNT_PASS_UNDERLAY)
+		return from_underlay_plain(skb);
+	if (c != CNT_DECAP) {
+		count(c, skb->len);
+		return counter_is_drop(c) ? TC_ACT_SHOT : TC_ACT_OK;
+	}
+
+	count_peer_rx(f.tunnel->remote, skb->len);
+	count(CNT_DECAP, skb->len);
+	if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO)) {
+		count(CNT_DROP_HELPER, skb->len);
+		return TC_ACT_SHOT;
+	}
+	return deliver_decapsulated(skb, cfg);
+}
+
+/*
+ * XDP receive: validate and decapsulate before the stack allocates anything,
+ * then XDP_PASS so the underlay's GRO coalesces the inner TCP flow (no vxlan
+ * socket means no UDP-tunnel GRO otherwise). from_underlay delivers it,
+ * trusting the tag in the metadata area. Plain traffic is left to tc.
+ */
+SEC("xdp")
+int from_underlay_xdp(struct xdp_md *ctx)
+{
+	const struct node_config *cfg = node_config();
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 len = data_end - data;
+	struct vxlan_frame f = {};
+	struct ethhdr *outer, *inner;
+	struct xdp_meta *meta;
+	enum counter c;
+	__u32 tag = WEFT_META_PASSED;
+
+	if (!cfg)
+		return XDP_PASS; /* tc counts it */
+
+	c = classify_underlay(data, data_end, len, cfg, &f);
+	if (c == CNT_PASS_UNDERLAY)
+		return XDP_PASS;
+	count(c, len);
+	if (counter_is_drop(c))
+		return XDP_DROP;
+	if (c == CNT_DECAP) {
+		count_peer_rx(f.tunnel->remote, len);
+		outer = data;
+		inner = data + VXLAN_OVERHEAD;
+		if ((void *)(inner + 1) > data_end)
+			return XDP_DROP;
+		/* Addressed to the underlay NIC so the stack (and GRO) take it as ours. */
+		__builtin_memcpy(inner->h_source, outer->h_source, ETH_ALEN);
+		__builtin_memcpy(inner->h_dest, cfg->underlay_mac, ETH_ALEN);
+		if (bpf_xdp_adjust_head(ctx, VXLAN_OVERHEAD)) {
+			count(CNT_DROP_HELPER, len);
+			return XDP_DROP;
+		}
+		tag = WEFT_META_DECAPPED;
+	}
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct xdp_meta)))
+		return c == CNT_DECAP ? XDP_DROP : XDP_PASS;
+	data = (void *)(long)ctx->data;
+	meta = (void *)(long)ctx->data_meta;
+	if ((void *)(meta + 1) > data)
+		return c == CNT_DECAP ? XDP_DROP : XDP_PASS;
+	meta->tag = tag;
+	return XDP_PASS;
+}

@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * weft.h: the ABI between Weft's BPF programs and its Go control plane.
+ *
+ * Every struct and enum here is exported to Go by bpf2go (-type ...), so the
+ * Go side never hand-copies a layout. Addresses are always 16 bytes: IPv4 is
+ * stored IPv4-mapped (::ffff:a.b.c.d) so one map serves both families and an
+ * IPv6 data path needs no layout change. Changing a value layout makes the
+ * pinned map incompatible with a running node: add fields only in the
+ * reserved space, or bump WEFT_PIN_LAYOUT and migrate (see loader/).
+ */
+#pragma once
+
+#include <linux/types.h>
+
+/* Bumped whenever a pinned map's key or value layout changes. */
+#define WEFT_PIN_LAYOUT 1
+
+#define WEFT_ADDR_LEN 16
+
+/* Outer Ethernet is reused; VXLAN adds outer IPv4 + UDP + VXLAN + inner Ethernet. */
+#define VXLAN_OVERHEAD (20 + 8 + 8 + 14)
+
+/* tunnels: LPM trie, one entry per remote node's pod subnet. */
+struct tunnel_key {
+	__u32 prefixlen; /* bits of addr that count: 96 + mask for IPv4 */
+	__u8 addr[WEFT_ADDR_LEN];
+};
+
+enum tunnel_mode {
+	TUNNEL_MODE_VXLAN = 1,  /* encapsulate toward remote */
+	TUNNEL_MODE_DIRECT = 2, /* remote shares our L2: route without encap (flannel DirectRouting) */
+};
+
+struct tunnel_info {
+	__u8 remote[WEFT_ADDR_LEN]; /* remote node's underlay (public) address */
+	__u8 vtep_mac[6];           /* remote node's VtepMAC: inner Ethernet destination */
+	__u8 mode;                  /* enum tunnel_mode */
+	__u8 flags;
+	__u32 vni;
+	__u32 reserved[3];
+};
+
+/* endpoints: hash, one entry per local pod. */
+struct endpoint_key {
+	__u8 addr[WEFT_ADDR_LEN];
+};
+
+struct endpoint_info {
+	__u32 ifindex;   /* host-side veth */
+	__u8 mac[6];     /* pod's MAC (its eth0) */
+	__u8 host_mac[6]; /* host-side veth MAC: the pod's gateway MAC */
+	__u32 flags;
+	__u32 reserved[3];
+};
+
+/* config: array with one entry, this node's parameters. */
+struct node_config {
+	__u32 underlay_ifindex;
+	__u32 host_ifindex; /* weft0: host processes <-> remote pods */
+	__u8 underlay_ip[WEFT_ADDR_LEN];
+	__u8 host_ip[WEFT_ADDR_LEN]; /* weft0's address: source of ICMP errors Weft sends */
+	__u8 underlay_mac[6];
+	__u8 vtep_mac[6]; /* also weft0's MAC */
+	__u32 vni;
+	__u16 port;          /* VXLAN UDP destination port, host order */
+	__u16 mtu;           /* underlay MTU; pods get mtu - VXLAN_OVERHEAD */
+	__u16 src_port_min;  /* UDP source port range for flow entropy, host order */
+	__u16 src_port_max;
+	__u32 flags;
+	__u32 layout;        /* WEFT_PIN_LAYOUT of whoever wrote it */
+	__u32 reserved[4];
+};
+
+/*
+ * Why a packet went where it went. One per-CPU {packets, bytes} slot per
+ * value; the Go side names them from this enum's BTF (CNT_ENCAP -> "encap").
+ */
+enum counter {
+	/* from-pod */
+	CNT_LOCAL = 0,          /* pod -> pod on this node */
+	CNT_ENCAP,              /* pod -> remote pod, VXLAN */
+	CNT_DIRECT,             /* pod -> remote pod, DirectRouting, no encap */
+	CNT_ARP_REPLY,          /* answered a pod's ARP for its gateway */
+	CNT_PASS_POD,           /* pod -> host or outside: kernel stack */
+	CNT_PASS_TTL,           /* TTL would expire: kernel sends time-exceeded */
+	CNT_PASS_MTU,           /* oversize without DF, or GSO: kernel fragments or signals */
+	CNT_ICMP_FRAG_NEEDED,   /* oversize with DF: ICMP fragmentation-needed sent back */
+	/* from-host (weft0) */
+	CNT_ENCAP_HOST,         /* host process -> remote pod, VXLAN */
+	CNT_DIRECT_HOST,        /* host process -> remote pod, no encap */
+	/* from-underlay */
+	CNT_DECAP,              /* VXLAN decapsulated (tc, or XDP) */
+	CNT_DELIVER,            /* decapsulated or direct packet delivered to a local pod */
+	CNT_TO_HOST,            /* decapsulated packet for the host: weft0 */
+	CNT_DIRECT_RX,          /* unencapsulated packet from a DirectRouting peer */
+	CNT_PASS_UNDERLAY,      /* not VXLAN for us: kernel stack, untouched */
+	CNT_PASS_OTHER_VNI,     /* VXLAN on our port with another VNI: kernel stack */
+	CNT_PASS_NO_CONFIG,     /* config map empty (node not initialised): kernel stack */
+	/* drops, each with its own reason */
+	CNT_DROP_NO_TUNNEL,     /* weft0 traffic to an address no tunnel covers */
+	CNT_DROP_UNKNOWN_SOURCE,/* VXLAN whose inner source no tunnel covers */
+	CNT_DROP_UNKNOWN_PEER,  /* VXLAN from an underlay address that is not the peer owning the inner source */
+	CNT_DROP_VXLAN_FLAGS,   /* VXLAN without the I bit */
+	CNT_DROP_SHORT,         /* UDP to our port too short for VXLAN + inner Ethernet + IPv4 */
+	CNT_DROP_OUTER_OPTIONS, /* outer IPv4 carries options */
+	CNT_DROP_OUTER_FRAGMENT,/* outer IPv4 is a fragment */
+	CNT_DROP_OUTER_LENGTH,  /* outer IPv4 or UDP length fields disagree with the frame */
+	CNT_DROP_INNER_NOT_IPV4,/* inner frame is not IPv4 */
+	CNT_DROP_INNER_MALFORMED, /* inner IPv4 version/IHL/length lie */
+	CNT_DROP_HELPER,        /* a BPF helper failed (adjust_room, redirect, ...) */
+	CNT_DROP_MTU,           /* oversize with DF where no ICMP could be built */
+	CNT__MAX,
+};
+
+struct counter_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* tunnel_stats: per-CPU hash keyed by a remote node's underlay address. */
+struct peer_key {
+	__u8 addr[WEFT_ADDR_LEN];
+};
+
+struct peer_stats {
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 rx_packets;
+	__u64 rx_bytes;
+};
+
+/*
+ * XDP -> tc hand-off in the packet's metadata area. The XDP flavour decaps
+ * and returns XDP_PASS so the underlay's GRO can coalesce the inner flow; the
+ * tc program then delivers. Only an XDP program can write metadata, so the
+ * tag cannot be forged from the wire.
+ */
+#define WEFT_META_DECAPPED 0x57454644 /* "WEFD": validated and decapsulated */
+#define WEFT_META_PASSED 0x57454650   /* "WEFP": XDP already classified it as not ours */
+
+struct xdp_meta {
+	__u32 tag;
+};

@@ -1,0 +1,5 @@
+package maps
+
+import "golang.org/x/sys/unix"
+
+var errNoEnt = unix.ENOENT
