@@ -1,0 +1,255 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/maps"
+)
+
+// DefaultHostDevice is the device the one cluster route points at.
+const DefaultHostDevice = "weft0"
+
+// NodeConfig is what a node's data plane needs to know about itself.
+type NodeConfig struct {
+	Underlay   string     // underlay NIC name, e.g. eth0
+	UnderlayIP netip.Addr // zero: the NIC's first IPv4 address
+	Network    netip.Prefix
+	Subnet     netip.Prefix // this node's pod subnet
+	VtepMAC    net.HardwareAddr
+	VNI        uint32
+	Port       uint16
+	Decap      DecapMode
+	HostDevice string // default DefaultHostDevice
+}
+
+// HostIP is the node's own address in its subnet: <subnet>.0, on weft0,
+// like flannel gives flannel.1.
+func HostIP(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr() }
+
+// GatewayIP is the address pods use as their default gateway, <subnet>.1.
+// No device owns it: from_pod answers ARP for it.
+func GatewayIP(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr().Next() }
+
+// PodMTU is the MTU pods get on an underlay of mtu bytes.
+func PodMTU(underlayMTU int) int { return underlayMTU - maps.VXLANOverhead }
+
+// NodeState is what SetupNode found and made.
+type NodeState struct {
+	Config     maps.Config
+	HostIfName string
+}
+
+// SetupNode wires this network namespace's node: weft0 with the node's
+// address and the single cluster route, the programs on the underlay and
+// weft0, and the config map. Idempotent: running it again (a restarted or
+// upgraded daemon) converges to the same state without interrupting
+// traffic. Must run in the node's network namespace.
+func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
+	if nc.HostDevice == "" {
+		nc.HostDevice = DefaultHostDevice
+	}
+	if nc.Decap == "" {
+		nc.Decap = DecapXDP
+	}
+	if !nc.Subnet.IsValid() || !nc.Network.IsValid() || !nc.Network.Contains(nc.Subnet.Addr()) {
+		return NodeState{}, fmt.Errorf("setup node: subnet %v not inside network %v", nc.Subnet, nc.Network)
+	}
+	ul, err := netlink.LinkByName(nc.Underlay)
+	if err != nil {
+		return NodeState{}, fmt.Errorf("setup node: underlay %q: %w", nc.Underlay, err)
+	}
+	ulIP := nc.UnderlayIP
+	if !ulIP.IsValid() {
+		if ulIP, err = firstIPv4(ul); err != nil {
+			return NodeState{}, err
+		}
+	}
+	mtu := ul.Attrs().MTU
+	host, err := ensureHostDevice(nc, mtu)
+	if err != nil {
+		return NodeState{}, err
+	}
+	if err := setSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		return NodeState{}, err
+	}
+
+	cfg := maps.Config{
+		UnderlayIfIndex: uint32(ul.Attrs().Index),
+		UnderlayIP:      ulIP,
+		UnderlayMAC:     ul.Attrs().HardwareAddr,
+		HostIfIndex:     uint32(host.Attrs().Index),
+		HostIP:          HostIP(nc.Subnet),
+		VtepMAC:         nc.VtepMAC,
+		VNI:             nc.VNI,
+		Port:            nc.Port,
+		MTU:             uint16(mtu),
+	}
+	// Config before programs: a program attached to an empty config passes
+	// everything to the kernel, which is harmless but not what we want.
+	if err := d.Maps.Config.Set(cfg); err != nil {
+		return NodeState{}, fmt.Errorf("setup node: %w", err)
+	}
+	if err := d.AttachHost(host.Attrs().Index); err != nil {
+		return NodeState{}, fmt.Errorf("setup node: %w", err)
+	}
+	if err := d.AttachUnderlay(ul.Attrs().Index, nc.Decap); err != nil {
+		return NodeState{}, fmt.Errorf("setup node: %w", err)
+	}
+	if err := d.Upgrade(); err != nil { // pods attached by an older version
+		return NodeState{}, fmt.Errorf("setup node: %w", err)
+	}
+	got, err := d.Maps.Config.Get()
+	if err != nil {
+		return NodeState{}, err
+	}
+	return NodeState{Config: got, HostIfName: nc.HostDevice}, nil
+}
+
+// ensureHostDevice makes weft0: a dummy device, or an ifb where the kernel
+// has no dummy driver (both are single NOARP Ethernet devices; weft0 only
+// needs an egress hook, the program redirects everything), MAC = VtepMAC so decapsulated packets
+// for the host are accepted on its ingress, address <subnet>.0/32, and the
+// one route for the whole cluster network. The route goes via <subnet>.1
+// onlink so the kernel keeps a single neighbour entry instead of one per
+// destination.
+func ensureHostDevice(nc NodeConfig, underlayMTU int) (netlink.Link, error) {
+	name := nc.HostDevice
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if !errors.As(err, &notFound) {
+			return nil, fmt.Errorf("look up %s: %w", name, err)
+		}
+		if err := addHostLink(name, nc.VtepMAC); err != nil {
+			return nil, err
+		}
+		if l, err = netlink.LinkByName(name); err != nil {
+			return nil, fmt.Errorf("look up %s: %w", name, err)
+		}
+	} else if l.Type() != "dummy" && l.Type() != "ifb" {
+		return nil, fmt.Errorf("%s exists and is a %s, not a dummy or ifb", name, l.Type())
+	}
+	// IPv6 on weft0 would only send router solicitations into from_host.
+	if err := setSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if l.Attrs().HardwareAddr.String() != nc.VtepMAC.String() {
+		// ifb cannot change its MAC once created: recreate it (the VtepMAC is
+		// stable per node, so this only happens when an operator changes it).
+		if err := netlink.LinkSetHardwareAddr(l, nc.VtepMAC); err != nil {
+			if err := netlink.LinkDel(l); err != nil {
+				return nil, fmt.Errorf("recreate %s with new MAC: %w", name, err)
+			}
+			if err := addHostLink(name, nc.VtepMAC); err != nil {
+				return nil, err
+			}
+			if l, err = netlink.LinkByName(name); err != nil {
+				return nil, fmt.Errorf("look up %s: %w", name, err)
+			}
+		}
+	}
+	if l.Attrs().MTU != PodMTU(underlayMTU) {
+		if err := netlink.LinkSetMTU(l, PodMTU(underlayMTU)); err != nil {
+			return nil, fmt.Errorf("set %s MTU: %w", name, err)
+		}
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return nil, fmt.Errorf("set %s up: %w", name, err)
+	}
+
+	hostIP := HostIP(nc.Subnet)
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: hostIP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	if err := netlink.AddrReplace(l, addr); err != nil {
+		return nil, fmt.Errorf("add %s to %s: %w", hostIP, name, err)
+	}
+	// Drop addresses of an earlier subnet (a node that got a new lease).
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list %s addresses: %w", name, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() != hostIP {
+			if err := netlink.AddrDel(l, &a); err != nil {
+				return nil, fmt.Errorf("remove stale address %s from %s: %w", a.IP, name, err)
+			}
+		}
+	}
+	route := &netlink.Route{
+		LinkIndex: l.Attrs().Index,
+		Dst:       prefixToIPNet(nc.Network),
+		Gw:        GatewayIP(nc.Subnet).AsSlice(),
+		Src:       hostIP.AsSlice(),
+		Flags:     int(netlink.FLAG_ONLINK),
+		MTU:       PodMTU(underlayMTU),
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return nil, fmt.Errorf("add cluster route %s dev %s: %w", nc.Network, name, err)
+	}
+	return l, nil
+}
+
+// addHostLink creates weft0 as a dummy, or as an ifb on kernels built
+// without the dummy driver. Packets never reach either driver's transmit:
+// from_host redirects or drops them at tc egress.
+func addHostLink(name string, mac net.HardwareAddr) error {
+	attrs := netlink.LinkAttrs{Name: name, HardwareAddr: mac}
+	err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: attrs})
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		err = netlink.LinkAdd(&netlink.Ifb{LinkAttrs: attrs})
+	}
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("create %s: %w", name, err)
+	}
+	return nil
+}
+
+// TeardownNode removes weft0 (and with it the cluster route) and every pin:
+// the node stops forwarding. Must run in the node's network namespace.
+func TeardownNode(pinPath, hostDevice string) error {
+	if hostDevice == "" {
+		hostDevice = DefaultHostDevice
+	}
+	var errs []error
+	if l, err := netlink.LinkByName(hostDevice); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", hostDevice, err))
+		}
+	}
+	errs = append(errs, Remove(pinPath))
+	return errors.Join(errs...)
+}
+
+func firstIPv4(l netlink.Link) (netip.Addr, error) {
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().Is4() {
+			return ip.Unmap(), nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("underlay %s has no IPv4 address", l.Attrs().Name)
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	p = p.Masked()
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// setSysctl writes /proc/sys/<key> of the calling thread's network namespace.
+func setSysctl(key, value string) error {
+	path := filepath.Join("/proc/sys", key)
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("set sysctl %s=%s: %w", key, value, err)
+	}
+	return nil
+}
