@@ -1,0 +1,396 @@
+package topo
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	subnetA = netip.MustParsePrefix("10.244.1.0/24")
+	subnetB = netip.MustParsePrefix("10.244.2.0/24")
+)
+
+// requireRoot fails (never skips) without root or the tools the lab runs:
+// these tests are the only check the topology really works.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("test/topo needs root (network namespaces, veths, bind mounts); run the tests as root")
+	}
+	for _, tool := range []string{"nsenter", "ping", "ethtool"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: apt-get install -y util-linux iputils-ping ethtool", tool)
+		}
+	}
+}
+
+func testLab(t *testing.T) *Lab {
+	t.Helper()
+	requireRoot(t)
+	l, err := New(Options{})
+	if err != nil {
+		t.Fatalf("new lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	return l
+}
+
+// must(f())(t) returns f's value or fails the test with f's error.
+func must[T any](v T, err error) func(testing.TB) T {
+	return func(t testing.TB) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+func ok(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// labNamespaces lists the lab's namespaces as the filesystem shows them.
+func labNamespaces(t *testing.T, prefix string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(NetnsDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix+"-") {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}
+
+func TestHostGW(t *testing.T) {
+	l := testLab(t)
+	ctx := testCtx(t)
+	a := must(l.AddNode("a"))(t)
+	b := must(l.AddNode("b"))(t)
+	if a.UnderlayIP != netip.MustParseAddr("192.168.77.11") || b.UnderlayIP != netip.MustParseAddr("192.168.77.12") {
+		t.Fatalf("underlay addresses %v %v, want .11 .12", a.UnderlayIP, b.UnderlayIP)
+	}
+	for _, kv := range nodeSysctls {
+		if v := must(a.Sysctl(kv[0]))(t); v != kv[1] {
+			t.Errorf("sysctl %s = %s, want %s", kv[0], v, kv[1])
+		}
+	}
+
+	pa := must(a.AddPod("p", PodOptions{IP: netip.MustParsePrefix("10.244.1.2/24"), Gateway: netip.MustParseAddr("10.244.1.1")}))(t)
+	pb := must(b.AddPod("p", PodOptions{IP: netip.MustParsePrefix("10.244.2.2/24"), Gateway: netip.MustParseAddr("10.244.2.1")}))(t)
+	if len(pa.HostIf) > 15 || pa.HostIf == pb.HostIf {
+		t.Errorf("host interface names %q %q", pa.HostIf, pb.HostIf)
+	}
+	ok(t, a.AddRoute(subnetB, b.UnderlayIP))
+	ok(t, b.AddRoute(subnetA, a.UnderlayIP))
+
+	ok(t, pa.Ping(ctx, pb.IP, 3))
+	ok(t, pb.Ping(ctx, pa.IP, 3))
+	ok(t, pa.Ping(ctx, b.UnderlayIP, 2))
+
+	t.Run("wire-like", func(t *testing.T) {
+		ok(t, l.SetWireLike(true))
+		checkFeatures(t, a.NSPath, a.UnderlayIf, true)
+		checkFeatures(t, l.UnderlayPath, a.UnderlayPeer, true)
+		ok(t, pa.Ping(ctx, pb.IP, 2))
+		ok(t, l.SetWireLike(false))
+		checkFeatures(t, b.NSPath, b.UnderlayIf, false)
+		checkFeatures(t, l.UnderlayPath, b.UnderlayPeer, false)
+	})
+
+	t.Run("delete pod", func(t *testing.T) {
+		ok(t, b.DeletePod(pb))
+		if _, err := os.Stat(pb.NSPath); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("pod namespace still there: %v", err)
+		}
+		h := must(b.Handle())(t)
+		defer h.Close()
+		if _, err := h.LinkByName(pb.HostIf); err == nil {
+			t.Errorf("host side %s still there", pb.HostIf)
+		}
+		if len(b.Pods) != 0 {
+			t.Errorf("node still lists %d pods", len(b.Pods))
+		}
+	})
+}
+
+func checkFeatures(t *testing.T, nsPath, dev string, wire bool) {
+	t.Helper()
+	fs := must(Features(t.Context(), nsPath, dev))(t)
+	for _, f := range wireFeatures {
+		want := f.veth
+		if wire {
+			want = f.wire
+		}
+		if st, present := fs[f.show]; present && st.On != want {
+			t.Errorf("%s %s = %v, want %v (wire-like %v)", dev, f.show, st.On, want, wire)
+		}
+	}
+}
+
+func TestFlannel(t *testing.T) {
+	l := testLab(t)
+	ctx := testCtx(t)
+	a := must(l.AddNode("a"))(t)
+	b := must(l.AddNode("b"))(t)
+	must(a.SetupFlannelVXLAN(FlannelOptions{Subnet: subnetA}))(t)
+	must(b.SetupFlannelVXLAN(FlannelOptions{Subnet: subnetB}))(t)
+	checkFlannelDevice(t, a)
+
+	var pods [2][]*Pod
+	for i, n := range []*Node{a, b} {
+		for j := range 2 {
+			ip := must(hostAddr(n.Flannel.Subnet, uint64(2+j)))(t)
+			p := must(n.AddPod("p"+string(rune('0'+j)), n.Flannel.PodOptions(ip)))(t)
+			pods[i] = append(pods[i], p)
+		}
+	}
+	ok(t, a.AddFlannelPeer(b.FlannelPeer()))
+	ok(t, b.AddFlannelPeer(a.FlannelPeer()))
+	checkPeerEntries(t, a, b.FlannelPeer(), 1)
+	checkPeerEntries(t, b, a.FlannelPeer(), 1)
+
+	ok(t, pods[0][0].Ping(ctx, pods[0][1].IP, 2)) // same bridge
+	for _, src := range pods[0] {
+		for _, dst := range pods[1] {
+			ok(t, src.Ping(ctx, dst.IP, 2))
+			ok(t, dst.Ping(ctx, src.IP, 2))
+		}
+	}
+	if tx := linkStats(t, a, a.Flannel.Device).TxPackets; tx == 0 {
+		t.Errorf("%s sent no packets: traffic did not take the vxlan path", a.Flannel.Device)
+	}
+
+	ok(t, a.RemoveFlannelPeer(b.FlannelPeer()))
+	checkPeerEntries(t, a, b.FlannelPeer(), 0)
+	if err := pods[0][0].Ping(ctx, pods[1][0].IP, 1); err == nil {
+		t.Error("ping across still works after RemoveFlannelPeer")
+	}
+}
+
+func checkFlannelDevice(t *testing.T, n *Node) {
+	t.Helper()
+	h := must(n.Handle())(t)
+	defer h.Close()
+	link := must(h.LinkByName("flannel.1"))(t)
+	vx, isVxlan := link.(*netlink.Vxlan)
+	if !isVxlan {
+		t.Fatalf("flannel.1 is %T", link)
+	}
+	f := n.Flannel
+	if vx.VxlanId != 1 || vx.Port != 8472 || vx.Learning || vx.GBP ||
+		vx.VtepDevIndex != n.UnderlayIfIndex || addrFromIP(vx.SrcAddr) != n.UnderlayIP ||
+		vx.MTU != 1450 || vx.HardwareAddr.String() != f.VtepMAC.String() {
+		t.Errorf("flannel.1 = vni %d port %d learning %v gbp %v dev %d local %v mtu %d mac %v",
+			vx.VxlanId, vx.Port, vx.Learning, vx.GBP, vx.VtepDevIndex, vx.SrcAddr, vx.MTU, vx.HardwareAddr)
+	}
+	addrs := must(h.AddrList(link, unix.AF_INET))(t)
+	if len(addrs) != 1 || addrs[0].IPNet.String() != "10.244.1.0/32" {
+		t.Errorf("flannel.1 addresses %v, want 10.244.1.0/32", addrs)
+	}
+	br := must(h.LinkByName(FlannelBridge))(t)
+	addrs = must(h.AddrList(br, unix.AF_INET))(t)
+	if len(addrs) != 1 || addrs[0].IPNet.String() != "10.244.1.1/24" {
+		t.Errorf("cni0 addresses %v, want 10.244.1.1/24", addrs)
+	}
+}
+
+// checkPeerEntries reads back what flannel.1 holds for peer: want is 1 (the
+// route, neighbour and FDB entry each exactly once) or 0.
+func checkPeerEntries(t *testing.T, n *Node, peer FlannelPeer, want int) {
+	t.Helper()
+	h := must(n.Handle())(t)
+	defer h.Close()
+	idx := n.Flannel.DeviceIndex
+	gw := peer.Subnet.Addr()
+
+	routes := must(h.RouteListFiltered(unix.AF_INET, &netlink.Route{LinkIndex: idx}, netlink.RT_FILTER_OIF))(t)
+	if len(routes) != want {
+		t.Errorf("%s: %d routes on flannel.1, want %d: %v", n.Name, len(routes), want, routes)
+	}
+	for _, r := range routes {
+		if r.Dst.String() != peer.Subnet.String() || addrFromIP(r.Gw) != gw || r.Flags&unix.RTNH_F_ONLINK == 0 {
+			t.Errorf("%s: route %v, want %v via %v onlink", n.Name, r, peer.Subnet, gw)
+		}
+	}
+
+	neighs := must(h.NeighList(idx, unix.AF_INET))(t)
+	if len(neighs) != want {
+		t.Errorf("%s: %d neighbours on flannel.1, want %d: %v", n.Name, len(neighs), want, neighs)
+	}
+	for _, e := range neighs {
+		if addrFromIP(e.IP) != gw || e.HardwareAddr.String() != peer.VtepMAC.String() || e.State != netlink.NUD_PERMANENT {
+			t.Errorf("%s: neighbour %v, want %v lladdr %v permanent", n.Name, e, gw, peer.VtepMAC)
+		}
+	}
+
+	fdb := must(h.NeighList(idx, unix.AF_BRIDGE))(t)
+	if len(fdb) != want {
+		t.Errorf("%s: %d fdb entries on flannel.1, want %d: %v", n.Name, len(fdb), want, fdb)
+	}
+	for _, e := range fdb {
+		if addrFromIP(e.IP) != peer.PublicIP || e.HardwareAddr.String() != peer.VtepMAC.String() ||
+			e.Flags&netlink.NTF_SELF == 0 || e.State != netlink.NUD_PERMANENT {
+			t.Errorf("%s: fdb %v, want %v dst %v self permanent", n.Name, e, peer.VtepMAC, peer.PublicIP)
+		}
+	}
+}
+
+func linkStats(t *testing.T, n *Node, dev string) *netlink.LinkStatistics {
+	t.Helper()
+	h := must(n.Handle())(t)
+	defer h.Close()
+	return must(h.LinkByName(dev))(t).Attrs().Statistics
+}
+
+func TestClose(t *testing.T) {
+	l := testLab(t)
+	a := must(l.AddNode("a"))(t)
+	must(l.AddNode("b"))(t)
+	p := must(a.AddPod("p", PodOptions{IP: netip.MustParsePrefix("10.244.1.2/24")}))(t)
+	sleeper := must(p.Start("sleep", "600"))(t)
+	logPath := l.LogPath(sleeper)
+	if _, err := os.Stat(logPath); err != nil {
+		t.Errorf("process log: %v", err)
+	}
+	if got := labNamespaces(t, l.Prefix); len(got) != 4 {
+		t.Fatalf("namespaces before Close: %v, want 4", got)
+	}
+
+	ok(t, l.Close())
+	if got := labNamespaces(t, l.Prefix); len(got) != 0 {
+		t.Errorf("namespaces left after Close: %v", got)
+	}
+	select {
+	case <-l.Exited(sleeper):
+	case <-time.After(5 * time.Second):
+		t.Error("process survived Close")
+	}
+	if _, err := os.Stat(filepath.Dir(logPath)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("log dir left after Close: %v", err)
+	}
+	ok(t, l.Close())
+	if _, err := l.AddNode("c"); err == nil {
+		t.Error("AddNode works on a closed lab")
+	}
+}
+
+// TestCleanupPrefix abandons a lab (no Close) with a process the lab does not
+// track, as a crashed run would leave it, and recovers with CleanupPrefix.
+func TestCleanupPrefix(t *testing.T) {
+	l := testLab(t) // its Close (Cleanup) must still be fine afterwards
+	a := must(l.AddNode("a"))(t)
+	must(a.AddPod("p", PodOptions{IP: netip.MustParsePrefix("10.244.1.2/24")}))(t)
+	stray := exec.Command("nsenter", "--net="+a.NSPath, "--", "sleep", "600")
+	ok(t, stray.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- stray.Wait() }()
+	t.Cleanup(func() { stray.Process.Kill() })
+
+	ok(t, CleanupPrefix(l.Prefix))
+	if got := labNamespaces(t, l.Prefix); len(got) != 0 {
+		t.Errorf("namespaces left after CleanupPrefix: %v", got)
+	}
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Error("process in the namespace survived CleanupPrefix")
+	}
+}
+
+func TestValidation(t *testing.T) {
+	requireRoot(t)
+	if err := CleanupPrefix(""); err == nil {
+		t.Error("CleanupPrefix accepted an empty prefix")
+	}
+	if _, err := New(Options{Prefix: "a-b"}); err == nil {
+		t.Error("New accepted a prefix with '-'")
+	}
+	l := testLab(t)
+	for _, name := range []string{"", "a-b", "ul"} {
+		if _, err := l.AddNode(name); err == nil {
+			t.Errorf("AddNode(%q) succeeded", name)
+		}
+	}
+	must(l.AddNode("a"))(t)
+	if _, err := l.AddNode("a"); err == nil {
+		t.Error("duplicate AddNode succeeded")
+	}
+	if got := labNamespaces(t, l.Prefix); !slices.Equal(got, []string{l.Prefix + "-a", l.Prefix + "-ul"}) {
+		t.Errorf("namespaces after failed AddNode calls: %v", got)
+	}
+}
+
+func TestHostAddr(t *testing.T) {
+	p := netip.MustParsePrefix("192.168.77.0/24")
+	for n, want := range map[uint64]string{1: "192.168.77.1", 11: "192.168.77.11", 254: "192.168.77.254"} {
+		if got, err := hostAddr(p, n); err != nil || got.String() != want {
+			t.Errorf("hostAddr(%v, %d) = %v, %v; want %s", p, n, got, err, want)
+		}
+	}
+	for _, n := range []uint64{0, 255, 256, 1 << 40} {
+		if got, err := hostAddr(p, n); err == nil {
+			t.Errorf("hostAddr(%v, %d) = %v, want error", p, n, got)
+		}
+	}
+	if got, err := hostAddr(netip.MustParsePrefix("fd00::/64"), 11); err != nil || got.String() != "fd00::b" {
+		t.Errorf("hostAddr(fd00::/64, 11) = %v, %v", got, err)
+	}
+}
+
+// TestDo checks that Do runs inside the node and that no thread of this
+// process is left in a lab namespace afterwards.
+func TestDo(t *testing.T) {
+	l := testLab(t)
+	a := must(l.AddNode("a"))(t)
+	var want unix.Stat_t
+	ok(t, unix.Stat(a.NSPath, &want))
+	for range 10 {
+		ok(t, a.Do(func() error {
+			var st unix.Stat_t
+			if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+				return err
+			}
+			if st.Ino != want.Ino || st.Dev != want.Dev {
+				t.Error("Do did not run in the node namespace")
+			}
+			return nil
+		}))
+	}
+	tasks := must(os.ReadDir("/proc/self/task"))(t)
+	for _, task := range tasks {
+		var st unix.Stat_t
+		if unix.Stat("/proc/self/task/"+task.Name()+"/ns/net", &st) == nil && st.Ino == want.Ino && st.Dev == want.Dev {
+			t.Errorf("thread %s is still in %s", task.Name(), a.NS)
+		}
+	}
+}
