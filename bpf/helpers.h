@@ -189,6 +189,18 @@ static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
 	return csum_fold(sum);
 }
 
+/* Whether an option-less IPv4 header's checksum is right. */
+static __always_inline int ipv4_csum_valid(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u64 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+		sum += w[i];
+	return csum_fold(sum) == 0;
+}
+
 /*
  * Forward like a router: TTL - 1, checksum patched incrementally (RFC 1624:
  * the TTL is the high byte of its 16-bit word, so the sum grows by 0x0100).
@@ -200,6 +212,21 @@ static __always_inline void ipv4_decrement_ttl(struct iphdr *ip)
 
 	ip->check = (__u16)(check + (check >= 0xffff));
 	ip->ttl--;
+}
+
+/*
+ * What a router checks before forwarding (RFC 1812 5.2.2): version, IHL and
+ * a total length the link actually delivered. l3_len is the bytes after the
+ * Ethernet header (trailing padding allowed). Packets failing it go to the
+ * kernel, which drops and counts them as it would without Weft, instead of
+ * being carried to a peer that can only drop them. IPv4 BIG TCP packets
+ * (total length 0) take the kernel's path too.
+ */
+static __always_inline int ipv4_header_ok(const struct iphdr *ip, __u32 l3_len)
+{
+	__u32 tot_len = bpf_ntohs(ip->tot_len);
+
+	return ip->version == 4 && ip->ihl >= 5 && tot_len >= ip->ihl * 4U && tot_len <= l3_len;
 }
 
 /* ---- the VXLAN receive classifier ---- */
@@ -220,9 +247,10 @@ struct vxlan_frame {
  * counter naming why not. pkt_len is the whole frame's length (skb->len in
  * tc, where data_end may only cover the linear head).
  *
- * Verdicts for frames we cannot yet tell are ours (not IPv4, truncated before
- * the UDP port, other ports, non-first fragments) are CNT_PASS_UNDERLAY: the
- * kernel gets them untouched, exactly as without Weft.
+ * Verdicts for frames we cannot yet tell are ours (not IPv4, not to our
+ * underlay address, truncated before the UDP port, other ports, non-first
+ * fragments) are CNT_PASS_UNDERLAY: the kernel gets them untouched, exactly
+ * as without Weft.
  */
 static __always_inline enum counter classify_underlay(void *data, void *data_end, __u32 pkt_len,
 						      const struct node_config *cfg,
@@ -245,6 +273,13 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 		return CNT_PASS_UNDERLAY;
 	if (ip->version != 4 || ip->protocol != IPPROTO_UDP || ip->ihl < 5)
 		return CNT_PASS_UNDERLAY;
+	/*
+	 * Only what is addressed to us is VXLAN for us, as for the vxlan driver's
+	 * socket; UDP to our port between a DirectRouting peer's pods and ours,
+	 * or traffic routed through this node, is not.
+	 */
+	if (ip->daddr != addr_to_v4(cfg->underlay_ip))
+		return CNT_PASS_UNDERLAY;
 	if (ip->frag_off & bpf_htons(IP_OFFSET))
 		return CNT_PASS_UNDERLAY; /* no UDP header to look at */
 
@@ -266,6 +301,9 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 	if (tot_len > pkt_len - ETH_HLEN || tot_len < sizeof(*ip) + sizeof(*udp) ||
 	    udp_len != tot_len - sizeof(*ip))
 		return CNT_DROP_OUTER_LENGTH;
+	/* We strip this header before ip_rcv could check it, so check it here. */
+	if (!ipv4_csum_valid(ip))
+		return CNT_DROP_OUTER_CSUM;
 	if (udp_len < sizeof(*udp) + sizeof(*vx) + ETH_HLEN + sizeof(struct iphdr))
 		return CNT_DROP_SHORT;
 

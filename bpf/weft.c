@@ -129,7 +129,8 @@ static __always_inline __u32 gso_segment_l3_len(struct __sk_buff *skb, struct ip
  * kernel's own check, and a silent drop would black-hole PMTU discovery.
  * Quotes the offending IPv4 header (option-less) and its first 8 bytes.
  */
-static __always_inline int send_frag_needed(struct __sk_buff *skb, const struct node_config *cfg)
+static __always_inline int send_frag_needed(struct __sk_buff *skb, const struct node_config *cfg,
+					    __u32 overhead)
 {
 	const __u32 quoted = sizeof(struct iphdr) + 8;
 	const __u32 added = sizeof(struct iphdr) + sizeof(struct icmp_frag_needed);
@@ -164,7 +165,7 @@ static __always_inline int send_frag_needed(struct __sk_buff *skb, const struct 
 	icmp->code = ICMP_FRAG_NEEDED;
 	icmp->checksum = 0;
 	icmp->unused = 0;
-	icmp->mtu = bpf_htons(cfg->mtu - VXLAN_OVERHEAD);
+	icmp->mtu = bpf_htons(cfg->mtu - overhead); /* what fits once we add our headers */
 	icmp->checksum = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)icmp, sizeof(*icmp) + quoted, 0));
 
 	ip->version = 4;
@@ -291,7 +292,7 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 	} else if (skb->len - ETH_HLEN + overhead > cfg->mtu) {
 		if (from_pod && (ip->frag_off & bpf_htons(IP_DF))) {
 			if (ip->ihl == 5)
-				return send_frag_needed(skb, cfg);
+				return send_frag_needed(skb, cfg, overhead);
 			count(CNT_DROP_MTU, skb->len);
 			return TC_ACT_SHOT;
 		}
@@ -396,6 +397,8 @@ int from_pod(struct __sk_buff *skb)
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
 		goto pass;
+	if (!ipv4_header_ok(ip, skb->len - ETH_HLEN))
+		goto pass;
 
 	/* Remote first: it is the path the benchmarks measure. */
 	tun = tunnel_for_v4(ip->daddr);
@@ -456,6 +459,8 @@ static __always_inline int from_underlay_plain(struct __sk_buff *skb)
 	const struct tunnel_info *tun;
 
 	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		goto pass;
+	if (!ipv4_header_ok(ip, skb->len - ETH_HLEN))
 		goto pass;
 	ep = endpoint_for_v4(ip->daddr);
 	if (!ep)

@@ -106,6 +106,7 @@ enum counter {
 	CNT_DROP_OUTER_OPTIONS, /* outer IPv4 carries options */
 	CNT_DROP_OUTER_FRAGMENT,/* outer IPv4 is a fragment */
 	CNT_DROP_OUTER_LENGTH,  /* outer IPv4 or UDP length fields disagree with the frame */
+	CNT_DROP_OUTER_CSUM,    /* outer IPv4 header checksum wrong (ip_rcv would drop it too) */
 	CNT_DROP_INNER_NOT_IPV4,/* inner frame is not IPv4 */
 	CNT_DROP_INNER_MALFORMED, /* inner IPv4 version/IHL/length lie */
 	CNT_DROP_HELPER,        /* a BPF helper failed (adjust_room, redirect, ...) */

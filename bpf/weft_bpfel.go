@@ -41,11 +41,12 @@ const (
 	WeftCounterCNT_DROP_OUTER_OPTIONS   WeftCounter = 22
 	WeftCounterCNT_DROP_OUTER_FRAGMENT  WeftCounter = 23
 	WeftCounterCNT_DROP_OUTER_LENGTH    WeftCounter = 24
-	WeftCounterCNT_DROP_INNER_NOT_IPV4  WeftCounter = 25
-	WeftCounterCNT_DROP_INNER_MALFORMED WeftCounter = 26
-	WeftCounterCNT_DROP_HELPER          WeftCounter = 27
-	WeftCounterCNT_DROP_MTU             WeftCounter = 28
-	WeftCounterCNT__MAX                 WeftCounter = 29
+	WeftCounterCNT_DROP_OUTER_CSUM      WeftCounter = 25
+	WeftCounterCNT_DROP_INNER_NOT_IPV4  WeftCounter = 26
+	WeftCounterCNT_DROP_INNER_MALFORMED WeftCounter = 27
+	WeftCounterCNT_DROP_HELPER          WeftCounter = 28
+	WeftCounterCNT_DROP_MTU             WeftCounter = 29
+	WeftCounterCNT__MAX                 WeftCounter = 30
 )
 
 type WeftCounterValue struct {

@@ -41,8 +41,11 @@ func prefixToKey(p netip.Prefix) (uint32, [16]byte, error) {
 		return 0, addr, err
 	}
 	bits := p.Bits()
-	if p.Addr().Unmap().Is4() {
-		bits += v4MappedBits
+	switch {
+	case p.Addr().Is4():
+		bits += v4MappedBits // stored as ::ffff:a.b.c.d
+	case p.Addr().Is4In6() && bits < v4MappedBits:
+		return 0, addr, fmt.Errorf("prefix %s is shorter than its ::ffff: mapping", p)
 	}
 	return uint32(bits), addr, nil
 }

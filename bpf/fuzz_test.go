@@ -1,0 +1,363 @@
+package bpf_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"maps"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+
+	weftmaps "github.com/weftnet/weft/maps"
+)
+
+// ---- reference receiver ----
+//
+// refNode is node A as RFC 7348 and Weft's documented receive rules (design.md,
+// the comments on classify_underlay and enum counter) describe it, written
+// in Go without looking at what the BPF returns. The fuzzer holds the
+// programs to it: a frame is decapsulated only if refNode says it is VXLAN
+// for us, consistent in every header, and from the peer owning the inner
+// source; and every frame ends in the outcome refNode names.
+type refNode struct {
+	ip        netip.Addr
+	port      uint16
+	vni       uint32
+	tunnels   []weftmaps.Tunnel
+	endpoints map[netip.Addr]weftmaps.Endpoint
+}
+
+func newRefNode() *refNode {
+	eps := map[netip.Addr]weftmaps.Endpoint{}
+	for _, ep := range []weftmaps.Endpoint{pod1, pod2} {
+		eps[ep.IP] = ep
+	}
+	c := defaultConfig()
+	return &refNode{ip: c.UnderlayIP, port: c.Port, vni: c.VNI, tunnels: []weftmaps.Tunnel{peerB, peerC, peerD}, endpoints: eps}
+}
+
+// tunnelFor is a longest-prefix match over the tunnels.
+func (n *refNode) tunnelFor(a netip.Addr) (weftmaps.Tunnel, bool) {
+	best, found := weftmaps.Tunnel{}, false
+	for _, tun := range n.tunnels {
+		if tun.Subnet.Contains(a) && (!found || tun.Subnet.Bits() > best.Subnet.Bits()) {
+			best, found = tun, true
+		}
+	}
+	return best, found
+}
+
+// ipv4Header is what the reference needs of an IPv4 header.
+type ipv4Header struct {
+	version, ihl int // ihl in bytes
+	tos          byte
+	totLen       int
+	mf           bool
+	fragOff      int
+	ttl          byte
+	proto        byte
+	src, dst     netip.Addr
+}
+
+func parseIPv4(b []byte) (ipv4Header, bool) {
+	if len(b) < 20 {
+		return ipv4Header{}, false
+	}
+	fo := binary.BigEndian.Uint16(b[6:])
+	return ipv4Header{
+		version: int(b[0] >> 4), ihl: int(b[0]&0x0f) * 4, tos: b[1],
+		totLen: int(binary.BigEndian.Uint16(b[2:])),
+		mf:     fo&0x2000 != 0, fragOff: int(fo & 0x1fff),
+		ttl: b[8], proto: b[9],
+		src: netip.AddrFrom4([4]byte(b[12:16])), dst: netip.AddrFrom4([4]byte(b[16:20])),
+	}, true
+}
+
+// wellFormed is RFC 1812 5.2.2's test for a packet of avail bytes.
+func (h ipv4Header) wellFormed(avail int) bool {
+	return h.version == 4 && h.ihl >= 20 && h.totLen >= h.ihl && h.totLen <= avail
+}
+
+// refVerdict is the reference's outcome for one underlay frame.
+type refVerdict struct {
+	reason string // a counter name: decap, direct_rx, pass_underlay, pass_other_vni, drop_*
+	inner  []byte // decap: inner IPv4 packet and what trails it; direct_rx: the IPv4 packet
+	dst    netip.Addr
+	ttl    byte
+	peer   netip.Addr
+}
+
+func (n *refNode) classify(f []byte) refVerdict {
+	pass := refVerdict{reason: "pass_underlay"}
+	// Is it VXLAN for us at all? Ethernet, IPv4, UDP to our address and port,
+	// and not a later fragment (which has no UDP header to look at).
+	if len(f) < 14 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
+		return pass
+	}
+	outer, ok := parseIPv4(f[14:])
+	if !ok || outer.version != 4 || outer.ihl < 20 || outer.proto != 17 || outer.fragOff != 0 || outer.dst != n.ip {
+		return n.plain(f)
+	}
+	udpOff := 14 + outer.ihl
+	if len(f) < udpOff+8 || binary.BigEndian.Uint16(f[udpOff+2:]) != n.port {
+		return n.plain(f)
+	}
+
+	// It claims to be ours: every header must be consistent.
+	if outer.ihl != 20 {
+		return refVerdict{reason: "drop_outer_options"}
+	}
+	if outer.mf {
+		return refVerdict{reason: "drop_outer_fragment"}
+	}
+	udpLen := int(binary.BigEndian.Uint16(f[udpOff+4:]))
+	if outer.totLen > len(f)-14 || outer.totLen < 28 || udpLen != outer.totLen-20 {
+		return refVerdict{reason: "drop_outer_length"}
+	}
+	if !ipv4ChecksumOK(f[14:34]) {
+		return refVerdict{reason: "drop_outer_csum"}
+	}
+	if udpLen < 8+8+14+20 {
+		return refVerdict{reason: "drop_short"}
+	}
+	vxl := f[udpOff+8:]
+	if vxl[0]&0x08 == 0 {
+		return refVerdict{reason: "drop_vxlan_flags"}
+	}
+	if vni := uint32(vxl[4])<<16 | uint32(vxl[5])<<8 | uint32(vxl[6]); vni != n.vni {
+		return refVerdict{reason: "pass_other_vni"}
+	}
+	innerEth := vxl[8:]
+	if binary.BigEndian.Uint16(innerEth[12:]) != 0x0800 {
+		return refVerdict{reason: "drop_inner_not_ipv4"}
+	}
+	inner, _ := parseIPv4(innerEth[14:])
+	if !inner.wellFormed(udpLen - 8 - 8 - 14) {
+		return refVerdict{reason: "drop_inner_malformed"}
+	}
+	tun, ok := n.tunnelFor(inner.src)
+	if !ok {
+		return refVerdict{reason: "drop_unknown_source"}
+	}
+	if tun.Remote != outer.src {
+		return refVerdict{reason: "drop_unknown_peer"}
+	}
+	return refVerdict{reason: "decap", inner: innerEth[14:], dst: inner.dst, ttl: inner.ttl, peer: tun.Remote}
+}
+
+// plain is the tc program's unencapsulated path: a well-formed packet from
+// a DirectRouting peer's pod to a local pod, forwarded like a router would.
+func (n *refNode) plain(f []byte) refVerdict {
+	pass := refVerdict{reason: "pass_underlay"}
+	ip, ok := parseIPv4(f[14:])
+	if !ok || !ip.wellFormed(len(f)-14) {
+		return pass
+	}
+	if _, ok := n.endpoints[ip.dst]; !ok {
+		return pass
+	}
+	tun, ok := n.tunnelFor(ip.src)
+	if !ok || tun.Mode != weftmaps.ModeDirect || ip.ttl <= 1 {
+		return pass
+	}
+	return refVerdict{reason: "direct_rx", inner: f[14:], dst: ip.dst, ttl: ip.ttl}
+}
+
+// checkForwarded checks that got is want (an IPv4 packet and its trailer)
+// forwarded by a router: TTL - 1, checksum updated, all else identical.
+func checkForwarded(t *testing.T, got, want []byte) {
+	t.Helper()
+	if len(got) != len(want) || len(want) < 20 {
+		t.Fatalf("forwarded packet %d bytes, want %d", len(got), len(want))
+	}
+	if got[8] != want[8]-1 {
+		t.Errorf("TTL %d, want %d", got[8], want[8]-1)
+	}
+	g, w := slices.Clone(got), slices.Clone(want)
+	g[8], w[8], g[10], g[11], w[10], w[11] = 0, 0, 0, 0, 0, 0
+	hexDiff(t, "forwarded packet (TTL and checksum aside)", g, w)
+	ihl := int(want[0]&0x0f) * 4
+	if csum16(want[:ihl]) == 0 && csum16(got[:ihl]) != 0 {
+		t.Errorf("valid header checksum made invalid by forwarding: %x", got[:ihl])
+	}
+}
+
+func FuzzDecap(f *testing.F) {
+	for _, c := range underlayCases(f) {
+		f.Add(c.frame)
+	}
+	f.Add(podFrame(f, pod1, pkt{dst: remotePodB}))
+	f.Add(podFrame(f, pod1, pkt{dst: pod2.IP}))
+
+	e := newEnv(f)
+	ref := newRefNode()
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		// Program.Run takes 14 bytes up to a page less head- and tailroom.
+		if len(frame) < 14 || len(frame) > 1600 {
+			return
+		}
+		e.tb = t
+		want := ref.classify(frame)
+		checkFuzzXDP(t, e, frame, want)
+		if tcRunnable(frame) {
+			checkFuzzTC(t, e, frame, want)
+			// The other programs see hostile input too (a pod can send anything).
+			for _, name := range []string{"from_pod", "from_host"} {
+				r := e.run(name, frame)
+				checkVerdictSet(t, name, r.verdict)
+				if len(r.delta) != 1 || sum(r.delta) != 1 {
+					t.Errorf("%s: counters moved %v, want exactly one by one", name, r.delta)
+				}
+			}
+		}
+	})
+}
+
+func sum(d map[string]uint64) (n uint64) {
+	for _, v := range d {
+		n += v
+	}
+	return n
+}
+
+func checkVerdictSet(t *testing.T, name string, verdict uint32) {
+	t.Helper()
+	if !slices.Contains(verdictSets[name], verdict) {
+		t.Errorf("%s returned %d, outside its documented verdicts %v", name, verdict, verdictSets[name])
+	}
+}
+
+func checkFuzzXDP(t *testing.T, e *env, frame []byte, want refVerdict) {
+	t.Helper()
+	r := e.run("from_underlay_xdp", frame)
+	checkVerdictSet(t, "from_underlay_xdp", r.verdict)
+	decapped := len(r.out) < len(frame) || (len(r.meta) == 4 && binary.NativeEndian.Uint32(r.meta) == metaDecapped)
+	if decapped && want.reason != "decap" {
+		t.Fatalf("XDP decapsulated a frame the reference calls %s:\n%x", want.reason, frame)
+	}
+	var wantDelta map[string]uint64
+	switch want.reason {
+	case "decap":
+		wantDelta = counters("decap")
+		if r.verdict != xdpPass || !decapped {
+			t.Errorf("XDP verdict %d, decapsulated %v, for a valid frame", r.verdict, decapped)
+		}
+		exp := append(ethHdr(underlayMAC, frame[6:12], layers.EthernetTypeIPv4), want.inner...)
+		hexDiff(t, "XDP-decapsulated frame", r.out, exp)
+	case "pass_underlay", "direct_rx":
+		wantDelta = counters() // tc counts plain traffic
+		if r.verdict != xdpPass || len(r.meta) != 0 || !bytes.Equal(r.out, frame) {
+			t.Errorf("XDP: verdict %d, meta %x, frame changed %v; want an untouched pass", r.verdict, r.meta, !bytes.Equal(r.out, frame))
+		}
+	case "pass_other_vni":
+		wantDelta = counters(want.reason)
+		if r.verdict != xdpPass || !bytes.Equal(r.out, frame) {
+			t.Errorf("XDP: verdict %d, frame changed %v; want an untouched pass", r.verdict, !bytes.Equal(r.out, frame))
+		}
+	default:
+		wantDelta = counters(want.reason)
+		if r.verdict != xdpDrop {
+			t.Errorf("XDP verdict %d, want XDP_DROP for %s", r.verdict, want.reason)
+		}
+	}
+	if !maps.Equal(r.delta, wantDelta) {
+		t.Errorf("XDP counters moved %v, want %v (reference: %s)\n%x", r.delta, wantDelta, want.reason, frame)
+	}
+}
+
+func checkFuzzTC(t *testing.T, e *env, frame []byte, want refVerdict) {
+	t.Helper()
+	r := e.run("from_underlay", frame)
+	checkVerdictSet(t, "from_underlay", r.verdict)
+	if (r.verdict == tcActRedirect || !bytes.Equal(r.out, frame)) && want.reason != "decap" && want.reason != "direct_rx" {
+		t.Fatalf("tc redirected (%d) or changed a frame the reference calls %s:\n%x", r.verdict, want.reason, frame)
+	}
+	var wantDelta map[string]uint64
+	switch want.reason {
+	case "decap", "direct_rx":
+		if r.verdict != tcActRedirect {
+			t.Errorf("tc verdict %d, want TC_ACT_REDIRECT", r.verdict)
+		}
+		ep, local := e.endpoint(want.dst)
+		switch {
+		case local && want.ttl > 1:
+			if want.reason == "decap" {
+				wantDelta = counters("decap", "deliver")
+			} else {
+				wantDelta = counters("direct_rx")
+			}
+			if !bytes.Equal(r.out[:14], ethHdr(ep.MAC, ep.HostMAC, layers.EthernetTypeIPv4)) {
+				t.Errorf("Ethernet header %x, want the pod's", r.out[:14])
+			}
+			checkForwarded(t, r.out[14:], want.inner)
+		default:
+			wantDelta = counters("decap", "to_host")
+			hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, frame[6:12], layers.EthernetTypeIPv4), want.inner...))
+		}
+	case "pass_underlay", "pass_other_vni":
+		wantDelta = counters(want.reason)
+		if r.verdict != tcActOK {
+			t.Errorf("tc verdict %d, want TC_ACT_OK for %s", r.verdict, want.reason)
+		}
+	default:
+		wantDelta = counters(want.reason)
+		if r.verdict != tcActShot {
+			t.Errorf("tc verdict %d, want TC_ACT_SHOT for %s", r.verdict, want.reason)
+		}
+	}
+	if !maps.Equal(r.delta, wantDelta) {
+		t.Errorf("tc counters moved %v, want %v\n%x", r.delta, wantDelta, frame)
+	}
+}
+
+func (e *env) endpoint(a netip.Addr) (weftmaps.Endpoint, bool) { return endpointFor(a) }
+
+// Every program, on every frame this package builds, stays inside its
+// documented verdicts and moves counters (from_pod and from_host: exactly one).
+func TestVerdictSets(t *testing.T) {
+	e := newEnv(t)
+	var frames [][]byte
+	for _, c := range underlayCases(t) {
+		frames = append(frames, c.frame)
+	}
+	for _, dst := range []netip.Addr{remotePodB, remotePodC, remotePodD, pod2.IP, hostIP, netip.MustParseAddr("1.1.1.1")} {
+		for _, p := range []pkt{{}, {ttl: 1}, {df: true, size: 1500}, {size: 1500}} {
+			p.dst = dst
+			frames = append(frames, podFrame(t, pod1, p), hostFrame(t, p))
+		}
+	}
+	for _, fr := range frames {
+		for name := range verdictSets {
+			if name != "from_underlay_xdp" && !tcRunnable(fr) {
+				continue
+			}
+			r := e.run(name, fr)
+			checkVerdictSet(t, name, r.verdict)
+			switch name {
+			case "from_pod", "from_host":
+				if len(r.delta) != 1 || sum(r.delta) != 1 {
+					t.Errorf("%s: counters moved %v, want exactly one by one:\n%x", name, r.delta, fr)
+				}
+			case "from_underlay":
+				if sum(r.delta) == 0 || sum(r.delta) > 2 {
+					t.Errorf("%s: counters moved %v, want one (two on decap):\n%x", name, r.delta, fr)
+				}
+			}
+		}
+	}
+}
+
+// ipv4ChecksumOK is RFC 1071: the ones'-complement sum of a correct header,
+// check field included, is 0xffff.
+func ipv4ChecksumOK(h []byte) bool {
+	var sum uint32
+	for i := 0; i+1 < len(h); i += 2 {
+		sum += uint32(h[i])<<8 | uint32(h[i+1])
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return sum == 0xffff
+}
