@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"testing"
 	"time"
 
 	"github.com/weftnet/weft/test/topo"
@@ -112,4 +113,16 @@ func transferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, size 
 		return transferResult{}, fmt.Errorf("receive after %d bytes: %w", r.n, r.err)
 	}
 	return transferResult{Bytes: r.n, SentSum: hex.EncodeToString(h.Sum(nil)), RecvSum: r.sum, Duration: time.Since(start)}, nil
+}
+
+// waitFor polls cond every 10ms until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool, what string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for: "+what, append([]any{timeout}, args...)...)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -362,3 +362,25 @@ func (l *Lab) UnderlayExec(ctx context.Context, name string, args ...string) ([]
 func (l *Lab) UnderlayStart(name string, args ...string) (*exec.Cmd, error) {
 	return l.start(l.UnderlayPath, "ul", name, args...)
 }
+
+// ServiceAddr gives the underlay bridge address n of the underlay prefix
+// (nodes start at .11, so 1-10 are free) and returns it: a place for lab
+// services such as etcd that every node reaches over the underlay.
+func (l *Lab) ServiceAddr(n uint64) (netip.Addr, error) {
+	a, err := hostAddr(l.UnderlayCIDR, n)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("service address: %w", err)
+	}
+	err = withHandle(l.UnderlayPath, func(h *netlink.Handle) error {
+		br, err := h.LinkByName(UnderlayBridge)
+		if err != nil {
+			return err
+		}
+		addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(a, l.UnderlayCIDR.Bits()))}
+		return h.AddrReplace(br, addr)
+	})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("add service address %s to %s: %w", a, UnderlayBridge, err)
+	}
+	return a, nil
+}

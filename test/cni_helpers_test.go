@@ -1,0 +1,379 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/loader"
+	"github.com/weftnet/weft/maps"
+	"github.com/weftnet/weft/test/topo"
+)
+
+// Helpers for the weft-cni tests: Weft nodes in a topo lab, the plugin
+// built from source and driven through libcni the way containerd and
+// CRI-O drive it (exec'd from a thread inside the node's netns), pod
+// namespaces made by the test as a runtime would, and a census of
+// everything the plugin can leave behind.
+
+// cniPluginDir builds cmd/weft-cni into a temporary directory: libcni's
+// plugin search path.
+func cniPluginDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "weft-cni"), "github.com/weftnet/weft/cmd/weft-cni")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build weft-cni: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// cniConfig is a runtime's libcni handle: plugins from binDir, results
+// cached in cacheDir (not the machine's /var/lib/cni). The exec is set
+// explicitly because libcni's lazy default is not safe for concurrent calls.
+func cniConfig(binDir, cacheDir string) *libcni.CNIConfig {
+	return libcni.NewCNIConfigWithCacheDir([]string{binDir}, cacheDir, &invoke.DefaultExec{
+		RawExec:       &invoke.RawExec{Stderr: os.Stderr},
+		PluginDecoder: version.PluginDecoder{},
+	})
+}
+
+// cniNode is one lab node running Weft's data plane (loaded in-process,
+// then released: what remains is pinned, as after weftd wrote it).
+type cniNode struct {
+	name       string
+	node       *topo.Node
+	subnet     netip.Prefix
+	vtepMAC    net.HardwareAddr
+	pinPath    string
+	dataDir    string
+	subnetFile string
+	cni        *libcni.CNIConfig
+}
+
+type cniLab struct {
+	lab     *topo.Lab
+	nodes   []*cniNode
+	pinRoot string
+	binDir  string
+}
+
+// newCNILab makes n Weft nodes (subnet 10.244.<i+1>.0/24 each), tunnels
+// between every pair, a subnet.env and data dir per node, and the plugin.
+// Everything is removed at cleanup, also after a failure.
+func newCNILab(t *testing.T, n int) *cniLab {
+	t.Helper()
+	binDir := cniPluginDir(t)
+	lab, err := topo.New(topo.Options{})
+	if err != nil {
+		t.Fatalf("create lab: %v", err)
+	}
+	c := &cniLab{lab: lab, binDir: binDir, pinRoot: filepath.Join(loader.BPFFSRoot, "weft-test-"+lab.Prefix)}
+	t.Cleanup(func() {
+		for _, cn := range c.nodes {
+			cn.node.Do(func() error { return loader.TeardownNode(cn.pinPath, "") })
+		}
+		os.RemoveAll(c.pinRoot)
+		if err := lab.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+		// Pod namespaces are the test's own (named <prefix>-...): sweep them too.
+		if err := topo.CleanupPrefix(lab.Prefix); err != nil {
+			t.Errorf("remove pod namespaces: %v", err)
+		}
+	})
+	network := netip.MustParsePrefix("10.244.0.0/16")
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("n%d", i+1)
+		tn, err := lab.AddNode(name)
+		if err != nil {
+			t.Fatalf("add node %s: %v", name, err)
+		}
+		cn := &cniNode{
+			name:       name,
+			node:       tn,
+			subnet:     netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 0}), 24),
+			vtepMAC:    net.HardwareAddr{0x0e, 0x77, 0xc0, 0, 0, byte(i + 1)},
+			pinPath:    filepath.Join(c.pinRoot, name),
+			dataDir:    t.TempDir(),
+			subnetFile: filepath.Join(t.TempDir(), "subnet.env"),
+			cni:        cniConfig(binDir, t.TempDir()),
+		}
+		c.nodes = append(c.nodes, cn)
+		decap := loader.DecapXDP
+		if i%2 == 1 {
+			decap = loader.DecapTC
+		}
+		err = tn.Do(func() error {
+			d, err := loader.Load(loader.Options{PinPath: cn.pinPath})
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			_, err = loader.SetupNode(d, loader.NodeConfig{Underlay: tn.UnderlayIf, Network: network, Subnet: cn.subnet,
+				VtepMAC: cn.vtepMAC, VNI: testVNI, Port: testPort, Decap: decap})
+			return err
+		})
+		if err != nil {
+			t.Fatalf("load data plane on %s: %+v", name, err)
+		}
+		cn.writeSubnetEnv(t, network, cn.subnet, loader.PodMTU(lab.MTU))
+	}
+	for _, cn := range c.nodes {
+		set, err := maps.OpenPinned(cn.pinPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, peer := range c.nodes {
+			if peer == cn {
+				continue
+			}
+			err := set.Tunnels.Put(maps.Tunnel{Subnet: peer.subnet, Remote: peer.node.UnderlayIP, VtepMAC: peer.vtepMAC,
+				VNI: testVNI, Mode: maps.ModeVXLAN})
+			if err != nil {
+				t.Fatalf("tunnel %s -> %s: %v", cn.name, peer.name, err)
+			}
+		}
+		set.Close()
+	}
+	return c
+}
+
+// writeSubnetEnv writes flannel's format, FLANNEL_SUBNET as first address/len.
+func (cn *cniNode) writeSubnetEnv(t *testing.T, network, subnet netip.Prefix, mtu int) {
+	t.Helper()
+	env := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s/%d\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=false\n",
+		network, subnet.Masked().Addr().Next(), subnet.Bits(), mtu)
+	if err := os.WriteFile(cn.subnetFile, []byte(env), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// conflist is the node's network configuration as a runtime loads it
+// from /etc/cni/net.d: the minimal plugin conf plus this node's paths;
+// extra keys are merged into the plugin entry.
+func (cn *cniNode) conflist(t *testing.T, cniVersion string, extra map[string]any) *libcni.NetworkConfigList {
+	t.Helper()
+	plugin := map[string]any{"type": "weft-cni", "subnetFile": cn.subnetFile, "pinPath": cn.pinPath, "dataDir": cn.dataDir}
+	for k, v := range extra {
+		plugin[k] = v
+	}
+	b, err := json.Marshal(map[string]any{"cniVersion": cniVersion, "name": "weft", "plugins": []any{plugin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		t.Fatalf("parse conflist: %v", err)
+	}
+	return list
+}
+
+// Runtime calls. libcni execs the plugin from the calling thread, so each
+// call runs on a locked thread inside the node's netns: the plugin's
+// "host" netns is the node's, as on a real node.
+
+func (cn *cniNode) add(ctx context.Context, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (types.Result, error) {
+	var res types.Result
+	err := cn.node.Do(func() error {
+		var err error
+		res, err = cn.cni.AddNetworkList(ctx, list, rt)
+		return err
+	})
+	return res, err
+}
+
+func (cn *cniNode) check(ctx context.Context, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
+	return cn.node.Do(func() error { return cn.cni.CheckNetworkList(ctx, list, rt) })
+}
+
+func (cn *cniNode) del(ctx context.Context, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
+	return cn.node.Do(func() error { return cn.cni.DelNetworkList(ctx, list, rt) })
+}
+
+func (cn *cniNode) status(ctx context.Context, list *libcni.NetworkConfigList) error {
+	return cn.node.Do(func() error { return cn.cni.GetStatusNetworkList(ctx, list) })
+}
+
+// cniRuntimeConf is what a runtime passes for one pod.
+func cniRuntimeConf(id, netnsPath string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: netnsPath, IfName: "eth0"}
+}
+
+// cniPodNS creates a pod network namespace named <lab prefix>-<name>, as a
+// runtime creates the sandbox's before calling ADD. newCNILab's cleanup
+// sweeps every <prefix>-* namespace; deleting one early is fine.
+func cniPodNS(t *testing.T, c *cniLab, name string) string {
+	t.Helper()
+	ns := c.lab.Prefix + "-" + name
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("create pod netns %s: %v: %s", ns, err, out)
+	}
+	path := filepath.Join(topo.NetnsDir, ns)
+	if err := topo.Do(path, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
+	}); err != nil {
+		t.Fatalf("pod netns %s: lo up: %v", ns, err)
+	}
+	return path
+}
+
+// cniDeleteNS removes a pod namespace (the runtime tearing a sandbox down).
+func cniDeleteNS(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	return os.Remove(path)
+}
+
+// cniResult converts whatever version libcni returned to 1.0.
+func cniResult(t *testing.T, r types.Result) *current.Result {
+	t.Helper()
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		t.Fatalf("convert result: %v", err)
+	}
+	return res
+}
+
+// cniPodIP is the address the result gives the pod's interface.
+func cniPodIP(t *testing.T, res *current.Result) netip.Addr {
+	t.Helper()
+	if len(res.IPs) != 1 {
+		t.Fatalf("result has %d addresses, want 1: %v", len(res.IPs), res)
+	}
+	a, _ := netip.AddrFromSlice(res.IPs[0].Address.IP)
+	return a.Unmap()
+}
+
+// leftovers lists what any attachment left on the node: weft-cni host
+// veths ("weft" + 11 hex digits), /32 routes into the node subnet,
+// endpoint entries, pinned pod links, address reservations, records.
+func (cn *cniNode) leftovers(t *testing.T) []string {
+	t.Helper()
+	var left []string
+	err := cn.node.Do(func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			if n := l.Attrs().Name; strings.HasPrefix(n, "weft") && len(n) == 15 {
+				left = append(left, "host veth "+n)
+			}
+		}
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if r.Dst == nil {
+				continue
+			}
+			if ones, _ := r.Dst.Mask.Size(); ones == 32 {
+				if a, ok := netip.AddrFromSlice(r.Dst.IP); ok && cn.subnet.Contains(a.Unmap()) {
+					left = append(left, "route "+r.Dst.String())
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("inspect %s: %v", cn.name, err)
+	}
+	set, err := maps.OpenPinned(cn.pinPath)
+	if err != nil {
+		t.Fatalf("open maps of %s: %v", cn.name, err)
+	}
+	defer set.Close()
+	eps, err := set.Endpoints.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range eps {
+		left = append(left, fmt.Sprintf("endpoint %s (ifindex %d)", e.IP, e.IfIndex))
+	}
+	pods, err := loader.PodLinks(cn.pinPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, idx := range pods {
+		left = append(left, "pinned link "+loader.PodLinkName(idx))
+	}
+	filepath.Walk(filepath.Join(cn.dataDir, "ipam"), func(path string, info os.FileInfo, err error) error {
+		// host-local keeps a lock file and a round-robin cursor; every
+		// other file is one reserved address.
+		if err == nil && !info.IsDir() && info.Name() != "lock" && !strings.HasPrefix(info.Name(), "last_reserved_ip.") {
+			left = append(left, "address reservation "+info.Name())
+		}
+		return nil
+	})
+	recs, _ := os.ReadDir(filepath.Join(cn.dataDir, "attachments"))
+	for _, r := range recs {
+		left = append(left, "record "+r.Name())
+	}
+	return left
+}
+
+func (cn *cniNode) assertClean(t *testing.T) {
+	t.Helper()
+	if left := cn.leftovers(t); len(left) > 0 {
+		t.Errorf("node %s not clean: %s", cn.name, strings.Join(left, ", "))
+	}
+}
+
+// cniPodHasIf reports whether the pod namespace still holds ifName.
+func cniPodHasIf(t *testing.T, nsPath, ifName string) bool {
+	t.Helper()
+	has := false
+	if err := topo.Do(nsPath, func() error {
+		_, err := netlink.LinkByName(ifName)
+		has = err == nil
+		return nil
+	}); err != nil {
+		t.Fatalf("inspect %s: %v", nsPath, err)
+	}
+	return has
+}
+
+// cniPing sends count echo requests from the namespace and wants them all answered.
+func cniPing(nsPath string, dst netip.Addr, count int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "nsenter", "--net="+nsPath, "--", "ping", "-n", "-q", "-c", fmt.Sprint(count),
+		"-W", "1", "-i", "0.2", dst.String()).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf(" %d received", count)) {
+		return fmt.Errorf("ping %s: %v: %s", dst, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// cniOpenFDs counts this process's open file descriptors.
+func cniOpenFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
