@@ -1,0 +1,424 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/weftnet/weft/control/flannel"
+)
+
+// DefaultTTL is flannel's subnetTTL.
+const DefaultTTL = 24 * time.Hour
+
+// acquireAttempts bounds the list-then-transaction loop. Each lost race
+// means another node won a subnet, so this many attempts cover a crowd of
+// nodes starting together (flannel uses 10).
+const acquireAttempts = 20
+
+var (
+	// ErrNoFreeSubnet means every subnet in [SubnetMin, SubnetMax] is leased.
+	ErrNoFreeSubnet = errors.New("no free subnet in the network")
+	// ErrAcquireConflict means every attempt lost a race to another writer.
+	ErrAcquireConflict = errors.New("subnet allocation kept conflicting")
+	// ErrSubnetTaken means our subnet's key now belongs to another node, so
+	// the lease cannot be re-acquired; the node's pods are addressed in a
+	// subnet it no longer owns (flanneld exits in this case).
+	ErrSubnetTaken = errors.New("subnet taken by another node")
+	// errRace is a lost compare-and-swap; the caller re-reads and retries.
+	errRace = errors.New("etcd key changed concurrently")
+)
+
+// LeaseRequest says who this node is.
+type LeaseRequest struct {
+	PublicIP netip.Addr       // underlay IPv4 address (flanneld --public-ip)
+	VtepMAC  net.HardwareAddr // stable across restarts
+	TTL      time.Duration    // etcd lease TTL; DefaultTTL when zero
+	// Previous is the subnet the node had before (flannel reads it from
+	// subnet.env). It is taken again when no lease holds our PublicIP and
+	// it is free, so pods keep their addresses after a long outage.
+	Previous netip.Prefix
+}
+
+// OwnLease is this node's lease: the subnet key it holds and the etcd lease
+// keeping that key alive. Its accessors are safe while KeepAlive runs.
+type OwnLease struct {
+	s     *Store
+	cfg   *flannel.NetworkConfig
+	req   LeaseRequest
+	value []byte // our lease JSON
+
+	mu     sync.Mutex
+	subnet netip.Prefix
+	id     clientv3.LeaseID // 0 for a reservation (a key an admin wrote without TTL)
+	rev    int64
+}
+
+// Subnet is the node's pod subnet.
+func (o *OwnLease) Subnet() netip.Prefix { o.mu.Lock(); defer o.mu.Unlock(); return o.subnet }
+
+// ID is the etcd lease the key is attached to; 0 for a reservation.
+func (o *OwnLease) ID() clientv3.LeaseID { o.mu.Lock(); defer o.mu.Unlock(); return o.id }
+
+// Revision is the etcd revision at which the lease was last (re)acquired.
+func (o *OwnLease) Revision() int64 { o.mu.Lock(); defer o.mu.Unlock(); return o.rev }
+
+// Key is the etcd key of the lease.
+func (o *OwnLease) Key() string { return flannel.LeaseKey(o.s.prefix, o.Subnet()) }
+
+// AcquireLease takes this node's subnet, following flannel's rules: keep the
+// subnet of a valid lease holding our PublicIP if the config still allows
+// it (and delete it if not); else take req.Previous if free; else a random
+// one of the first 100 free subnets. Errors wrap ErrNoFreeSubnet,
+// ErrAcquireConflict or the etcd error.
+func (s *Store) AcquireLease(ctx context.Context, cfg *flannel.NetworkConfig, req LeaseRequest) (*OwnLease, error) {
+	if req.TTL == 0 {
+		req.TTL = DefaultTTL
+	}
+	if req.TTL < time.Second {
+		return nil, fmt.Errorf("acquire lease: TTL %v is under a second", req.TTL)
+	}
+	attrs, err := flannel.NewVXLANAttrs(req.PublicIP, cfg.Backend.VNI, req.VtepMAC)
+	if err != nil {
+		return nil, fmt.Errorf("acquire lease: %w", err)
+	}
+	value, err := flannel.MarshalLeaseAttrs(attrs)
+	if err != nil {
+		return nil, fmt.Errorf("acquire lease: %w", err)
+	}
+	o := &OwnLease{s: s, cfg: cfg, req: req, value: value}
+
+	// A granted etcd lease is reused across lost races and revoked if we
+	// give up, so that failed attempts leave nothing behind.
+	var granted clientv3.LeaseID
+	defer func() {
+		if granted != 0 && o.ID() != granted {
+			s.revoke(granted)
+		}
+	}()
+	for range acquireAttempts {
+		err := o.tryAcquire(ctx, &granted)
+		switch {
+		case err == nil:
+			s.log.Info("acquired subnet lease", zap.Stringer("subnet", o.Subnet()),
+				zap.Int64("lease_id", int64(o.ID())), zap.Int64("revision", o.Revision()))
+			return o, nil
+		case errors.Is(err, errRace):
+			continue
+		default:
+			return nil, fmt.Errorf("acquire lease for %s: %w", req.PublicIP, err)
+		}
+	}
+	return nil, fmt.Errorf("acquire lease for %s: %w after %d attempts", req.PublicIP, ErrAcquireConflict, acquireAttempts)
+}
+
+func (o *OwnLease) tryAcquire(ctx context.Context, granted *clientv3.LeaseID) error {
+	s, cfg := o.s, o.cfg
+	kvs, _, err := s.listRaw(ctx)
+	if err != nil {
+		return err
+	}
+	// Every key that parses blocks its subnet, valid or not: a subnet is
+	// only free if its key does not exist at all.
+	var (
+		used  []netip.Prefix
+		mine  *flannel.Lease
+		stale []flannel.KV // ours, but the config no longer allows the subnet
+	)
+	for _, kv := range kvs {
+		l, err := cfg.ParseLease(s.prefix, kv)
+		if err != nil {
+			var le *flannel.LeaseError
+			if errors.As(err, &le) && le.Subnet.IsValid() {
+				used = append(used, le.Subnet)
+			}
+			if errors.Is(err, flannel.ErrOutsideNetwork) || errors.Is(err, flannel.ErrSubnetSize) {
+				if a, aerr := flannel.ParseLeaseAttrs(kv.Value); aerr == nil && a.PublicIP == o.req.PublicIP {
+					stale = append(stale, kv)
+				}
+			}
+			continue
+		}
+		used = append(used, l.Subnet)
+		if l.PublicIP() != o.req.PublicIP {
+			continue
+		}
+		if !cfg.InRange(l.Subnet) {
+			stale = append(stale, kv)
+		} else if mine == nil || l.CreateRevision < mine.CreateRevision {
+			mine = &l
+		}
+	}
+
+	// flannel deletes a lease of its PublicIP that the config no longer
+	// allows (the Network or SubnetLen changed) before allocating anew.
+	if len(stale) > 0 {
+		for _, kv := range stale {
+			s.log.Info("deleting our lease that does not fit the network config",
+				zap.String("key", kv.Key), zap.Stringer("network", cfg.Network), zap.Int("subnet_len", cfg.SubnetLen))
+			if err := s.deleteIfUnchanged(ctx, kv); err != nil {
+				return err
+			}
+		}
+		return errRace // re-read without them
+	}
+	if mine != nil {
+		return o.reattach(ctx, *mine, granted)
+	}
+
+	var candidate netip.Prefix
+	if p := o.req.Previous; p.IsValid() && cfg.InRange(p) && isFree(used, p) {
+		candidate = p
+	} else {
+		free := cfg.FreeSubnets(used, 100)
+		if len(free) == 0 {
+			return fmt.Errorf("%w: %s, range %s-%s", ErrNoFreeSubnet, cfg.Network, cfg.SubnetMin, cfg.SubnetMax)
+		}
+		candidate = free[rand.IntN(len(free))]
+	}
+	return o.create(ctx, candidate, granted)
+}
+
+func isFree(used []netip.Prefix, p netip.Prefix) bool {
+	for _, u := range used {
+		if u.Overlaps(p) {
+			return false
+		}
+	}
+	return true
+}
+
+// create takes sn if its key does not exist, attached to a (granted once)
+// etcd lease.
+func (o *OwnLease) create(ctx context.Context, sn netip.Prefix, granted *clientv3.LeaseID) error {
+	s := o.s
+	if *granted == 0 {
+		g, err := s.cli.Grant(ctx, ttlSeconds(o.req.TTL))
+		if err != nil {
+			s.metrics.StoreErrors.Add(1)
+			return fmt.Errorf("grant etcd lease: %w", err)
+		}
+		*granted = g.ID
+	}
+	key := flannel.LeaseKey(s.prefix, sn)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(o.value), clientv3.WithLease(*granted))).
+		Commit()
+	if err != nil {
+		s.metrics.StoreErrors.Add(1)
+		return fmt.Errorf("create %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		s.log.Debug("subnet taken concurrently, retrying", zap.String("key", key))
+		return errRace
+	}
+	o.set(sn, *granted, resp.Header.Revision)
+	return nil
+}
+
+// reattach keeps an existing lease of ours: same subnet, and the same etcd
+// lease when it is alive and has the TTL we want, so nothing is written
+// unless the value (VtepMAC, VNI) changed.
+func (o *OwnLease) reattach(ctx context.Context, mine flannel.Lease, granted *clientv3.LeaseID) error {
+	s := o.s
+	id := clientv3.LeaseID(mine.EtcdLease)
+	move := false // attach the key to a new etcd lease
+	if id != 0 {
+		kctx, cancel := context.WithTimeout(ctx, 10*time.Second) // KeepAliveOnce retries forever otherwise
+		ka, err := s.cli.KeepAliveOnce(kctx, id)
+		cancel()
+		switch {
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return errRace // expiring right now; the key goes with it
+		case err != nil:
+			s.metrics.StoreErrors.Add(1)
+			return fmt.Errorf("renew etcd lease %x of %s: %w", int64(id), mine.Key, err)
+		case ka.TTL < ttlSeconds(o.req.TTL):
+			// A shorter lease than asked for (the TTL flag was raised).
+			// etcd may round a TTL up to its minimum, so longer is fine.
+			move = true
+		}
+	}
+	if !move && bytes.Equal(mine.Value, o.value) {
+		resp, err := s.cli.Get(ctx, mine.Key, clientv3.WithKeysOnly())
+		if err != nil {
+			s.metrics.StoreErrors.Add(1)
+			return fmt.Errorf("read %s: %w", mine.Key, err)
+		}
+		if len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision != mine.ModRevision {
+			return errRace
+		}
+		s.log.Info("kept existing subnet lease", zap.String("key", mine.Key))
+		o.set(mine.Subnet, id, resp.Header.Revision)
+		return nil
+	}
+
+	put := []clientv3.OpOption{}
+	newID := id
+	if move {
+		if *granted == 0 {
+			g, err := s.cli.Grant(ctx, ttlSeconds(o.req.TTL))
+			if err != nil {
+				s.metrics.StoreErrors.Add(1)
+				return fmt.Errorf("grant etcd lease: %w", err)
+			}
+			*granted = g.ID
+		}
+		newID = *granted
+	}
+	if newID != 0 {
+		put = append(put, clientv3.WithLease(newID))
+	}
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(mine.Key), "=", mine.ModRevision)).
+		Then(clientv3.OpPut(mine.Key, string(o.value), put...)).
+		Commit()
+	if err != nil {
+		s.metrics.StoreErrors.Add(1)
+		return fmt.Errorf("update %s: %w", mine.Key, err)
+	}
+	if !resp.Succeeded {
+		return errRace
+	}
+	s.log.Info("updated existing subnet lease", zap.String("key", mine.Key), zap.Bool("new_etcd_lease", move))
+	o.set(mine.Subnet, newID, resp.Header.Revision)
+	if move && id != 0 {
+		s.revoke(id) // it held only this key, which has moved
+	}
+	return nil
+}
+
+func (o *OwnLease) set(sn netip.Prefix, id clientv3.LeaseID, rev int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.subnet, o.id, o.rev = sn, id, rev
+}
+
+func (s *Store) deleteIfUnchanged(ctx context.Context, kv flannel.KV) error {
+	_, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(kv.Key), "=", kv.ModRevision)).
+		Then(clientv3.OpDelete(kv.Key)).
+		Commit()
+	if err != nil {
+		s.metrics.StoreErrors.Add(1)
+		return fmt.Errorf("delete %s: %w", kv.Key, err)
+	}
+	return nil
+}
+
+// revoke drops an etcd lease we no longer use, best effort: an unrevoked
+// lease only lingers until its TTL.
+func (s *Store) revoke(id clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.cli.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		s.metrics.StoreErrors.Add(1)
+		s.log.Warn("revoke unused etcd lease", zap.Int64("lease_id", int64(id)), zap.Error(err))
+	}
+}
+
+func ttlSeconds(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
+
+// KeepAlive renews the etcd lease until ctx is done, then returns
+// ctx.Err(). When the lease is lost it re-acquires the same subnet,
+// retrying with backoff while etcd is unreachable; it returns an error
+// wrapping ErrSubnetTaken if another node holds the subnet by then.
+func (o *OwnLease) KeepAlive(ctx context.Context) error {
+	s := o.s
+	for {
+		id := o.ID()
+		if id == 0 { // a reservation has nothing to renew
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		ch, err := s.cli.KeepAlive(ctx, id)
+		if err == nil {
+			for range ch { // closed when the lease is gone, unanswered past its TTL, or ctx is done
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.metrics.StoreErrors.Add(1)
+		s.log.Warn("etcd lease lost, re-acquiring the same subnet",
+			zap.Stringer("subnet", o.Subnet()), zap.Int64("lease_id", int64(id)), zap.Error(err))
+		if err := o.reacquire(ctx); err != nil {
+			return err
+		}
+		s.log.Info("subnet lease re-acquired", zap.Stringer("subnet", o.Subnet()), zap.Int64("lease_id", int64(o.ID())))
+	}
+}
+
+func (o *OwnLease) reacquire(ctx context.Context) error {
+	var (
+		b       backoff
+		granted clientv3.LeaseID
+	)
+	defer func() {
+		if granted != 0 && o.ID() != granted {
+			o.s.revoke(granted)
+		}
+	}()
+	for {
+		err := o.tryReacquire(ctx, &granted)
+		if err == nil || errors.Is(err, ErrSubnetTaken) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !errors.Is(err, errRace) {
+			o.s.log.Warn("re-acquire subnet lease", zap.Error(err))
+		}
+		if err := sleep(ctx, b.next()); err != nil {
+			return err
+		}
+	}
+}
+
+func (o *OwnLease) tryReacquire(ctx context.Context, granted *clientv3.LeaseID) error {
+	s, sn := o.s, o.Subnet()
+	key := flannel.LeaseKey(s.prefix, sn)
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		s.metrics.StoreErrors.Add(1)
+		return fmt.Errorf("read %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return o.create(ctx, sn, granted)
+	}
+	kv := resp.Kvs[0]
+	l, err := o.cfg.ParseLease(s.prefix, flannel.KV{Key: key, Value: kv.Value,
+		CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, EtcdLease: kv.Lease})
+	if err != nil || l.PublicIP() != o.req.PublicIP {
+		return fmt.Errorf("re-acquire %s: %w (value now %q)", key, ErrSubnetTaken, kv.Value)
+	}
+	return o.reattach(ctx, l, granted)
+}
+
+// Release revokes the etcd lease, deleting our subnet key so that other
+// nodes drop their tunnels to us (weftd --cleanup-on-exit). A reservation
+// (no etcd lease) is the admin's and is left alone.
+func (o *OwnLease) Release(ctx context.Context) error {
+	id := o.ID()
+	if id == 0 {
+		return nil
+	}
+	if _, err := o.s.cli.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		o.s.metrics.StoreErrors.Add(1)
+		return fmt.Errorf("release lease %s: %w", o.Key(), err)
+	}
+	o.s.log.Info("released subnet lease", zap.String("key", o.Key()))
+	return nil
+}

@@ -1,0 +1,151 @@
+// Package store is Weft's etcd v3 client, in flannel's schema (see
+// control/flannel), doing what flannel's pkg/subnet/etcd LocalManager and
+// registry do for flanneld:
+//
+//   - GetConfig reads <prefix>/config.
+//   - AcquireLease takes a subnet for this node. Like flannel it first looks
+//     for a lease holding this node's PublicIP and keeps it; unlike flannel
+//     it re-attaches to that key's existing etcd lease instead of granting a
+//     new one, so a restart that changes nothing writes nothing and other
+//     nodes see no event. A new subnet is taken with a transaction
+//     (CreateRevision == 0, put with an etcd lease), retried on conflict.
+//   - OwnLease.KeepAlive renews the etcd lease, and when it is lost (etcd was
+//     unreachable for longer than the TTL, or the lease was revoked)
+//     re-acquires the same subnet; it never silently moves the node, whose
+//     pods already have addresses in that subnet.
+//   - Sync lists the subnets, watches from the listed revision and hands the
+//     consumer the full, validated set after every change. Any watch failure
+//     (compaction, a closed channel, a cancelled watch) ends in a full
+//     re-list, the same recovery flannel's watchSubnets does on compaction,
+//     applied to every failure: the consumer diffs full sets, so a resync
+//     costs one list and can never leave it with a stale partial view.
+//
+// Every etcd failure is counted in metrics.Metrics.StoreErrors.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/weftnet/weft/control/flannel"
+	"github.com/weftnet/weft/control/metrics"
+)
+
+// listTimeout bounds one list of all leases (10,000 leases are ~2 MB).
+const listTimeout = 30 * time.Second
+
+// ErrConfigNotFound means <prefix>/config does not exist.
+var ErrConfigNotFound = errors.New("network config not found in etcd")
+
+// Store reads and writes one flannel network under one etcd prefix.
+type Store struct {
+	cli     *clientv3.Client
+	prefix  string
+	log     *zap.Logger
+	metrics *metrics.Metrics
+
+	// afterList, when set by a test, runs between a Sync list and the watch
+	// that follows it.
+	afterList func()
+}
+
+// New returns a Store on cli for the network at prefix ("" means
+// flannel.DefaultPrefix). log and m may be nil.
+func New(cli *clientv3.Client, prefix string, log *zap.Logger, m *metrics.Metrics) *Store {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if m == nil {
+		m = new(metrics.Metrics)
+	}
+	return &Store{cli: cli, prefix: flannel.CleanPrefix(prefix), log: log, metrics: m}
+}
+
+// Prefix is the normalised etcd prefix.
+func (s *Store) Prefix() string { return s.prefix }
+
+// GetConfig reads and validates <prefix>/config. Errors wrap
+// ErrConfigNotFound, a flannel config sentinel, or the etcd error.
+func (s *Store) GetConfig(ctx context.Context) (*flannel.NetworkConfig, error) {
+	key := flannel.ConfigKey(s.prefix)
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		s.metrics.StoreErrors.Add(1)
+		return nil, fmt.Errorf("get network config %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("get network config %s: %w", key, ErrConfigNotFound)
+	}
+	cfg, err := flannel.ParseConfig(resp.Kvs[0].Value)
+	if err != nil {
+		return nil, fmt.Errorf("get network config %s: %w", key, err)
+	}
+	return cfg, nil
+}
+
+// Snapshot is the whole set of leases at one etcd revision.
+type Snapshot struct {
+	Revision int64
+	Leases   []flannel.Lease       // valid, sorted by key
+	Invalid  []*flannel.LeaseError // one per bad key, sorted by key
+}
+
+// List reads every lease and validates the set.
+func (s *Store) List(ctx context.Context, cfg *flannel.NetworkConfig) (Snapshot, error) {
+	kvs, rev, err := s.listRaw(ctx)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	leases, invalid := cfg.ParseLeases(s.prefix, kvs)
+	return Snapshot{Revision: rev, Leases: leases, Invalid: invalid}, nil
+}
+
+func (s *Store) listRaw(ctx context.Context) ([]flannel.KV, int64, error) {
+	// Bounded, so that an unreachable etcd shows up as errors (logged,
+	// counted, retried) rather than as one call blocked for the outage.
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, flannel.SubnetsPrefix(s.prefix), clientv3.WithPrefix())
+	if err != nil {
+		s.metrics.StoreErrors.Add(1)
+		return nil, 0, fmt.Errorf("list subnets under %s: %w", flannel.SubnetsPrefix(s.prefix), err)
+	}
+	kvs := make([]flannel.KV, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		kvs = append(kvs, flannel.KV{Key: string(kv.Key), Value: kv.Value,
+			CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, EtcdLease: kv.Lease})
+	}
+	return kvs, resp.Header.Revision, nil
+}
+
+// sleep waits d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// backoff doubles from 100ms up to 5s, flannel's watch retry schedule.
+type backoff struct{ d time.Duration }
+
+func (b *backoff) next() time.Duration {
+	switch {
+	case b.d == 0:
+		b.d = 100 * time.Millisecond
+	case b.d < 5*time.Second:
+		b.d = min(2*b.d, 5*time.Second)
+	}
+	return b.d
+}
+
+func (b *backoff) reset() { b.d = 0 }
