@@ -1,33 +1,40 @@
 package test
 
 import (
+	"net/netip"
 	"testing"
+	"time"
 )
 
 // TestWeftdSmoke: three nodes running the real weftd lease subnets from a
-// real etcd, program each other, and their pods reach each other.
+// real etcd and program each other, a flannel-style kernel-vxlan node joins
+// from its own lease, and every pod reaches every other pod.
 func TestWeftdSmoke(t *testing.T) {
-	c := newDaemonCluster(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`)
-	var nodes []*daemonNode
+	c := newLab(t, "")
 	for _, name := range []string{"n1", "n2", "n3"} {
-		n := c.addNode(t, name)
-		c.startWeftd(t, n)
-		nodes = append(nodes, n)
+		mustAddWeftNode(t, c, name)
 	}
-	for _, n := range nodes {
-		c.addPod(t, n)
+	if _, err := c.AddFlannelNode("k1", netip.MustParsePrefix("10.244.200.0/24")); err != nil {
+		t.Fatal(err)
 	}
-	// Every weftd programs the other two.
-	for _, n := range nodes {
-		waitFor(t, 5e9, func() bool { return len(n.tunnels(t)) == 2 }, "node %s has 2 tunnels", n.name)
+	for _, n := range c.Nodes {
+		if _, err := c.AddPod(n, "p1"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	for _, from := range nodes {
-		for _, to := range nodes {
+	for _, n := range c.Nodes {
+		if n.Kind != "weft" {
+			continue
+		}
+		waitFor(t, 5*time.Second, func() bool { ts, _ := n.Tunnels(); return len(ts) == 3 }, "node %s has 3 tunnels", n.Name)
+	}
+	for _, from := range c.Nodes {
+		for _, to := range c.Nodes {
 			if from == to {
 				continue
 			}
-			if out, err := ping(from.pods[0].NSPath, to.pods[0].IP, 2, 0); err != nil {
-				t.Errorf("%s -> %s: %v\n%s", from.name, to.name, err, out)
+			if out, err := ping(from.Pods[0].NSPath, to.Pods[0].IP, 2, 0); err != nil {
+				t.Errorf("%s -> %s: %v\n%s", from.Name, to.Name, err, out)
 			}
 		}
 	}

@@ -1,0 +1,202 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weftnet/weft/test/topo"
+)
+
+// flannelNode plays flanneld's vxlan backend for one kernel-vxlan node: it
+// writes the node's lease in flannel's exact JSON (with an etcd lease, as
+// flanneld does) and programs flannel.1 from the other nodes' leases, one
+// route + neighbour + FDB entry per remote host (topo.AddFlannelPeer). It
+// deliberately parses leases with its own small struct rather than Weft's
+// control/flannel package, so the mixed-cluster tests check Weft against an
+// independent reading of the schema.
+type flannelNode struct {
+	node   *Node
+	cli    *clientv3.Client
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu    sync.Mutex
+	peers map[string]topo.FlannelPeer // etcd key -> programmed peer
+}
+
+// flannelLeaseJSON is a vxlan lease exactly as flanneld marshals it.
+func flannelLeaseJSON(publicIP netip.Addr, vni int, vtep net.HardwareAddr) string {
+	return fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":%d,"VtepMAC":"%s"}}`,
+		publicIP, vni, vtep)
+}
+
+// AddFlannelNode creates a kernel-vxlan node that takes subnet (the test or
+// the operator chooses it, as a flannel reservation would), writes its lease
+// with a TTL and keeps flannel.1 in step with the other leases.
+func (c *Cluster) AddFlannelNode(name string, subnet netip.Prefix) (*Node, error) {
+	tn, err := c.Lab.AddNode(name)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{Name: name, Kind: KindFlannel, Topo: tn, cluster: c, Subnet: subnet.Masked(),
+		SubnetFile: filepath.Join(c.Opts.RunDir, name, "subnet.env")}
+	c.Nodes = append(c.Nodes, n)
+	vtep, err := tn.SetupFlannelVXLAN(topo.FlannelOptions{Subnet: n.Subnet, VNI: 1, Port: 8472})
+	if err != nil {
+		return nil, err
+	}
+	n.VtepMAC = vtep
+
+	cli, err := c.Etcd.Client()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &flannelNode{node: n, cli: cli, cancel: cancel, done: make(chan struct{}), peers: map[string]topo.FlannelPeer{}}
+	rev, err := f.announce(ctx, c.EtcdPrefix)
+	if err != nil {
+		cancel()
+		cli.Close()
+		return nil, err
+	}
+	c.flannels = append(c.flannels, f)
+	go f.watch(ctx, c.EtcdPrefix, rev)
+	c.Opts.Logf("node %s: kernel vxlan (flannel v3 style), subnet %s, vtep %s", name, n.Subnet, vtep)
+	return n, nil
+}
+
+// announce writes the node's lease, kept alive like flanneld's, and
+// programs the peers that already exist.
+func (f *flannelNode) announce(ctx context.Context, prefix string) (int64, error) {
+	n := f.node
+	grant, err := f.cli.Grant(ctx, 60)
+	if err != nil {
+		return 0, fmt.Errorf("flannel node %s: grant lease: %w", n.Name, err)
+	}
+	if _, err := f.cli.KeepAlive(ctx, grant.ID); err != nil {
+		return 0, fmt.Errorf("flannel node %s: keep lease alive: %w", n.Name, err)
+	}
+	key := prefix + "/subnets/" + strings.Replace(n.Subnet.String(), "/", "-", 1)
+	if _, err := f.cli.Put(ctx, key, flannelLeaseJSON(n.Topo.UnderlayIP, 1, n.VtepMAC), clientv3.WithLease(grant.ID)); err != nil {
+		return 0, fmt.Errorf("flannel node %s: write lease: %w", n.Name, err)
+	}
+	return f.resync(ctx, prefix)
+}
+
+type flannelLease struct {
+	PublicIP    string
+	BackendType string
+	BackendData struct {
+		VtepMAC string
+	}
+}
+
+// peerFromKV turns another node's lease into the peer flannel.1 needs.
+func (f *flannelNode) peerFromKV(prefix string, key, value []byte) (topo.FlannelPeer, bool) {
+	name := strings.TrimPrefix(string(key), prefix+"/subnets/")
+	sn, err := netip.ParsePrefix(strings.Replace(name, "-", "/", 1))
+	if err != nil || sn.Masked() == f.node.Subnet {
+		return topo.FlannelPeer{}, false
+	}
+	var l flannelLease
+	if json.Unmarshal(value, &l) != nil || l.BackendType != "vxlan" {
+		return topo.FlannelPeer{}, false
+	}
+	ip, err := netip.ParseAddr(l.PublicIP)
+	mac, merr := net.ParseMAC(l.BackendData.VtepMAC)
+	if err != nil || merr != nil {
+		return topo.FlannelPeer{}, false
+	}
+	return topo.FlannelPeer{Subnet: sn, PublicIP: ip, VtepMAC: mac}, true
+}
+
+func (f *flannelNode) resync(ctx context.Context, prefix string) (int64, error) {
+	resp, err := f.cli.Get(ctx, prefix+"/subnets/", clientv3.WithPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("flannel node %s: list leases: %w", f.node.Name, err)
+	}
+	seen := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		if p, ok := f.peerFromKV(prefix, kv.Key, kv.Value); ok {
+			seen[string(kv.Key)] = true
+			f.program(string(kv.Key), p)
+		}
+	}
+	f.mu.Lock()
+	var gone []string
+	for k := range f.peers {
+		if !seen[k] {
+			gone = append(gone, k)
+		}
+	}
+	f.mu.Unlock()
+	for _, k := range gone {
+		f.unprogram(k)
+	}
+	return resp.Header.Revision, nil
+}
+
+func (f *flannelNode) program(key string, p topo.FlannelPeer) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if old, ok := f.peers[key]; ok {
+		if old.PublicIP == p.PublicIP && old.VtepMAC.String() == p.VtepMAC.String() {
+			return
+		}
+		f.node.Topo.RemoveFlannelPeer(old)
+	}
+	if err := f.node.Topo.AddFlannelPeer(p); err == nil {
+		f.peers[key] = p
+	}
+}
+
+func (f *flannelNode) unprogram(key string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if old, ok := f.peers[key]; ok {
+		f.node.Topo.RemoveFlannelPeer(old)
+		delete(f.peers, key)
+	}
+}
+
+func (f *flannelNode) watch(ctx context.Context, prefix string, rev int64) {
+	defer close(f.done)
+	for ctx.Err() == nil {
+		for resp := range f.cli.Watch(ctx, prefix+"/subnets/", clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+			if resp.Err() != nil {
+				break
+			}
+			for _, ev := range resp.Events {
+				key := string(ev.Kv.Key)
+				if ev.Type == clientv3.EventTypeDelete {
+					f.unprogram(key)
+				} else if p, ok := f.peerFromKV(prefix, ev.Kv.Key, ev.Kv.Value); ok {
+					f.program(key, p)
+				}
+			}
+			rev = resp.Header.Revision
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+		if r, err := f.resync(ctx, prefix); err == nil {
+			rev = r
+		}
+	}
+}
+
+func (f *flannelNode) stop() {
+	f.cancel()
+	<-f.done
+	f.cli.Close()
+}

@@ -1,0 +1,391 @@
+// Package lab runs a Weft cluster on one machine: a topo lab (namespaces as
+// nodes on one underlay segment), a real etcd reachable on the underlay,
+// real weftd processes on Weft nodes, flannel-style kernel-vxlan nodes
+// programmed from their etcd leases, and pods. The end-to-end tests, the
+// benchmarks' daemon runs and the weft-lab command all build clusters
+// through it.
+//
+// Everything it makes is named after one run-unique prefix and recorded in
+// a state file under the run directory, so Down can remove it even after
+// the process that made it was killed.
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/weftnet/weft/control/flannel"
+	"github.com/weftnet/weft/loader"
+	"github.com/weftnet/weft/maps"
+	"github.com/weftnet/weft/test/etcdtest"
+	"github.com/weftnet/weft/test/topo"
+)
+
+// DefaultRunRoot holds one directory per lab run.
+const DefaultRunRoot = "/run/weft-lab"
+
+// metricsPort is where every weftd serves /healthz and /metrics, on its
+// node's underlay address.
+const metricsPort = 9473
+
+// Options configures New.
+type Options struct {
+	Prefix    string       // run-unique name prefix; generated when empty
+	RunDir    string       // state, logs, subnet files, etcd data; default DefaultRunRoot/<prefix>
+	BinDir    string       // directory holding weftd, weftctl, weft-cni
+	Network   netip.Prefix // default 10.244.0.0/16
+	NetConfig string       // <prefix>/config JSON; default a vxlan config for Network
+	WireLike  bool         // underlay veths behave like a wire (topo.SetWireLike)
+	Logf      func(format string, args ...any)
+}
+
+// Cluster is a running lab.
+type Cluster struct {
+	Opts  Options
+	Lab   *topo.Lab
+	Etcd  *etcdtest.Server
+	Fwd   *etcdtest.Forwarder
+	Nodes []*Node
+
+	EtcdPrefix string
+	pinRoot    string
+	mu         sync.Mutex
+	closed     bool
+	flannels   []*flannelNode
+}
+
+// Kind says what runs on a node.
+type Kind string
+
+const (
+	KindWeft    Kind = "weft"    // real weftd
+	KindFlannel Kind = "flannel" // kernel vxlan programmed from etcd leases, flannel v3 style
+)
+
+// Node is one lab node.
+type Node struct {
+	Name       string
+	Kind       Kind
+	Topo       *topo.Node
+	PinPath    string // Weft nodes
+	SubnetFile string
+	CNIDataDir string
+	Cmd        *exec.Cmd // weftd, while running
+	Pods       []*topo.Pod
+	Subnet     netip.Prefix
+	VtepMAC    net.HardwareAddr
+	cluster    *Cluster
+}
+
+// state is what Down needs to undo a run whose process died.
+type state struct {
+	Prefix  string `json:"prefix"`
+	PinRoot string `json:"pin_root"`
+	RunDir  string `json:"run_dir"`
+	PID     int    `json:"pid"`
+}
+
+// New builds the underlay, starts etcd, exposes it on the underlay at
+// <underlay>.2:2379 and writes the network config.
+func New(opts Options) (*Cluster, error) {
+	if opts.Network == (netip.Prefix{}) {
+		opts.Network = netip.MustParsePrefix("10.244.0.0/16")
+	}
+	if opts.NetConfig == "" {
+		opts.NetConfig = fmt.Sprintf(`{"Network":"%s","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}`, opts.Network)
+	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
+	}
+	tl, err := topo.New(topo.Options{Prefix: opts.Prefix, KeepLogs: true, LogDir: logDirFor(opts)})
+	if err != nil {
+		return nil, err
+	}
+	opts.Prefix = tl.Prefix
+	if opts.RunDir == "" {
+		opts.RunDir = filepath.Join(DefaultRunRoot, opts.Prefix)
+	}
+	c := &Cluster{Opts: opts, Lab: tl, EtcdPrefix: flannel.DefaultPrefix,
+		pinRoot: filepath.Join(loader.BPFFSRoot, "weft-lab-"+opts.Prefix)}
+	if err := c.init(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// logDirFor puts process logs in the run directory when one is given.
+func logDirFor(opts Options) string {
+	if opts.RunDir == "" {
+		return ""
+	}
+	return filepath.Join(opts.RunDir, "logs")
+}
+
+func (c *Cluster) init() error {
+	if err := os.MkdirAll(c.Opts.RunDir, 0o700); err != nil {
+		return fmt.Errorf("create run dir: %w", err)
+	}
+	if err := c.writeState(); err != nil {
+		return err
+	}
+	if c.Opts.WireLike {
+		if err := c.Lab.SetWireLike(true); err != nil {
+			return err
+		}
+	}
+	var err error
+	c.Opts.Logf("starting etcd")
+	if c.Etcd, err = etcdtest.Start(filepath.Join(c.Opts.RunDir, "etcd")); err != nil {
+		return err
+	}
+	addr, err := c.Lab.ServiceAddr(2)
+	if err != nil {
+		return err
+	}
+	if c.Fwd, err = c.Etcd.Expose(func(fn func() error) error { return topo.Do(c.Lab.UnderlayPath, fn) }, netip.AddrPortFrom(addr, 2379)); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Etcd.Put(ctx, flannel.ConfigKey(c.EtcdPrefix), c.Opts.NetConfig); err != nil {
+		return fmt.Errorf("write network config: %w", err)
+	}
+	c.Opts.Logf("etcd ready at %s, network config %s", c.Fwd.URL(), c.Opts.NetConfig)
+	return nil
+}
+
+func (c *Cluster) writeState() error {
+	b, _ := json.MarshalIndent(state{Prefix: c.Opts.Prefix, PinRoot: c.pinRoot, RunDir: c.Opts.RunDir, PID: os.Getpid()}, "", "  ")
+	if err := os.WriteFile(filepath.Join(c.Opts.RunDir, "state.json"), b, 0o600); err != nil {
+		return fmt.Errorf("write lab state: %w", err)
+	}
+	return nil
+}
+
+// Close stops every process, removes every pin, namespace and the run
+// directory. Safe to call twice and on a half-built cluster.
+func (c *Cluster) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	var errs []error
+	for _, f := range c.flannels {
+		f.stop()
+	}
+	for _, n := range c.Nodes {
+		if n.Cmd != nil {
+			c.Lab.Stop(n.Cmd)
+		}
+		if n.Kind == KindWeft {
+			n.Topo.Do(func() error { return loader.TeardownNode(n.PinPath, "") })
+		}
+	}
+	if c.Etcd != nil {
+		c.Etcd.Close()
+	}
+	errs = append(errs, c.Lab.Close())
+	errs = append(errs, removePins(c.pinRoot))
+	errs = append(errs, os.RemoveAll(c.Opts.RunDir))
+	return errors.Join(errs...)
+}
+
+// removePins detaches and deletes every node's pins under root.
+func removePins(root string) error {
+	ents, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var errs []error
+	for _, e := range ents {
+		errs = append(errs, loader.Remove(filepath.Join(root, e.Name())))
+	}
+	errs = append(errs, os.RemoveAll(root))
+	return errors.Join(errs...)
+}
+
+// Down removes what the run in runDir left behind: its processes and
+// namespaces, its pins and the directory itself.
+func Down(runDir string) error {
+	b, err := os.ReadFile(filepath.Join(runDir, "state.json"))
+	if err != nil {
+		return fmt.Errorf("read lab state in %s: %w", runDir, err)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("parse lab state: %w", err)
+	}
+	if st.PID > 0 && st.PID != os.Getpid() {
+		if p, err := os.FindProcess(st.PID); err == nil {
+			p.Kill() // the lab process itself, if it still runs
+		}
+	}
+	var errs []error
+	errs = append(errs, topo.CleanupPrefix(st.Prefix))
+	errs = append(errs, removePins(st.PinRoot))
+	errs = append(errs, os.RemoveAll(st.RunDir))
+	return errors.Join(errs...)
+}
+
+// AddWeftNode creates a node and starts weftd on it with extra flags.
+func (c *Cluster) AddWeftNode(name string, extra ...string) (*Node, error) {
+	tn, err := c.Lab.AddNode(name)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{Name: name, Kind: KindWeft, Topo: tn, cluster: c,
+		PinPath:    filepath.Join(c.pinRoot, name),
+		SubnetFile: filepath.Join(c.Opts.RunDir, name, "subnet.env"),
+		CNIDataDir: filepath.Join(c.Opts.RunDir, name, "cni")}
+	c.Nodes = append(c.Nodes, n)
+	if err := c.StartWeftd(n, extra...); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// WeftdArgs are the flags a node's weftd runs with, before extra ones.
+func (c *Cluster) WeftdArgs(n *Node, extra ...string) []string {
+	args := []string{
+		"--etcd-endpoints", c.Fwd.URL(),
+		"--etcd-prefix", c.EtcdPrefix,
+		"--iface", n.Topo.UnderlayIf,
+		"--pin-path", n.PinPath,
+		"--subnet-file", n.SubnetFile,
+		"--metrics-addr", netip.AddrPortFrom(n.Topo.UnderlayIP, metricsPort).String(),
+		"--subnet-lease-ttl", "30s",
+	}
+	return append(args, extra...)
+}
+
+// StartWeftd starts the node's weftd and waits until /healthz says ready.
+func (c *Cluster) StartWeftd(n *Node, extra ...string) error {
+	cmd, err := n.Topo.Start(filepath.Join(c.Opts.BinDir, "weftd"), c.WeftdArgs(n, extra...)...)
+	if err != nil {
+		return fmt.Errorf("start weftd on %s: %w", n.Name, err)
+	}
+	n.Cmd = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, _, err := n.Get("/healthz")
+		if err == nil && code == http.StatusOK {
+			break
+		}
+		select {
+		case <-c.Lab.Exited(cmd):
+			return fmt.Errorf("weftd on %s exited before becoming ready:\n%s", n.Name, n.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("weftd on %s not ready after 30s (last: %d %v):\n%s", n.Name, code, err, n.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sn, err := readSubnetEnv(n.SubnetFile)
+	if err != nil {
+		return err
+	}
+	n.Subnet = sn
+	c.Opts.Logf("node %s: weftd ready, subnet %s", n.Name, sn)
+	return nil
+}
+
+// Log returns the node's current weftd log.
+func (n *Node) Log() string {
+	if n.Cmd == nil {
+		return ""
+	}
+	b, _ := os.ReadFile(n.cluster.Lab.LogPath(n.Cmd))
+	return string(b)
+}
+
+// Get fetches path from the node's weftd endpoint, dialling inside the node.
+func (n *Node) Get(path string) (int, string, error) {
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := topo.Do(n.Topo.NSPath, func() error {
+			var err error
+			conn, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: 3 * time.Second}
+	resp, err := cl.Get("http://" + netip.AddrPortFrom(n.Topo.UnderlayIP, metricsPort).String() + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// Metric returns one Prometheus sample's value from the node's /metrics,
+// e.g. `weft_tunnels` or `weft_packets_total{reason="encap"}`.
+func (n *Node) Metric(name string) (float64, error) {
+	code, body, err := n.Get("/metrics")
+	if err != nil {
+		return 0, err
+	}
+	if code != http.StatusOK {
+		return 0, fmt.Errorf("GET /metrics on %s: status %d", n.Name, code)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				return 0, fmt.Errorf("metric %s: %w", name, err)
+			}
+			return f, nil
+		}
+	}
+	return 0, fmt.Errorf("metric %s not exposed by %s", name, n.Name)
+}
+
+// Maps opens the node's pinned maps; the caller closes them.
+func (n *Node) Maps() (*maps.Set, error) { return maps.OpenPinned(n.PinPath) }
+
+// Tunnels reads the node's tunnels map straight from its pins.
+func (n *Node) Tunnels() ([]maps.Tunnel, error) {
+	set, err := n.Maps()
+	if err != nil {
+		return nil, err
+	}
+	defer set.Close()
+	return set.Tunnels.All()
+}
+
+// readSubnetEnv returns FLANNEL_SUBNET's subnet from a subnet.env.
+func readSubnetEnv(path string) (netip.Prefix, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "FLANNEL_SUBNET="); ok {
+			p, err := netip.ParsePrefix(strings.TrimSpace(v))
+			if err != nil {
+				return netip.Prefix{}, fmt.Errorf("%s: FLANNEL_SUBNET: %w", path, err)
+			}
+			return p.Masked(), nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("%s has no FLANNEL_SUBNET", path)
+}
