@@ -61,12 +61,12 @@ func parseFlags(args []string, stderr *os.File) (config, error) {
 	fs := pflag.NewFlagSet("weftd", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		c          config
-		endpoints  string
-		publicIP   string
-		vtepMAC    string
-		decap      string
-		logLevel   string
+		c         config
+		endpoints string
+		publicIP  string
+		vtepMAC   string
+		decap     string
+		logLevel  string
 	)
 	fs.StringVar(&endpoints, "etcd-endpoints", "http://127.0.0.1:2379", "comma-separated etcd endpoints (flanneld's flag)")
 	fs.StringVar(&c.EtcdPrefix, "etcd-prefix", flannel.DefaultPrefix, "etcd prefix of the network config and subnet leases (flanneld's flag)")
