@@ -14,7 +14,7 @@ FUZZTIME ?= 30s
 DEPS_BUILD := clang llvm libbpf-dev
 DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux kmod
 
-.PHONY: help deps deps-build generate build test test-unit test-e2e fuzz bench demo lint clean check-generate
+.PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down lint clean check-generate
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ generate: deps-build ## rebuild the BPF objects and Go bindings with bpf2go
 check-generate: generate ## fail if the committed BPF objects are stale
 	git diff --exit-code -- bpf/ || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
 
-build: ## build weftd, weftctl and weft-cni into bin/
+build: ## build weftd, weftctl, weft-cni and weft-lab into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
@@ -39,6 +39,15 @@ test: deps build ## run every test, including the privileged end-to-end ones (ne
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) -timeout 40m ./...
 	$(MAKE) fuzz
+
+demo: deps build ## run the lab demo: a mixed Weft/flannel cluster in namespaces, proven and torn down (needs root)
+	./$(BIN)/weft-lab demo --bin-dir $(BIN)
+
+lab-up: deps build ## build a lab cluster and keep it running until Ctrl-C (weft-lab status / down from another shell)
+	./$(BIN)/weft-lab up --bin-dir $(BIN)
+
+lab-down: ## remove what the last lab run made, also after a crash
+	./$(BIN)/weft-lab down
 
 fuzz: ## run the decap fuzz target for $(FUZZTIME)
 	$(GO) test -run '^$$' -fuzz FuzzDecap -fuzztime $(FUZZTIME) ./bpf/

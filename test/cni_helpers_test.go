@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -217,15 +218,22 @@ func cniRuntimeConf(id, netnsPath string) *libcni.RuntimeConf {
 }
 
 // cniPodNS creates a pod network namespace named <lab prefix>-<name>, as a
-// runtime creates the sandbox's before calling ADD. newCNILab's cleanup
-// sweeps every <prefix>-* namespace; deleting one early is fine.
+// runtime creates the sandbox's before calling ADD.
 func cniPodNS(t *testing.T, c *cniLab, name string) string {
 	t.Helper()
-	ns := c.lab.Prefix + "-" + name
+	return cniPodNSIn(t, c.lab.Prefix, name)
+}
+
+// cniPodNSIn creates <prefix>-<name> and deletes it at cleanup (deleting
+// it earlier, as a test of DEL without netns does, is fine).
+func cniPodNSIn(t *testing.T, prefix, name string) string {
+	t.Helper()
+	ns := prefix + "-" + name
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("create pod netns %s: %v: %s", ns, err, out)
 	}
 	path := filepath.Join(topo.NetnsDir, ns)
+	t.Cleanup(func() { cniDeleteNS(path) })
 	if err := topo.Do(path, func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
@@ -238,12 +246,16 @@ func cniPodNS(t *testing.T, c *cniLab, name string) string {
 	return path
 }
 
-// cniDeleteNS removes a pod namespace (the runtime tearing a sandbox down).
+// cniDeleteNS removes a pod namespace (the runtime tearing a sandbox
+// down); one already gone is fine.
 func cniDeleteNS(path string) error {
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount %s: %w", path, err)
 	}
-	return os.Remove(path)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
 }
 
 // cniResult converts whatever version libcni returned to 1.0.

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/loader"
+	"github.com/weftnet/weft/test/lab"
 	"github.com/weftnet/weft/test/topo"
 )
 
@@ -105,7 +107,7 @@ func TestDataPlaneWithKernelVXLANPeer(t *testing.T) {
 				t.Errorf("%s -> %s: %v", pr[0].name, pr[1].name, err)
 				continue
 			}
-			if res.Bytes != size || res.SentSum != res.RecvSum {
+			if !res.Intact(size) {
 				t.Errorf("%s -> %s: received %d of %d bytes, sha256 %s, sent %s", pr[0].name, pr[1].name, res.Bytes, size, res.RecvSum, res.SentSum)
 				continue
 			}
@@ -197,14 +199,11 @@ type podRef struct {
 
 func (p *podRef) String() string { return p.node + "/" + p.pod + "(" + p.ip.String() + ")" }
 
-// ping runs ping in the namespace at nsPath; size 0 means the default.
+// ping is lab.Ping with a 30 s bound; size 0 means the default size.
 func ping(nsPath string, dst netip.Addr, count, size int) ([]byte, error) {
-	args := []string{"--net=" + nsPath, "--", "ping", "-c", fmt.Sprint(count), "-W", "2", "-i", "0.2"}
-	if size > 0 {
-		args = append(args, "-M", "do", "-s", fmt.Sprint(size))
-	}
-	args = append(args, dst.String())
-	return exec.Command("nsenter", args...).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return lab.Ping(ctx, nsPath, dst, count, size)
 }
 
 // setPodMTU sets both ends of the pod's veth (a veth drops what exceeds

@@ -12,6 +12,8 @@ package lab
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,7 +45,8 @@ const metricsPort = 9473
 // Options configures New.
 type Options struct {
 	Prefix    string       // run-unique name prefix; generated when empty
-	RunDir    string       // state, logs, subnet files, etcd data; default DefaultRunRoot/<prefix>
+	RunRoot   string       // parent of RunDir; default DefaultRunRoot
+	RunDir    string       // state, logs, subnet files, etcd data; default <RunRoot>/<prefix>
 	BinDir    string       // directory holding weftd, weftctl, weft-cni
 	Network   netip.Prefix // default 10.244.0.0/16
 	NetConfig string       // <prefix>/config JSON; default a vxlan config for Network
@@ -89,12 +92,33 @@ type Node struct {
 	cluster    *Cluster
 }
 
-// state is what Down needs to undo a run whose process died.
-type state struct {
-	Prefix  string `json:"prefix"`
-	PinRoot string `json:"pin_root"`
-	RunDir  string `json:"run_dir"`
-	PID     int    `json:"pid"`
+// State is what a run records in <run dir>/state.json: enough for Down to
+// undo a run whose process died, and for `weft-lab status` to describe it.
+type State struct {
+	Prefix  string      `json:"prefix"`
+	PinRoot string      `json:"pin_root"`
+	RunDir  string      `json:"run_dir"`
+	PID     int         `json:"pid"`
+	Etcd    string      `json:"etcd,omitempty"`
+	Nodes   []NodeState `json:"nodes,omitempty"`
+}
+
+// NodeState describes one node of a run.
+type NodeState struct {
+	Name       string     `json:"name"`
+	Kind       Kind       `json:"kind"`
+	NSPath     string     `json:"netns"`
+	UnderlayIP netip.Addr `json:"underlay_ip"`
+	Subnet     string     `json:"subnet"`
+	PinPath    string     `json:"pin_path,omitempty"`
+	Pods       []PodState `json:"pods"`
+}
+
+// PodState describes one pod.
+type PodState struct {
+	Name   string     `json:"name"`
+	NSPath string     `json:"netns"`
+	IP     netip.Addr `json:"ip"`
 }
 
 // New builds the underlay, starts etcd, exposes it on the underlay at
@@ -109,13 +133,21 @@ func New(opts Options) (*Cluster, error) {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	tl, err := topo.New(topo.Options{Prefix: opts.Prefix, KeepLogs: true, LogDir: logDirFor(opts)})
+	if opts.Prefix == "" {
+		b := make([]byte, 3)
+		rand.Read(b)
+		opts.Prefix = "wl" + hex.EncodeToString(b)
+	}
+	if opts.RunRoot == "" {
+		opts.RunRoot = DefaultRunRoot
+	}
+	if opts.RunDir == "" {
+		opts.RunDir = filepath.Join(opts.RunRoot, opts.Prefix)
+	}
+	// Logs live in the run directory, which Close removes.
+	tl, err := topo.New(topo.Options{Prefix: opts.Prefix, KeepLogs: true, LogDir: filepath.Join(opts.RunDir, "logs")})
 	if err != nil {
 		return nil, err
-	}
-	opts.Prefix = tl.Prefix
-	if opts.RunDir == "" {
-		opts.RunDir = filepath.Join(DefaultRunRoot, opts.Prefix)
 	}
 	c := &Cluster{Opts: opts, Lab: tl, EtcdPrefix: flannel.DefaultPrefix,
 		pinRoot: filepath.Join(loader.BPFFSRoot, "weft-lab-"+opts.Prefix)}
@@ -124,14 +156,6 @@ func New(opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
-}
-
-// logDirFor puts process logs in the run directory when one is given.
-func logDirFor(opts Options) string {
-	if opts.RunDir == "" {
-		return ""
-	}
-	return filepath.Join(opts.RunDir, "logs")
 }
 
 func (c *Cluster) init() error {
@@ -167,12 +191,48 @@ func (c *Cluster) init() error {
 	return nil
 }
 
+// SaveState records the run (called on creation; call again after adding
+// nodes and pods so `status` sees them).
+func (c *Cluster) SaveState() error { return c.writeState() }
+
 func (c *Cluster) writeState() error {
-	b, _ := json.MarshalIndent(state{Prefix: c.Opts.Prefix, PinRoot: c.pinRoot, RunDir: c.Opts.RunDir, PID: os.Getpid()}, "", "  ")
-	if err := os.WriteFile(filepath.Join(c.Opts.RunDir, "state.json"), b, 0o600); err != nil {
+	st := State{Prefix: c.Opts.Prefix, PinRoot: c.pinRoot, RunDir: c.Opts.RunDir, PID: os.Getpid()}
+	if c.Fwd != nil {
+		st.Etcd = c.Fwd.URL()
+	}
+	for _, n := range c.Nodes {
+		ns := NodeState{Name: n.Name, Kind: n.Kind, NSPath: n.Topo.NSPath, UnderlayIP: n.Topo.UnderlayIP,
+			Subnet: n.Subnet.String(), Pods: []PodState{}}
+		if n.Kind == KindWeft {
+			ns.PinPath = n.PinPath
+		}
+		for _, p := range n.Pods {
+			ns.Pods = append(ns.Pods, PodState{Name: p.Name, NSPath: p.NSPath, IP: p.IP})
+		}
+		st.Nodes = append(st.Nodes, ns)
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	tmp := filepath.Join(c.Opts.RunDir, "state.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write lab state: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(c.Opts.RunDir, "state.json")); err != nil {
 		return fmt.Errorf("write lab state: %w", err)
 	}
 	return nil
+}
+
+// LoadState reads the state a run recorded in runDir.
+func LoadState(runDir string) (State, error) {
+	var st State
+	b, err := os.ReadFile(filepath.Join(runDir, "state.json"))
+	if err != nil {
+		return st, fmt.Errorf("read lab state in %s: %w", runDir, err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("parse lab state in %s: %w", runDir, err)
+	}
+	return st, nil
 }
 
 // Close stops every process, removes every pin, namespace and the run
@@ -223,17 +283,16 @@ func removePins(root string) error {
 // Down removes what the run in runDir left behind: its processes and
 // namespaces, its pins and the directory itself.
 func Down(runDir string) error {
-	b, err := os.ReadFile(filepath.Join(runDir, "state.json"))
+	st, err := LoadState(runDir)
 	if err != nil {
-		return fmt.Errorf("read lab state in %s: %w", runDir, err)
-	}
-	var st state
-	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("parse lab state: %w", err)
+		return err
 	}
 	if st.PID > 0 && st.PID != os.Getpid() {
-		if p, err := os.FindProcess(st.PID); err == nil {
-			p.Kill() // the lab process itself, if it still runs
+		// The lab process itself, if it still runs (and the PID was not reused).
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.PID)); err == nil && strings.Contains(string(cmdline), "weft") {
+			if p, err := os.FindProcess(st.PID); err == nil {
+				p.Kill()
+			}
 		}
 	}
 	var errs []error

@@ -1,0 +1,113 @@
+package lab
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os/exec"
+	"time"
+
+	"github.com/weftnet/weft/test/topo"
+)
+
+// Sockets belong to the namespace of the thread that creates them, so a
+// listener or connection made inside topo.Do keeps working from any
+// goroutine afterwards: traffic needs no helper processes.
+
+// Ping sends count echo requests from the namespace at nsPath to dst and
+// fails unless every one is answered. size > 0 sets the payload size with
+// DF set (-M do).
+func Ping(ctx context.Context, nsPath string, dst netip.Addr, count, size int) ([]byte, error) {
+	args := []string{"--net=" + nsPath, "--", "ping", "-c", fmt.Sprint(count), "-W", "2", "-i", "0.2"}
+	if size > 0 {
+		args = append(args, "-M", "do", "-s", fmt.Sprint(size))
+	}
+	args = append(args, dst.String())
+	out, err := exec.CommandContext(ctx, "nsenter", args...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("ping %s from %s: %w", dst, nsPath, err)
+	}
+	return out, nil
+}
+
+// Transfer is what one TCP transfer moved and what arrived.
+type Transfer struct {
+	Bytes    int64
+	SentSum  string // sha256 of what was sent
+	RecvSum  string // sha256 of what arrived
+	Duration time.Duration
+}
+
+// Intact reports whether every byte arrived unchanged.
+func (r Transfer) Intact(size int64) bool { return r.Bytes == size && r.SentSum == r.RecvSum }
+
+// Gbps is the transfer's goodput.
+func (r Transfer) Gbps() float64 { return float64(r.Bytes) * 8 / r.Duration.Seconds() / 1e9 }
+
+// TransferTCP streams size pseudo-random bytes from the srcNS namespace to
+// a listener on dst in the dstNS namespace and hashes both ends.
+func TransferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, size int64) (Transfer, error) {
+	var l net.Listener
+	err := topo.Do(dstNS, func() error {
+		var err error
+		l, err = net.Listen("tcp4", netip.AddrPortFrom(dst, 0).String())
+		return err
+	})
+	if err != nil {
+		return Transfer{}, fmt.Errorf("listen in %s: %w", dstNS, err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+
+	type recv struct {
+		sum string
+		n   int64
+		err error
+	}
+	done := make(chan recv, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			done <- recv{err: err}
+			return
+		}
+		defer c.Close()
+		if dl, ok := ctx.Deadline(); ok {
+			c.SetDeadline(dl)
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		done <- recv{sum: hex.EncodeToString(h.Sum(nil)), n: n, err: err}
+	}()
+
+	var c net.Conn
+	err = topo.Do(srcNS, func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, "tcp4", netip.AddrPortFrom(dst, uint16(port)).String())
+		return err
+	})
+	if err != nil {
+		return Transfer{}, fmt.Errorf("dial %s:%d from %s: %w", dst, port, srcNS, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	start := time.Now()
+	h := sha256.New()
+	src := io.LimitReader(rand.NewChaCha8([32]byte{byte(port), byte(port >> 8)}), size)
+	n, err := io.Copy(io.MultiWriter(c, h), src)
+	c.Close()
+	if err != nil {
+		return Transfer{}, fmt.Errorf("send after %d bytes: %w", n, err)
+	}
+	r := <-done
+	if r.err != nil {
+		return Transfer{}, fmt.Errorf("receive after %d bytes: %w", r.n, r.err)
+	}
+	return Transfer{Bytes: r.n, SentSum: hex.EncodeToString(h.Sum(nil)), RecvSum: r.sum, Duration: time.Since(start)}, nil
+}
