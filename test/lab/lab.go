@@ -171,6 +171,7 @@ func (c *Cluster) init() error {
 		}
 	}
 	var err error
+	c.Opts.Logf("lab %s: state in %s", c.Opts.Prefix, c.Opts.RunDir)
 	c.Opts.Logf("starting etcd")
 	if c.Etcd, err = etcdtest.Start(filepath.Join(c.Opts.RunDir, "etcd")); err != nil {
 		return err
