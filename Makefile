@@ -14,7 +14,7 @@ FUZZTIME ?= 30s
 DEPS_BUILD := clang llvm libbpf-dev
 DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux kmod
 
-.PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down lint clean check-generate
+.PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down install-cni lint clean check-generate
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -51,6 +51,14 @@ lab-down: ## remove what the last lab run made, also after a crash
 
 fuzz: ## run the decap fuzz target for $(FUZZTIME)
 	$(GO) test -run '^$$' -fuzz FuzzDecap -fuzztime $(FUZZTIME) ./bpf/
+
+CNI_BIN_DIR ?= /opt/cni/bin
+CNI_CONF_DIR ?= /etc/cni/net.d
+install-cni: ## build weft-cni, install it to $(CNI_BIN_DIR) and its conflist to $(CNI_CONF_DIR) (needs root)
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/weft-cni ./cmd/weft-cni
+	install -D -m 0755 $(BIN)/weft-cni $(CNI_BIN_DIR)/weft-cni
+	install -D -m 0644 cmd/weft-cni/10-weft.conflist $(CNI_CONF_DIR)/10-weft.conflist
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...

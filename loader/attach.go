@@ -274,6 +274,9 @@ func Remove(pinPath string) error {
 		errs = append(errs, detachPinned(pinPath, n))
 	}
 	errs = append(errs, os.RemoveAll(pinPath))
+	if err := os.Remove(lockPath(pinPath)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

@@ -220,11 +220,10 @@ func EnsureBPFFS(root string) error {
 // tests) with an flock. bpffs holds only BPF objects, so the lock file
 // lives in /run/weft, named after the pin path.
 func lockPinParent(pinPath string) (func(), error) {
-	dir := "/run/weft"
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	name := lockPath(pinPath)
+	if err := os.MkdirAll(filepath.Dir(name), 0o700); err != nil {
 		return nil, fmt.Errorf("create lock directory: %w", err)
 	}
-	name := filepath.Join(dir, "pins-"+sanitize(pinPath)+".lock")
 	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", name, err)
@@ -237,6 +236,11 @@ func lockPinParent(pinPath string) (func(), error) {
 		unix.Flock(int(f.Fd()), unix.LOCK_UN)
 		f.Close()
 	}, nil
+}
+
+// lockPath is the lock file of one pin directory.
+func lockPath(pinPath string) string {
+	return filepath.Join("/run/weft", "pins-"+sanitize(pinPath)+".lock")
 }
 
 func sanitize(path string) string {

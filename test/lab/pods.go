@@ -9,11 +9,24 @@ import (
 	"github.com/weftnet/weft/test/topo"
 )
 
-// AddPod creates a pod on n with the next free address of n's subnet. On
-// Weft nodes it is wired to the data plane (endpoint entry, from_pod
-// attached, gateway answered by ARP from BPF); on flannel nodes it hangs
-// off cni0 like flannel's bridge CNI.
+// AddPod creates a pod on n. On Weft nodes weft-cni wires it (see cni.go);
+// on flannel nodes it hangs off cni0 like flannel's bridge CNI.
 func (c *Cluster) AddPod(n *Node, name string) (*topo.Pod, error) {
+	if n.Kind == KindWeft {
+		pod, err := c.addPodCNI(n, name)
+		if err != nil {
+			return nil, err
+		}
+		n.Pods = append(n.Pods, pod)
+		return pod, nil
+	}
+	return c.addPodDirect(n, name)
+}
+
+// addPodDirect wires a pod without CNI, with the next free address of n's
+// subnet: what AddPod does on flannel nodes, and on Weft nodes when a test
+// wants the data plane without the plugin.
+func (c *Cluster) addPodDirect(n *Node, name string) (*topo.Pod, error) {
 	sn := n.Subnet
 	ip := netip.PrefixFrom(nthAddr(sn.Addr(), 2+len(n.Pods)), sn.Bits())
 	if !sn.Contains(ip.Addr()) {

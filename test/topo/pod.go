@@ -276,3 +276,21 @@ func (p *Pod) Sysctl(key string) (string, error) { return getSysctl(p.NSPath, ke
 func (p *Pod) Ping(ctx context.Context, dst netip.Addr, count int) error {
 	return ping(ctx, p.NSPath, dst, count)
 }
+
+// NewSandbox creates an empty pod namespace "<prefix>-<node>-<name>" with
+// only lo up, as a container runtime creates a sandbox before it calls its
+// CNI plugin. The lab deletes it on Close like any other namespace.
+func (n *Node) NewSandbox(name string) (nsPath string, err error) {
+	if err := validName("pod", name); err != nil {
+		return "", err
+	}
+	ns := n.Lab.Prefix + "-" + n.Name + "-" + name
+	if err := n.Lab.createNS(ns); err != nil {
+		return "", err
+	}
+	path := netnsPath(ns)
+	if err := withHandle(path, func(h *netlink.Handle) error { return linkUp(h, "lo") }); err != nil {
+		return "", fmt.Errorf("sandbox %s: %w", ns, err)
+	}
+	return path, nil
+}
