@@ -313,4 +313,3 @@ func pingMatrix(ctx context.Context, c *lab.Cluster, stdout io.Writer) int {
 	fmt.Fprintf(stdout, "%d of %d pairs OK\n", len(pods)*(len(pods)-1)-failed, len(pods)*(len(pods)-1))
 	return failed
 }
-
