@@ -115,6 +115,31 @@ func TestDataPlaneWithKernelVXLANPeer(t *testing.T) {
 		}
 	})
 
+	t.Run("TCPIntactOverWireLikeUnderlay", func(t *testing.T) {
+		// Segmentation offloads off on every underlay veth: GSO packets must
+		// be cut into correct VXLAN segments before they leave a node (our
+		// encap's GSO flags at work), and the XDP receive path sees wire-sized
+		// frames. Default veths pass super-packets untouched and prove less.
+		if err := c.lab.SetWireLike(true); err != nil {
+			t.Fatal(err)
+		}
+		defer c.lab.SetWireLike(false)
+		const size = 100 << 20
+		for _, pr := range [][2]*clusterNode{{a, b}, {b, a}, {a, k}, {k, b}, {a, d}} {
+			src, dst := pr[0].pods[0], pr[1].pods[1]
+			res, err := transferTCP(testCtx(t, 2*time.Minute), src.NSPath, dst.NSPath, dst.IP, size)
+			if err != nil {
+				t.Errorf("%s -> %s: %v", pr[0].name, pr[1].name, err)
+				continue
+			}
+			if !res.Intact(size) {
+				t.Errorf("%s -> %s: received %d of %d bytes, sha256 %s, sent %s", pr[0].name, pr[1].name, res.Bytes, size, res.RecvSum, res.SentSum)
+				continue
+			}
+			t.Logf("wire-like %s -> %s: %d MB intact at %.2f Gbit/s", pr[0].name, pr[1].name, res.Bytes>>20, res.Gbps())
+		}
+	})
+
 	t.Run("DFPingTooBigGetsFragNeeded", func(t *testing.T) {
 		for _, n := range []*clusterNode{a, b} {
 			pod, dst := n.pods[0], k.pods[0].IP
