@@ -52,6 +52,23 @@ func parse(fs *pflag.FlagSet, cf *commonFlags, args []string) error {
 	return nil
 }
 
+// setup parses a subcommand's flags (extra adds its own) and opens the
+// pinned maps; the caller closes them.
+func setup(e *env, name, summary string, args []string, extra func(*pflag.FlagSet)) (*maps.Set, *commonFlags, error) {
+	fs, cf := newFlagSet(e, name, summary)
+	if extra != nil {
+		extra(fs)
+	}
+	if err := parse(fs, cf, args); err != nil {
+		return nil, nil, err
+	}
+	s, err := openMaps(cf)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, cf, nil
+}
+
 func openMaps(cf *commonFlags) (*maps.Set, error) {
 	s, err := maps.OpenPinned(cf.pinPath)
 	if errors.Is(err, maps.ErrNotPinned) {
@@ -90,11 +107,7 @@ type tunnelRow struct {
 }
 
 func runTunnels(e *env, args []string) error {
-	fs, cf := newFlagSet(e, "tunnels", "List remote pod subnets and the node each is reached through.")
-	if err := parse(fs, cf, args); err != nil {
-		return err
-	}
-	s, err := openMaps(cf)
+	s, cf, err := setup(e, "tunnels", "List remote pod subnets and the node each is reached through.", args, nil)
 	if err != nil {
 		return err
 	}
@@ -135,11 +148,7 @@ type endpointRow struct {
 }
 
 func runEndpoints(e *env, args []string) error {
-	fs, cf := newFlagSet(e, "endpoints", "List the local pods the data plane delivers to.")
-	if err := parse(fs, cf, args); err != nil {
-		return err
-	}
-	s, err := openMaps(cf)
+	s, cf, err := setup(e, "endpoints", "List the local pods the data plane delivers to.", args, nil)
 	if err != nil {
 		return err
 	}
@@ -168,12 +177,8 @@ func runEndpoints(e *env, args []string) error {
 }
 
 func runStats(e *env, args []string) error {
-	fs, cf := newFlagSet(e, "stats", "Show why packets went where they went (summed across CPUs), and traffic per remote node.")
-	all := fs.Bool("all", false, "include counters that are zero")
-	if err := parse(fs, cf, args); err != nil {
-		return err
-	}
-	s, err := openMaps(cf)
+	var all bool
+	s, cf, err := setup(e, "stats", "Show why packets went where they went (summed across CPUs), and traffic per remote node.", args, func(fs *pflag.FlagSet) { fs.BoolVar(&all, "all", false, "include counters that are zero") })
 	if err != nil {
 		return err
 	}
@@ -187,7 +192,7 @@ func runStats(e *env, args []string) error {
 		return err
 	}
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Remote.Less(peers[j].Remote) })
-	if !*all {
+	if !all {
 		shown := counters[:0]
 		for _, c := range counters {
 			if c.Packets != 0 {
@@ -239,11 +244,7 @@ type nodeStatus struct {
 }
 
 func runStatus(e *env, args []string) error {
-	fs, cf := newFlagSet(e, "status", "Show this node's data-plane config, attached programs and table sizes.")
-	if err := parse(fs, cf, args); err != nil {
-		return err
-	}
-	s, err := openMaps(cf)
+	s, cf, err := setup(e, "status", "Show this node's data-plane config, attached programs and table sizes.", args, nil)
 	if err != nil {
 		return err
 	}
