@@ -44,6 +44,7 @@ var verdictSets = map[string][]uint32{
 	"from_host":         {tcActOK, tcActShot, tcActRedirect},
 	"from_underlay":     {tcActOK, tcActShot, tcActRedirect},
 	"from_underlay_xdp": {xdpDrop, xdpPass},
+	"gro_sink":          {tcActShot},
 }
 
 // XDP -> tc metadata tags (weft.h), as they sit in memory (little endian host).
@@ -178,6 +179,8 @@ func (e *env) prog(name string) *ebpf.Program {
 		return e.objs.FromUnderlay
 	case "from_underlay_xdp":
 		return e.objs.FromUnderlayXdp
+	case "gro_sink":
+		return e.objs.GroSink
 	}
 	e.tb.Fatalf("no program %q", name)
 	return nil

@@ -7,6 +7,7 @@
  *   from_host          tc egress on weft0, the device the one cluster route points at
  *   from_underlay      tc ingress on the underlay NIC
  *   from_underlay_xdp  XDP on the underlay NIC (optional fast receive path)
+ *   gro_sink           tc ingress on weftgro0, the GRO helper (see loader/gro.go)
  *
  * Encapsulation is done here, byte-compatible with the Linux vxlan driver as
  * flannel programs it, so there is no vxlan device and no per-remote-host
@@ -581,4 +582,19 @@ int from_underlay_xdp(struct xdp_md *ctx)
 		return c == CNT_DECAP ? XDP_DROP : XDP_PASS;
 	meta->tag = tag;
 	return XDP_PASS;
+}
+
+/*
+ * weftgro0 is an external-mode kernel vxlan device that exists only so its
+ * UDP socket gives the underlay GRO for VXLAN (no socket, no tunnel GRO).
+ * from_underlay sees the coalesced packets first and takes every valid one;
+ * whatever it leaves to the kernel on our port (another VNI, reassembled
+ * fragments) would come out of weftgro0 decapsulated but unvalidated, so it
+ * ends here, counted.
+ */
+SEC("tc")
+int gro_sink(struct __sk_buff *skb)
+{
+	count(CNT_DROP_GRO_DEVICE, skb->len);
+	return TC_ACT_SHOT;
 }

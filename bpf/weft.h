@@ -111,6 +111,7 @@ enum counter {
 	CNT_DROP_INNER_MALFORMED, /* inner IPv4 version/IHL/length lie */
 	CNT_DROP_HELPER,        /* a BPF helper failed (adjust_room, redirect, ...) */
 	CNT_DROP_MTU,           /* oversize with DF where no ICMP could be built */
+	CNT_DROP_GRO_DEVICE,    /* reached the kernel vxlan device that only lends us its GRO: never forwarded */
 	CNT__MAX,
 };
 

@@ -46,7 +46,8 @@ const (
 	WeftCounterCNT_DROP_INNER_MALFORMED WeftCounter = 27
 	WeftCounterCNT_DROP_HELPER          WeftCounter = 28
 	WeftCounterCNT_DROP_MTU             WeftCounter = 29
-	WeftCounterCNT__MAX                 WeftCounter = 30
+	WeftCounterCNT_DROP_GRO_DEVICE      WeftCounter = 30
+	WeftCounterCNT__MAX                 WeftCounter = 31
 )
 
 type WeftCounterValue struct {
@@ -141,6 +142,7 @@ const (
 	WeftProgFromPod         = "from_pod"
 	WeftProgFromUnderlay    = "from_underlay"
 	WeftProgFromUnderlayXdp = "from_underlay_xdp"
+	WeftProgGroSink         = "gro_sink"
 	WeftVarUnusedCounter    = "unused_counter"
 	WeftVarUnusedTunnelMode = "unused_tunnel_mode"
 	WeftVarUnusedXdpMeta    = "unused_xdp_meta"
@@ -192,6 +194,7 @@ type WeftProgramSpecs struct {
 	FromPod         *ebpf.ProgramSpec `ebpf:"from_pod"`
 	FromUnderlay    *ebpf.ProgramSpec `ebpf:"from_underlay"`
 	FromUnderlayXdp *ebpf.ProgramSpec `ebpf:"from_underlay_xdp"`
+	GroSink         *ebpf.ProgramSpec `ebpf:"gro_sink"`
 }
 
 // WeftMapSpecs contains maps before they are loaded into the kernel.
@@ -268,6 +271,7 @@ type WeftPrograms struct {
 	FromPod         *ebpf.Program `ebpf:"from_pod"`
 	FromUnderlay    *ebpf.Program `ebpf:"from_underlay"`
 	FromUnderlayXdp *ebpf.Program `ebpf:"from_underlay_xdp"`
+	GroSink         *ebpf.Program `ebpf:"gro_sink"`
 }
 
 func (p *WeftPrograms) Close() error {
@@ -276,6 +280,7 @@ func (p *WeftPrograms) Close() error {
 		p.FromPod,
 		p.FromUnderlay,
 		p.FromUnderlayXdp,
+		p.GroSink,
 	)
 }
 

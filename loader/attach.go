@@ -244,6 +244,8 @@ func (d *Datapath) Upgrade() error {
 			prog = d.objs.FromUnderlayXdp
 		case name == LinkHost:
 			prog = d.objs.FromHost
+		case name == LinkGROSink:
+			prog = d.objs.GroSink
 		case strings.HasPrefix(name, linkPodPrefix):
 			prog = d.objs.FromPod
 		default:

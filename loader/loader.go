@@ -6,7 +6,7 @@
 //
 //	tunnels endpoints config stats tunnel_stats   maps (pinned by name, see bpf/maps.h)
 //	progs/<program>                               the programs currently in use (weft-cni attaches progs/from_pod)
-//	links/<hook>                                  bpf_links: underlay-tc, underlay-xdp, host, pod-<ifindex>
+//	links/<hook>                                  bpf_links: underlay-tc, underlay-xdp, host, gro-sink, pod-<ifindex>
 //
 // Everything a packet needs is pinned, so the data plane keeps forwarding
 // while no Weft process runs. A new version loads its programs against the
@@ -152,6 +152,7 @@ func (d *Datapath) programs() map[string]*ebpf.Program {
 		bpf.WeftProgFromHost:        d.objs.FromHost,
 		bpf.WeftProgFromUnderlay:    d.objs.FromUnderlay,
 		bpf.WeftProgFromUnderlayXdp: d.objs.FromUnderlayXdp,
+		bpf.WeftProgGroSink:         d.objs.GroSink,
 	}
 }
 

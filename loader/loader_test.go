@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/bpf"
@@ -104,7 +105,7 @@ func TestLoadCreatesPinsAndReopenAdoptsMaps(t *testing.T) {
 	if err != nil {
 		t.Fatalf("load: %+v", err)
 	}
-	for _, name := range []string{"tunnels", "endpoints", "config", "stats", "tunnel_stats", "progs/from_pod", "progs/from_host", "progs/from_underlay", "progs/from_underlay_xdp"} {
+	for _, name := range []string{"tunnels", "endpoints", "config", "stats", "tunnel_stats", "progs/from_pod", "progs/from_host", "progs/from_underlay", "progs/from_underlay_xdp", "progs/gro_sink"} {
 		if _, err := os.Stat(filepath.Join(pin, name)); err != nil {
 			t.Errorf("pin %s missing: %v", name, err)
 		}
@@ -317,3 +318,58 @@ func TestParseDecapMode(t *testing.T) {
 }
 
 var _ = bpf.WeftProgFromPod
+
+// TestGRODeviceFollowsDecapMode: tc decap brings weftgro0 (external vxlan,
+// guarded by gro_sink), switching to XDP removes it, teardown leaves none.
+func TestGRODeviceFollowsDecapMode(t *testing.T) {
+	pin := testPinPath(t)
+	inNS := testNS(t)
+	d, err := Load(Options{PinPath: pin})
+	if err != nil {
+		t.Fatalf("load: %+v", err)
+	}
+	defer d.Close()
+	nc := testNodeConfig()
+	nc.Decap = DecapTC
+	err = inNS(func() error {
+		if _, err := SetupNode(d, nc); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName(DefaultGRODevice)
+		if err != nil {
+			return err
+		}
+		vx, ok := l.(*netlink.Vxlan)
+		if !ok || !vx.FlowBased || vx.Port != 8472 {
+			t.Errorf("%s = %+v, want an external vxlan device on 8472", DefaultGRODevice, l)
+		}
+		if ids := attachedProgramIDs(t, l.Attrs().Index, ebpf.AttachTCXIngress); len(ids) != 1 || ids[0] != progID(t, d.objs.GroSink) {
+			t.Errorf("%s ingress programs = %v, want [gro_sink]", DefaultGRODevice, ids)
+		}
+		if l.Attrs().OperState != netlink.OperUp && l.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("%s is not up", DefaultGRODevice)
+		}
+
+		nc.Decap = DecapXDP
+		if _, err := SetupNode(d, nc); err != nil {
+			return err
+		}
+		if _, err := netlink.LinkByName(DefaultGRODevice); err == nil {
+			t.Errorf("%s still exists in XDP mode", DefaultGRODevice)
+		}
+		nc.Decap = DecapTC
+		if _, err := SetupNode(d, nc); err != nil {
+			return err
+		}
+		return TeardownNode(pin, "")
+	})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	inNS(func() error {
+		if _, err := netlink.LinkByName(DefaultGRODevice); err == nil {
+			t.Errorf("%s still exists after teardown", DefaultGRODevice)
+		}
+		return nil
+	})
+}

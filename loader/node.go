@@ -28,6 +28,9 @@ type NodeConfig struct {
 	Port       uint16
 	Decap      DecapMode
 	HostDevice string // default DefaultHostDevice
+	// NoGRODevice skips weftgro0 (see gro.go) on tc-decap nodes, e.g. when
+	// another kernel vxlan device must bind the same port.
+	NoGRODevice bool
 }
 
 // HostIP is the node's own address in its subnet: <subnet>.0, on weft0,
@@ -57,7 +60,7 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 		nc.HostDevice = DefaultHostDevice
 	}
 	if nc.Decap == "" {
-		nc.Decap = DecapXDP
+		nc.Decap = DecapTC
 	}
 	if !nc.Subnet.IsValid() || !nc.Network.IsValid() || !nc.Network.Contains(nc.Subnet.Addr()) {
 		return NodeState{}, fmt.Errorf("setup node: subnet %v not inside network %v", nc.Subnet, nc.Network)
@@ -101,6 +104,14 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
 	}
 	if err := d.AttachUnderlay(ul.Attrs().Index, nc.Decap); err != nil {
+		return NodeState{}, fmt.Errorf("setup node: %w", err)
+	}
+	// XDP decapsulates before GRO, so only tc decap needs the GRO socket.
+	if nc.Decap == DecapTC && !nc.NoGRODevice {
+		if err := d.ensureGRODevice(ul.Attrs().Index, nc.Port); err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
+		}
+	} else if err := removeGRODevice(d.PinPath); err != nil {
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
 	}
 	if err := d.Upgrade(); err != nil { // pods attached by an older version
@@ -223,6 +234,7 @@ func TeardownNode(pinPath, hostDevice string) error {
 			errs = append(errs, fmt.Errorf("delete %s: %w", hostDevice, err))
 		}
 	}
+	errs = append(errs, removeGRODevice(pinPath))
 	errs = append(errs, Remove(pinPath))
 	return errors.Join(errs...)
 }

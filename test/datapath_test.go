@@ -188,6 +188,11 @@ func TestDataPlaneWithKernelVXLANPeer(t *testing.T) {
 			}
 			t.Logf("node %s (%s): %s", n.name, n.decap, formatNonZero(s))
 		}
+		// b decapsulates in tc behind weftgro0's GRO socket: the other-VNI
+		// VXLAN it left to the kernel came out of weftgro0 and was dropped there.
+		if s := b.stats(t); s["drop_gro_device"] == 0 {
+			t.Errorf("node b: drop_gro_device is 0: other-VNI VXLAN did not reach gro_sink")
+		}
 		// DirectRouting between a and d, both ways and from the hosts.
 		for _, n := range []*clusterNode{a, d} {
 			s := n.stats(t)
@@ -301,8 +306,17 @@ func assertNoPerHostState(t *testing.T, c *staticCluster, n *clusterNode) {
 		t.Fatal(err)
 	}
 	for _, l := range links {
-		if l.Type() == "vxlan" {
-			t.Errorf("node %s: has a vxlan device %s", n.name, l.Attrs().Name)
+		vx, ok := l.(*netlink.Vxlan)
+		if !ok {
+			continue
+		}
+		// The only vxlan device allowed is the GRO helper: external mode,
+		// no address, no FDB entry (checked below), no route (checked above).
+		if vx.Attrs().Name != loader.DefaultGRODevice || !vx.FlowBased {
+			t.Errorf("node %s: has a vxlan device %s (external %v)", n.name, vx.Attrs().Name, vx.FlowBased)
+		}
+		if addrs, _ := h.AddrList(l, netlink.FAMILY_ALL); len(addrs) > 0 {
+			t.Errorf("node %s: %s has addresses %v", n.name, vx.Attrs().Name, addrs)
 		}
 	}
 	fdb, err := h.NeighList(0, unix.AF_BRIDGE)

@@ -50,6 +50,7 @@ type config struct {
 
 	PinPath       string
 	Decap         loader.DecapMode
+	GRODevice     bool
 	MetricsAddr   string
 	LogLevel      zapcore.Level
 	CleanupOnExit bool
@@ -81,7 +82,8 @@ func parseFlags(args []string, stderr *os.File) (config, error) {
 	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", store.DefaultTTL, "TTL of this node's subnet lease in etcd; renewed continuously")
 	fs.StringVar(&vtepMAC, "vtep-mac", "", "this node's VTEP MAC (default: derived from /etc/machine-id and the public IP, stable across reboots)")
 	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "bpffs directory for the data plane's maps, programs and links")
-	fs.StringVar(&decap, "decap", string(loader.DecapXDP), "receive path: xdp (XDP decap, GRO, tc delivery) or tc")
+	fs.StringVar(&decap, "decap", string(loader.DecapTC), "receive path: tc (tc decap after the kernel's VXLAN GRO) or xdp (XDP decap, inner GRO, tc delivery)")
+	fs.BoolVar(&c.GRODevice, "gro-device", true, "with --decap=tc, keep weftgro0, an external vxlan device whose socket gives VXLAN GRO (it occupies the VXLAN port)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:9473", "address of the /healthz and /metrics endpoint; empty disables it")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.CleanupOnExit, "cleanup-on-exit", false, "on SIGTERM remove the data plane and release the subnet lease (default: leave both)")
@@ -175,10 +177,22 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
+		if errors.As(err, new(flagError)) {
+			fmt.Fprintf(os.Stderr, "weftd: %v\n", err)
+			os.Exit(2)
+		}
 		log.Error("weftd failed", zap.Error(err))
 		os.Exit(1)
 	}
 }
+
+// flagError is a flag value that run found unusable on this node before
+// changing anything (no such --iface, an --etcd-cafile without a
+// certificate); weftd exits 2 as for the values parseFlags rejects.
+type flagError struct{ err error }
+
+func (e flagError) Error() string { return e.err.Error() }
+func (e flagError) Unwrap() error { return e.err }
 
 // newLogger writes structured JSON logs to stderr.
 func newLogger(level zapcore.Level) (*zap.Logger, error) {

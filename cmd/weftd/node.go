@@ -36,6 +36,9 @@ func findUnderlay(iface string, publicIP netip.Addr) (underlay, error) {
 			l, err = netlink.LinkByName(iface)
 		}
 	}
+	if err != nil && iface != "" {
+		return underlay{}, fmt.Errorf("--iface %q: %w", iface, err)
+	}
 	if err != nil {
 		return underlay{}, fmt.Errorf("find underlay interface: %w", err)
 	}

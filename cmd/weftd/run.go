@@ -12,6 +12,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/control/metrics"
@@ -37,9 +39,15 @@ type daemon struct {
 func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	d := &daemon{cfg: cfg, log: log, metrics: new(metrics.Metrics)}
 
+	// Flag values only the node can check (the interface, the TLS files'
+	// contents) are checked before anything else, and fail like parseFlags.
 	ul, err := findUnderlay(cfg.Iface, cfg.PublicIP)
 	if err != nil {
-		return err
+		return flagError{err}
+	}
+	tlsCfg, err := etcdTLS(cfg)
+	if err != nil {
+		return flagError{err}
 	}
 	vtep := cfg.VtepMAC
 	if vtep == nil {
@@ -57,10 +65,6 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		defer stopHTTP()
 	}
 
-	tlsCfg, err := etcdTLS(cfg)
-	if err != nil {
-		return err
-	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.EtcdEndpoints,
 		DialTimeout: 5 * time.Second,
@@ -68,6 +72,13 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		Username:    cfg.EtcdUsername,
 		Password:    cfg.EtcdPassword,
 		Logger:      log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
+		// gRPC's default reconnect backoff grows to two minutes, so after an
+		// etcd outage weftd stayed blind to joins and leaves for up to that
+		// long (11 s after a 30 s outage in the lab). Retry at least every 2 s.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
@@ -100,14 +111,15 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	defer dp.Close()
 	d.dp.Store(dp)
 	nodeState, err := loader.SetupNode(dp, loader.NodeConfig{
-		Underlay:   ul.Link.Attrs().Name,
-		UnderlayIP: ul.IP,
-		Network:    netCfg.Network,
-		Subnet:     subnet,
-		VtepMAC:    vtep,
-		VNI:        uint32(netCfg.Backend.VNI),
-		Port:       uint16(netCfg.Backend.Port),
-		Decap:      cfg.Decap,
+		Underlay:    ul.Link.Attrs().Name,
+		UnderlayIP:  ul.IP,
+		Network:     netCfg.Network,
+		Subnet:      subnet,
+		VtepMAC:     vtep,
+		VNI:         uint32(netCfg.Backend.VNI),
+		Port:        uint16(netCfg.Backend.Port),
+		Decap:       cfg.Decap,
+		NoGRODevice: !cfg.GRODevice,
 	})
 	if err != nil {
 		return err

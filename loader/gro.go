@@ -1,0 +1,91 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+)
+
+// DefaultGRODevice is the kernel vxlan device Weft keeps only for GRO.
+const DefaultGRODevice = "weftgro0"
+
+// LinkGROSink is the pin name of gro_sink's link on the GRO device.
+const LinkGROSink = "gro-sink"
+
+// The kernel coalesces VXLAN on receive (UDP tunnel GRO) only for UDP
+// sockets that announce a tunnel, and only its vxlan driver opens one. With
+// tc decapsulation and no such socket, every 1.4 KB segment costs a program
+// run and reaches the pod alone; with it, GRO merges a flow's segments
+// first (measured on the lab's wire-like underlay: ~19 segments per
+// from_underlay run, TCP receive up by roughly half).
+//
+// So a tc-decap node gets weftgro0: a collect_md ("external") vxlan device
+// on our port, holding no FDB entry, route or address. from_underlay runs
+// before its socket and takes every valid packet; whatever it leaves to the
+// kernel on our port would leave weftgro0 decapsulated but unvalidated, so
+// gro_sink drops and counts it there. The price: another kernel vxlan
+// device can no longer bind the same port on this node (--gro-device=false
+// if you need that).
+
+// ensureGRODevice creates (or keeps) weftgro0 bound to port on the underlay
+// and attaches gro_sink to its ingress.
+func (d *Datapath) ensureGRODevice(underlayIndex int, port uint16) error {
+	l, err := netlink.LinkByName(DefaultGRODevice)
+	if err == nil {
+		vx, ok := l.(*netlink.Vxlan)
+		if !ok || !vx.FlowBased || vx.Port != int(port) || vx.VtepDevIndex != underlayIndex {
+			// Someone else's device, or ours with an old port: recreate.
+			if err := netlink.LinkDel(l); err != nil {
+				return fmt.Errorf("replace %s: %w", DefaultGRODevice, err)
+			}
+			l = nil
+		}
+	} else {
+		var notFound netlink.LinkNotFoundError
+		if !errors.As(err, &notFound) {
+			return fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
+		}
+		l = nil
+	}
+	if l == nil {
+		vx := &netlink.Vxlan{
+			LinkAttrs:    netlink.LinkAttrs{Name: DefaultGRODevice},
+			FlowBased:    true,
+			Port:         int(port),
+			VtepDevIndex: underlayIndex,
+			Learning:     false,
+		}
+		if err := netlink.LinkAdd(vx); err != nil {
+			return fmt.Errorf("create %s (vxlan external, port %d): %w", DefaultGRODevice, port, err)
+		}
+		if l, err = netlink.LinkByName(DefaultGRODevice); err != nil {
+			return fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
+		}
+	}
+	if err := setSysctl("net/ipv6/conf/"+DefaultGRODevice+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	// The sink first, then up: no packet reaches an unguarded device.
+	if err := d.attachTC(LinkGROSink, l.Attrs().Index, d.objs.GroSink, ebpf.AttachTCXIngress); err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up: %w", DefaultGRODevice, err)
+	}
+	return nil
+}
+
+// removeGRODevice deletes weftgro0 (its link goes with it) and the pin.
+func removeGRODevice(pinPath string) error {
+	var errs []error
+	if l, err := netlink.LinkByName(DefaultGRODevice); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", DefaultGRODevice, err))
+		}
+	}
+	errs = append(errs, detachPinned(pinPath, LinkGROSink))
+	return errors.Join(errs...)
+}
