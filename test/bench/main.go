@@ -1,0 +1,315 @@
+// Command bench measures pod-to-pod traffic across two nodes for every data
+// plane in one run: host-gw (no encapsulation, the limit), kernel-vxlan
+// (flannel v3), kernel-collect-md (Cilium-style BPF + external vxlan
+// device), weft-tc and weft-xdp. Each data plane gets an identical fresh
+// 2-node x 1-pod topology (test/cluster), data planes are interleaved round
+// by round, and the report gives medians with min-max and ratios.
+//
+//	go run ./test/bench [--rounds 3] [--duration 3s] [--config both|wire|veth]
+//	                    [--dataplanes host-gw,...] [--metrics tcp_1_gbps,...] [--out test/bench/out]
+//
+// Needs root, iperf3, sockperf, ethtool. Everything runs in network
+// namespaces named with a run-unique prefix; Weft pins go under
+// /sys/fs/bpf/weft-bench-<prefix>; all of it is removed at the end, also on
+// failure or Ctrl-C.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/weftnet/weft/loader"
+	"github.com/weftnet/weft/test/cluster"
+	"github.com/weftnet/weft/test/topo"
+)
+
+// underlay configurations
+const (
+	cfgWire = "wire-like"
+	cfgVeth = "default-veth"
+)
+
+type options struct {
+	rounds     int
+	duration   time.Duration
+	configs    []string
+	dataplanes []cluster.DataPlane
+	metrics    map[string]bool
+	out        string
+	hold       string
+}
+
+func main() {
+	o, err := parseFlags()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: needs root (network namespaces, BPF)")
+		os.Exit(1)
+	}
+	if err := lookTools(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	run := run
+	if o.hold != "" {
+		run = hold
+	}
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags() (options, error) {
+	var o options
+	var config, dps, metrics string
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; data planes are interleaved within each round")
+	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each measurement")
+	flag.StringVar(&config, "config", "both", "underlay: wire (wire-like offloads), veth (veth defaults) or both")
+	flag.StringVar(&dps, "dataplanes", joinDP(cluster.DataPlanes), "comma-separated data planes")
+	flag.StringVar(&metrics, "metrics", strings.Join(allMetrics, ","), "comma-separated metrics (rr_* and cpu_* come with their test)")
+	flag.StringVar(&o.out, "out", filepath.Join("test", "bench", "out"), "output directory")
+	flag.BoolVar(&pinCPUs, "pin", false, "pin senders to CPU 0 and receivers to CPU 1 (iperf3 -A, taskset, sched_setaffinity): steadier on an idle machine, worse on a shared one")
+	flag.StringVar(&o.hold, "hold", "", "build one cluster of this data plane (first --config), print its namespaces and keep it until Ctrl-C: for profiling by hand")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+	if o.rounds < 1 || o.duration < time.Second {
+		return o, errors.New("--rounds must be >= 1 and --duration >= 1s")
+	}
+	switch config {
+	case "wire":
+		o.configs = []string{cfgWire}
+	case "veth":
+		o.configs = []string{cfgVeth}
+	case "both":
+		o.configs = []string{cfgWire, cfgVeth}
+	default:
+		return o, fmt.Errorf("--config %q: want wire, veth or both", config)
+	}
+	for _, s := range strings.Split(dps, ",") {
+		dp, err := cluster.ParseDataPlane(strings.TrimSpace(s))
+		if err != nil {
+			return o, err
+		}
+		o.dataplanes = append(o.dataplanes, dp)
+	}
+	o.metrics = map[string]bool{}
+	for _, s := range strings.Split(metrics, ",") {
+		s = strings.TrimSpace(s)
+		ok := false
+		for _, m := range allMetrics {
+			ok = ok || m == s
+		}
+		if !ok {
+			return o, fmt.Errorf("--metrics: unknown metric %q (have %s)", s, strings.Join(allMetrics, ", "))
+		}
+		o.metrics[s] = true
+	}
+	return o, nil
+}
+
+func joinDP(dps []cluster.DataPlane) string {
+	s := make([]string, len(dps))
+	for i, d := range dps {
+		s[i] = string(d)
+	}
+	return strings.Join(s, ",")
+}
+
+// results[config][dataplane][metric] = one value per round
+type results map[string]map[cluster.DataPlane]map[string][]float64
+
+func (r results) add(cfg string, dp cluster.DataPlane, metric string, v float64) {
+	if r[cfg] == nil {
+		r[cfg] = map[cluster.DataPlane]map[string][]float64{}
+	}
+	if r[cfg][dp] == nil {
+		r[cfg][dp] = map[string][]float64{}
+	}
+	r[cfg][dp][metric] = append(r[cfg][dp][metric], v)
+}
+
+func run(ctx context.Context, o options) error {
+	runID := "wb" + randomHex(3)
+	pinRoot := filepath.Join(loader.BPFFSRoot, "weft-bench-"+runID)
+	if err := loader.EnsureBPFFS(loader.BPFFSRoot); err != nil {
+		return err
+	}
+	var prefixes []string
+	defer func() {
+		// Whatever a failed Close left behind (it logs its own errors).
+		for _, p := range prefixes {
+			topo.CleanupPrefix(p)
+		}
+		os.RemoveAll(pinRoot)
+	}()
+
+	env := describeMachine()
+	start := time.Now()
+	fmt.Printf("weft bench %s: %s, kernel %s, %d rounds x %d data planes x %d configs, %v per test\n",
+		runID, env.machine, env.kernel, o.rounds, len(o.dataplanes), len(o.configs), o.duration)
+	fmt.Printf("load average at start: %s\n", loadAvg())
+
+	res := results{}
+	noise := map[string][]string{}
+	seq := 0
+	for _, cfg := range o.configs {
+		for round := 1; round <= o.rounds; round++ {
+			for _, dp := range o.dataplanes {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				seq++
+				prefix := fmt.Sprintf("%s_%d", runID, seq)
+				prefixes = append(prefixes, prefix)
+				tag := fmt.Sprintf("[%s r%d/%d %-17s]", cfg, round, o.rounds, dp)
+				if err := measureOne(ctx, o, cfg, dp, prefix, pinRoot, tag, res); err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					fmt.Printf("%s FAILED: %v\n", tag, err)
+					noise[cfg] = append(noise[cfg], fmt.Sprintf("round %d %s failed: %v", round, dp, err))
+				}
+			}
+		}
+		noise[cfg] = append(noise[cfg], "load average after: "+loadAvg())
+	}
+	fmt.Printf("done in %v; load average at end: %s\n\n", time.Since(start).Round(time.Second), loadAvg())
+	return report(o, env, res, noise)
+}
+
+// measureOne builds one cluster, runs every metric on it and tears it down.
+func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane, prefix, pinRoot, tag string, res results) (err error) {
+	c, err := cluster.New(cluster.Options{
+		DataPlane: dp,
+		WireLike:  cfg == cfgWire,
+		Lab:       topo.Options{Prefix: prefix},
+		PinRoot:   filepath.Join(pinRoot, prefix),
+	})
+	if err != nil {
+		return fmt.Errorf("build: %w", err)
+	}
+	defer func() {
+		if cerr := c.Close(); cerr != nil {
+			fmt.Printf("%s teardown: %v\n", tag, cerr)
+		}
+	}()
+	src, dst := c.Nodes[0].Pods[0], c.Nodes[1].Pods[0]
+	if err := startServers(dst); err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = src.Ping(pctx, dst.IP, 2) // neighbour entries, and a sanity check
+	cancel()
+	if err != nil {
+		return err
+	}
+	report := func(metric string, v float64) {
+		res.add(cfg, dp, metric, v)
+		fmt.Printf("%s %-15s %12s %s\n", tag, metric, formatValue(metric, v), metricUnit[metric])
+	}
+	tctx, cancel := context.WithTimeout(ctx, 4*o.duration+30*time.Second)
+	defer cancel()
+	var errs []error
+	for _, t := range []struct {
+		metric  string
+		streams int
+	}{{mTCP1, 1}, {mTCP4, 4}} {
+		if !o.metrics[t.metric] {
+			continue
+		}
+		v, err := iperf3TCP(tctx, src, dst, t.streams, o.duration)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.metric, err))
+			continue
+		}
+		report(t.metric, v)
+	}
+	if o.metrics[mUDP64] || o.metrics[mCPU] {
+		r, err := udpFlood(tctx, src, dst, 64, o.duration)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", mUDP64, err))
+		} else {
+			if o.metrics[mUDP64] {
+				report(mUDP64, r.pps)
+			}
+			if o.metrics[mCPU] {
+				report(mCPU, r.cpuNsPerPkt)
+			}
+			fmt.Printf("%s   (udp64: %d sent, %d received, %.0f%% delivered, CPUs %.0f%% busy)\n",
+				tag, r.sent, r.recvd, 100*float64(r.recvd)/float64(max(r.sent, 1)), 100*r.busyFraction)
+		}
+	}
+	if o.metrics[mUDP1400] {
+		r, err := udpFlood(tctx, src, dst, 1400, o.duration)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", mUDP1400, err))
+		} else {
+			report(mUDP1400, r.gbps)
+		}
+	}
+	if o.metrics[mRRp50] || o.metrics[mRRp99] {
+		p50, p99, err := sockperfRR(tctx, src, dst, o.duration)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("rr: %w", err))
+		} else {
+			if o.metrics[mRRp50] {
+				report(mRRp50, p50)
+			}
+			if o.metrics[mRRp99] {
+				report(mRRp99, p99)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// hold builds one cluster and keeps it until the context ends.
+func hold(ctx context.Context, o options) error {
+	dp, err := cluster.ParseDataPlane(o.hold)
+	if err != nil {
+		return err
+	}
+	runID := "wb" + randomHex(3)
+	pinRoot := filepath.Join(loader.BPFFSRoot, "weft-bench-"+runID)
+	defer os.RemoveAll(pinRoot)
+	defer topo.CleanupPrefix(runID)
+	c, err := cluster.New(cluster.Options{DataPlane: dp, WireLike: o.configs[0] == cfgWire,
+		Lab: topo.Options{Prefix: runID}, PinRoot: pinRoot})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := startServers(c.Nodes[1].Pods[0]); err != nil {
+		return err
+	}
+	fmt.Printf("%s (%s underlay) is up; iperf3 -s on :%d and sockperf server on :%d in the last pod. Ctrl-C tears it down.\n",
+		dp, o.configs[0], iperfPort, sockperfPort)
+	for _, n := range c.Nodes {
+		fmt.Printf("node %s: %s underlay %s", n.Name, n.Topo.NSPath, n.Topo.UnderlayIP)
+		if dp.Weft() {
+			fmt.Printf(" pins %s", n.PinPath)
+		}
+		fmt.Println()
+		for _, p := range n.Pods {
+			fmt.Printf("  pod %s: %s %s (host side %s)\n", p.Name, p.NSPath, p.IP, p.HostIf)
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
