@@ -12,7 +12,8 @@ FUZZTIME ?= 30s
 
 # Debian packages a fresh machine with Go lacks; installed only when missing.
 DEPS_BUILD := clang llvm libbpf-dev
-DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux kmod
+DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux
+DEPS_BENCH := sockperf
 
 .PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down install-cni lint clean check-generate
 
@@ -48,6 +49,11 @@ lab-up: deps build ## build a lab cluster and keep it running until Ctrl-C (weft
 
 lab-down: ## remove what the last lab run made, also after a crash
 	./$(BIN)/weft-lab down
+
+bench: deps build ## data planes side by side (test/bench/out) and the 10,000-lease control-plane scale run (needs root)
+	@./.ci/ensure-deps.sh $(DEPS_BENCH)
+	$(GO) run ./test/bench $(BENCH_FLAGS)
+	$(GO) run ./test/bench/scale --bin-dir $(BIN) $(SCALE_FLAGS)
 
 fuzz: ## run the decap fuzz target for $(FUZZTIME)
 	$(GO) test -run '^$$' -fuzz FuzzDecap -fuzztime $(FUZZTIME) ./bpf/
