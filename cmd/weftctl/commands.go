@@ -98,9 +98,15 @@ func row(tw *tabwriter.Writer, cols ...any) {
 }
 
 // tunnelRow is a tunnel and the traffic exchanged with its remote node.
+// Fields are spelled out (not an embedded maps.Tunnel, whose MarshalJSON
+// would swallow the traffic columns); names match maps.Tunnel's JSON.
 type tunnelRow struct {
-	maps.Tunnel
-	TxPackets uint64 `json:"tx_packets"`
+	Subnet    netip.Prefix `json:"subnet"`
+	Remote    netip.Addr   `json:"remote"`
+	VtepMAC   string       `json:"vtep_mac"`
+	VNI       uint32       `json:"vni"`
+	Mode      maps.Mode    `json:"mode"`
+	TxPackets uint64       `json:"tx_packets"`
 	TxBytes   uint64 `json:"tx_bytes"`
 	RxPackets uint64 `json:"rx_packets"`
 	RxBytes   uint64 `json:"rx_bytes"`
@@ -128,7 +134,8 @@ func runTunnels(e *env, args []string) error {
 	rows := make([]tunnelRow, 0, len(tunnels))
 	for _, t := range tunnels {
 		p := byRemote[t.Remote]
-		rows = append(rows, tunnelRow{Tunnel: t, TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes})
+		rows = append(rows, tunnelRow{Subnet: t.Subnet, Remote: t.Remote, VtepMAC: t.VtepMAC.String(), VNI: t.VNI, Mode: t.Mode,
+			TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes})
 	}
 	if cf.output == "json" {
 		return writeJSON(e.stdout, rows)
@@ -143,8 +150,11 @@ func runTunnels(e *env, args []string) error {
 // endpointRow adds the host-side interface name, resolved in the caller's
 // network namespace (run weftctl in the node's namespace).
 type endpointRow struct {
-	maps.Endpoint
-	Interface string `json:"interface"`
+	IP        netip.Addr `json:"ip"`
+	Interface string     `json:"interface"`
+	IfIndex   uint32     `json:"ifindex"`
+	MAC       string     `json:"mac"`
+	HostMAC   string     `json:"host_mac"`
 }
 
 func runEndpoints(e *env, args []string) error {
@@ -164,7 +174,7 @@ func runEndpoints(e *env, args []string) error {
 		if ifi, err := net.InterfaceByIndex(int(ep.IfIndex)); err == nil {
 			name = ifi.Name
 		}
-		rows = append(rows, endpointRow{Endpoint: ep, Interface: name})
+		rows = append(rows, endpointRow{IP: ep.IP, Interface: name, IfIndex: ep.IfIndex, MAC: ep.MAC.String(), HostMAC: ep.HostMAC.String()})
 	}
 	if cf.output == "json" {
 		return writeJSON(e.stdout, rows)
