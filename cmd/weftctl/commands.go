@@ -107,9 +107,9 @@ type tunnelRow struct {
 	VNI       uint32       `json:"vni"`
 	Mode      maps.Mode    `json:"mode"`
 	TxPackets uint64       `json:"tx_packets"`
-	TxBytes   uint64 `json:"tx_bytes"`
-	RxPackets uint64 `json:"rx_packets"`
-	RxBytes   uint64 `json:"rx_bytes"`
+	TxBytes   uint64       `json:"tx_bytes"`
+	RxPackets uint64       `json:"rx_packets"`
+	RxBytes   uint64       `json:"rx_bytes"`
 }
 
 func runTunnels(e *env, args []string) error {
