@@ -3,8 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -12,17 +10,15 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/weftnet/weft/test/etcdtest"
 )
 
-// testEtcd is a real single-member etcd on 127.0.0.1, data in a temp dir.
-type testEtcd struct {
-	dir                string
-	clientURL, peerURL url.URL
-	srv                *embed.Etcd
-}
+// testEtcd is a real single-member etcd on 127.0.0.1 (test/etcdtest),
+// data in a temp dir, with the few verbs these tests use.
+type testEtcd struct{ *etcdtest.Server }
 
 // shared serves every test that does not stop etcd; tests isolate
 // themselves with their own key prefix.
@@ -46,69 +42,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freeLoopbackURL() (url.URL, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return url.URL{}, err
-	}
-	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}, nil
-}
-
 func startEtcd(dir string) (*testEtcd, error) {
-	c, err := freeLoopbackURL()
+	s, err := etcdtest.Start(dir)
 	if err != nil {
 		return nil, err
 	}
-	p, err := freeLoopbackURL()
-	if err != nil {
-		return nil, err
-	}
-	e := &testEtcd{dir: dir, clientURL: c, peerURL: p}
-	return e, e.start()
+	return &testEtcd{s}, nil
 }
 
-func (e *testEtcd) start() error {
-	cfg := embed.NewConfig()
-	cfg.Name = "weft-test"
-	cfg.Dir = e.dir
-	cfg.ListenClientUrls = []url.URL{e.clientURL}
-	cfg.AdvertiseClientUrls = []url.URL{e.clientURL}
-	cfg.ListenPeerUrls = []url.URL{e.peerURL}
-	cfg.AdvertisePeerUrls = []url.URL{e.peerURL}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	// Short ticks make etcd's minimum lease TTL 1s, so expiry tests are quick.
-	cfg.TickMs = 50
-	cfg.ElectionMs = 500
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	srv, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return err
-	}
-	select {
-	case <-srv.Server.ReadyNotify():
-	case <-time.After(60 * time.Second):
-		srv.Close()
-		return fmt.Errorf("etcd in %s not ready after 60s", e.dir)
-	}
-	e.srv = srv
-	return nil
-}
+func (e *testEtcd) start() error { return e.Restart() }
 
-func (e *testEtcd) stop() {
-	if e.srv != nil {
-		e.srv.Close()
-		e.srv = nil
-	}
-}
+func (e *testEtcd) stop() { e.Stop() }
 
 func (e *testEtcd) client(t *testing.T) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{e.clientURL.String()},
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+	cli, err := e.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
