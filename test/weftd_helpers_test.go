@@ -10,13 +10,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -35,7 +31,6 @@ import (
 
 	"github.com/weftnet/weft/maps"
 	"github.com/weftnet/weft/test/lab"
-	"github.com/weftnet/weft/test/topo"
 )
 
 // etcdClient is a loopback client on the lab's etcd, closed when the test ends.
@@ -396,74 +391,10 @@ func (p *floodPing) assertNoLoss(t *testing.T, what string, covering time.Time) 
 	}
 }
 
-// pacedTransfer streams size pseudo-random bytes over TCP from srcNS to a
-// listener on dst in dstNS at about rate bytes a second, hashing both ends,
-// so that it lasts size/rate seconds instead of a fraction of one.
+// pacedTransfer is lab.PacedTransferTCP: a transfer lasting size/rate
+// seconds, long enough to span a daemon restart.
 func pacedTransfer(ctx context.Context, srcNS, dstNS string, dst netip.Addr, size, rate int64) (lab.Transfer, error) {
-	var l net.Listener
-	if err := topo.Do(dstNS, func() error {
-		var err error
-		l, err = net.Listen("tcp4", netip.AddrPortFrom(dst, 0).String())
-		return err
-	}); err != nil {
-		return lab.Transfer{}, fmt.Errorf("listen in %s: %w", dstNS, err)
-	}
-	defer l.Close()
-	type recv struct {
-		sum string
-		n   int64
-		err error
-	}
-	done := make(chan recv, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			done <- recv{err: err}
-			return
-		}
-		defer c.Close()
-		if dl, ok := ctx.Deadline(); ok {
-			c.SetDeadline(dl)
-		}
-		h := sha256.New()
-		n, err := io.Copy(h, c)
-		done <- recv{sum: hex.EncodeToString(h.Sum(nil)), n: n, err: err}
-	}()
-	var c net.Conn
-	if err := topo.Do(srcNS, func() error {
-		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, "tcp4", l.Addr().String())
-		return err
-	}); err != nil {
-		return lab.Transfer{}, fmt.Errorf("dial %s from %s: %w", l.Addr(), srcNS, err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	start := time.Now()
-	h := sha256.New()
-	src := rand.NewChaCha8([32]byte{7})
-	buf := make([]byte, 64<<10)
-	var sent int64
-	for sent < size {
-		chunk := buf[:min(int64(len(buf)), size-sent)]
-		src.Read(chunk)
-		if _, err := c.Write(chunk); err != nil {
-			c.Close()
-			return lab.Transfer{}, fmt.Errorf("send after %d bytes: %w", sent, err)
-		}
-		h.Write(chunk)
-		sent += int64(len(chunk))
-		if ahead := time.Duration(float64(sent)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
-			time.Sleep(ahead)
-		}
-	}
-	c.Close()
-	r := <-done
-	if r.err != nil {
-		return lab.Transfer{}, fmt.Errorf("receive after %d bytes: %w", r.n, r.err)
-	}
-	return lab.Transfer{Bytes: r.n, SentSum: hex.EncodeToString(h.Sum(nil)), RecvSum: r.sum, Duration: time.Since(start)}, nil
+	return lab.PacedTransferTCP(ctx, srcNS, dstNS, dst, size, rate)
 }
 
 // percentile of sorted durations, nearest rank.

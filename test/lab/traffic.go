@@ -52,6 +52,12 @@ func (r Transfer) Gbps() float64 { return float64(r.Bytes) * 8 / r.Duration.Seco
 // TransferTCP streams size pseudo-random bytes from the srcNS namespace to
 // a listener on dst in the dstNS namespace and hashes both ends.
 func TransferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, size int64) (Transfer, error) {
+	return PacedTransferTCP(ctx, srcNS, dstNS, dst, size, 0)
+}
+
+// PacedTransferTCP is TransferTCP at about rate bytes a second (0: as fast
+// as it goes), so a transfer can last long enough to span an event.
+func PacedTransferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, size, rate int64) (Transfer, error) {
 	var l net.Listener
 	err := topo.Do(dstNS, func() error {
 		var err error
@@ -100,7 +106,11 @@ func TransferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, size 
 	start := time.Now()
 	h := sha256.New()
 	src := io.LimitReader(rand.NewChaCha8([32]byte{byte(port), byte(port >> 8)}), size)
-	n, err := io.Copy(io.MultiWriter(c, h), src)
+	var w io.Writer = io.MultiWriter(c, h)
+	if rate > 0 {
+		w = &pacedWriter{w: w, rate: rate, start: start}
+	}
+	n, err := io.CopyBuffer(w, src, make([]byte, 64<<10))
 	c.Close()
 	if err != nil {
 		return Transfer{}, fmt.Errorf("send after %d bytes: %w", n, err)
@@ -110,4 +120,22 @@ func TransferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, size 
 		return Transfer{}, fmt.Errorf("receive after %d bytes: %w", r.n, r.err)
 	}
 	return Transfer{Bytes: r.n, SentSum: hex.EncodeToString(h.Sum(nil)), RecvSum: r.sum, Duration: time.Since(start)}, nil
+}
+
+// pacedWriter sleeps after each write until the bytes written so far fit
+// the rate.
+type pacedWriter struct {
+	w     io.Writer
+	rate  int64
+	start time.Time
+	sent  int64
+}
+
+func (p *pacedWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	p.sent += int64(n)
+	if ahead := time.Duration(float64(p.sent)/float64(p.rate)*float64(time.Second)) - time.Since(p.start); ahead > 0 {
+		time.Sleep(ahead)
+	}
+	return n, err
 }
