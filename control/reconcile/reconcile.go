@@ -40,6 +40,7 @@ import (
 
 	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/control/metrics"
+	"github.com/weftnet/weft/control/peers"
 	"github.com/weftnet/weft/maps"
 )
 
@@ -78,6 +79,9 @@ type Reconciler struct {
 	mu       sync.Mutex
 	lastGood map[string]maps.Tunnel // etcd key -> tunnel from its last valid value
 	reported map[string]int64       // etcd key -> ModRevision of the bad value already logged
+
+	batchMu sync.Mutex
+	records map[string]peers.Change // ApplyBatch's view of the store
 }
 
 // New returns a Reconciler writing to table. log and m may be nil.
