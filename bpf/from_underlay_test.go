@@ -75,6 +75,8 @@ func setInner(f func(h []byte)) func(b []byte) {
 //	deliver         valid VXLAN for a local pod: tc decap+deliver, XDP decap
 //	to_host         valid VXLAN for anything else: tc decap+to_host, XDP decap
 //	direct_rx       plain IPv4 from a DirectRouting peer's pod: tc only
+//	conntrack       valid VXLAN for a local pod that the host's conntrack must see: tc decap+weft0, XDP decap
+//	direct_conntrack the same, unencapsulated from a DirectRouting peer: tc to weft0
 //	pass_underlay   not ours: both pass it untouched; XDP leaves counting to tc
 //	pass_other_vni  ours but another VNI: both pass and count
 //	drop_*          both drop and count
@@ -149,6 +151,13 @@ func underlayCases(t testing.TB) []underlayCase {
 		{"valid, VXLAN from the DirectRouting peer", vxFrom(func(v *vx) {
 			v.outerSrc, v.srcMAC, v.inner = peerC.Remote, peerCMAC, innerFromB(t, pkt{src: remoteSrcC})
 		}), "deliver"},
+		// What conntrack must see (ctgate.h) goes to the host stack through weft0.
+		{"valid, inner first fragment to a local pod", validVX(t, pkt{mf: true}), "conntrack"},
+		{"valid, inner later fragment to a local pod", validVX(t, pkt{fragOff: 10}), "conntrack"},
+		{"valid, inner ICMP error to a local pod", validVX(t, pkt{proto: layers.IPProtocolICMPv4, icmpType: 3}), "conntrack"},
+		{"valid, inner SCTP to a local pod", validVX(t, pkt{proto: layers.IPProtocolSCTP}), "conntrack"},
+		{"direct peer's pod, fragment to a local pod", plainFromC(pkt{mf: true}), "direct_conntrack"},
+		{"direct peer's pod, ICMP error to a local pod", plainFromC(pkt{proto: layers.IPProtocolICMPv4, icmpType: 11}), "direct_conntrack"},
 		{"valid, to a free address in our subnet", validVX(t, pkt{dst: netip.MustParseAddr("10.244.0.50")}), "to_host"},
 		{"valid, to weft0", validVX(t, pkt{dst: hostIP}), "to_host"},
 		{"valid, to the Internet", validVX(t, pkt{dst: netip.MustParseAddr("1.1.1.1")}), "to_host"},
@@ -316,6 +325,15 @@ func checkUnderlayTC(t *testing.T, e *env, c underlayCase) {
 		// Into weft0: its MAC as destination, the inner packet untouched (the host routes it).
 		want := append(ethHdr(localVtep, in[6:12], layers.EthernetTypeIPv4), in[offInnerIP:]...)
 		hexDiff(t, "frame for the host", r.out, want)
+	case c.want == "conntrack" || c.want == "direct_conntrack":
+		want := counters("decap", "pass_conntrack")
+		inner := in[offInnerIP:]
+		if c.want == "direct_conntrack" {
+			want, inner = counters("pass_conntrack"), in[14:]
+		}
+		r.check(t, tcActRedirect, want)
+		// Into weft0 like to_host: the host's conntrack un-NATs and routes it.
+		hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, in[6:12], layers.EthernetTypeIPv4), inner...))
 	case c.want == "direct_rx":
 		r.check(t, tcActRedirect, counters("direct_rx"))
 		ep, _ := endpointFor(netip.AddrFrom4([4]byte(in[14+16 : 14+20])))
@@ -339,7 +357,7 @@ func checkUnderlayXDP(t *testing.T, e *env, c underlayCase) {
 		return binary.NativeEndian.Uint32(r.meta)
 	}
 	switch {
-	case c.want == "deliver" || c.want == "to_host":
+	case c.want == "deliver" || c.want == "to_host" || c.want == "conntrack":
 		r.check(t, xdpPass, counters("decap"))
 		// The inner frame, addressed to the underlay NIC so the stack and GRO take it as ours.
 		want := append(ethHdr(underlayMAC, in[6:12], layers.EthernetTypeIPv4), in[offInnerIP:]...)
@@ -348,7 +366,7 @@ func checkUnderlayXDP(t *testing.T, e *env, c underlayCase) {
 			t.Errorf("metadata tag %#x, want WEFT_META_DECAPPED", tg)
 		}
 		checkPeerRx(t, e, netip.AddrFrom4([4]byte(in[offOuterIP+12:offOuterIP+16])))
-	case c.want == "pass_underlay" || c.want == "direct_rx":
+	case c.want == "pass_underlay" || c.want == "direct_rx" || c.want == "direct_conntrack":
 		// Plain traffic is tc's to judge and count.
 		r.check(t, xdpPass, counters())
 		r.checkUnchanged(t, in)

@@ -87,6 +87,24 @@ type refVerdict struct {
 	dst    netip.Addr
 	ttl    byte
 	peer   netip.Addr
+	stack  bool // ctgate.h: the host's conntrack must see it, so it goes through weft0
+}
+
+// needsStack is ctgate.h's rule for a packet no conntrack entry covers (the
+// test's namespace NATs nothing): fragments, ICMP but echo, protocols other
+// than TCP/UDP/ICMP, and anything too short for its ports.
+func needsStack(ip []byte) bool {
+	h, _ := parseIPv4(ip)
+	if h.mf || h.fragOff != 0 || h.totLen < h.ihl+4 || len(ip) < h.ihl+4 {
+		return true
+	}
+	switch h.proto {
+	case 1:
+		return ip[h.ihl] != 8 && ip[h.ihl] != 0
+	case 6, 17:
+		return false
+	}
+	return true
 }
 
 func (n *refNode) classify(f []byte) refVerdict {
@@ -144,7 +162,9 @@ func (n *refNode) classify(f []byte) refVerdict {
 	if tun.Remote != outer.src {
 		return refVerdict{reason: "drop_unknown_peer"}
 	}
-	return refVerdict{reason: "decap", inner: innerEth[14:], dst: inner.dst, ttl: inner.ttl, peer: tun.Remote}
+	_, local := n.endpoints[inner.dst]
+	return refVerdict{reason: "decap", inner: innerEth[14:], dst: inner.dst, ttl: inner.ttl, peer: tun.Remote,
+		stack: local && needsStack(innerEth[14:])}
 }
 
 // plain is the tc program's unencapsulated path: a well-formed packet from
@@ -159,7 +179,13 @@ func (n *refNode) plain(f []byte) refVerdict {
 		return pass
 	}
 	tun, ok := n.tunnelFor(ip.src)
-	if !ok || tun.Mode != weftmaps.ModeDirect || ip.ttl <= 1 {
+	if !ok || tun.Mode != weftmaps.ModeDirect {
+		return pass
+	}
+	if needsStack(f[14:]) {
+		return refVerdict{reason: "direct_rx", inner: f[14:], dst: ip.dst, ttl: ip.ttl, stack: true}
+	}
+	if ip.ttl <= 1 {
 		return pass
 	}
 	return refVerdict{reason: "direct_rx", inner: f[14:], dst: ip.dst, ttl: ip.ttl}
@@ -282,6 +308,12 @@ func checkFuzzTC(t *testing.T, e *env, frame []byte, want refVerdict) {
 		}
 		ep, local := e.endpoint(want.dst)
 		switch {
+		case want.stack:
+			wantDelta = counters("decap", "pass_conntrack")
+			if want.reason == "direct_rx" {
+				wantDelta = counters("pass_conntrack")
+			}
+			hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, frame[6:12], layers.EthernetTypeIPv4), want.inner...))
 		case local && want.ttl > 1:
 			if want.reason == "decap" {
 				wantDelta = counters("decap", "deliver")

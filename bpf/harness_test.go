@@ -332,6 +332,9 @@ type pkt struct {
 	dport    uint16
 	size     int // total IPv4 length; 0: headers + 32 bytes
 	id       uint16
+	mf       bool   // more fragments
+	fragOff  uint16 // fragment offset, in 8-byte units
+	icmpType uint8  // ICMPv4 type; 0 means echo request
 }
 
 // ipv4 serializes p (IPv4 header + L4 header + payload, with valid checksums).
@@ -345,6 +348,10 @@ func ipv4(tb testing.TB, p pkt) []byte {
 	if p.df {
 		ip.Flags = layers.IPv4DontFragment
 	}
+	if p.mf {
+		ip.Flags |= layers.IPv4MoreFragments
+	}
+	ip.FragOffset = p.fragOff
 	if p.id == 0 {
 		ip.Id = 0x1234
 	}
@@ -372,7 +379,14 @@ func ipv4(tb testing.TB, p pkt) []byte {
 		udp.SetNetworkLayerForChecksum(ip)
 		l4, l4len = udp, 8
 	case layers.IPProtocolICMPv4:
-		l4, l4len = &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0), Id: sport, Seq: 1}, 8
+		typ := p.icmpType
+		if typ == 0 {
+			typ = layers.ICMPv4TypeEchoRequest
+		}
+		l4, l4len = &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(typ, 0), Id: sport, Seq: 1}, 8
+	case layers.IPProtocolSCTP:
+		// Only the common header's ports matter here.
+		l4, l4len = gopacket.Payload([]byte{byte(sport >> 8), byte(sport), byte(dport >> 8), byte(dport), 0, 0, 0, 1, 0, 0, 0, 0}), 12
 	default:
 		tb.Fatalf("no L4 builder for %v", proto)
 	}

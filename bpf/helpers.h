@@ -64,7 +64,10 @@ struct arp_ipv4 {
 	__be32 tpa;
 } __attribute__((packed));
 
-/* Counters at or past this value drop the packet. */
+/*
+ * Counters at or past this value drop the packet: only meaningful for what
+ * classify_underlay returns (later additions to the enum may be passes).
+ */
 #define CNT_FIRST_DROP CNT_DROP_NO_TUNNEL
 
 static __always_inline int counter_is_drop(enum counter c)

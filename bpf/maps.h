@@ -44,9 +44,11 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct counter_value);
-	__uint(max_entries, CNT__MAX);
+	__uint(max_entries, WEFT_STATS_SLOTS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
+
+_Static_assert(CNT__MAX <= WEFT_STATS_SLOTS, "enum counter outgrew the stats map");
 
 /* Remote node underlay address -> traffic to/from it, per CPU. */
 struct {

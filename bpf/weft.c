@@ -26,6 +26,8 @@
 #include <bpf/bpf_endian.h>
 
 #include "helpers.h"
+#include "antispoof.h"
+#include "ctgate.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -64,6 +66,26 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, const struct en
 }
 
 /*
+ * Hands an IPv4 packet from the underlay to the host stack through weft0's
+ * ingress, so the kernel sees it arrive on the device its cluster route
+ * points at (rp_filter stays happy, time-exceeded gets sent, conntrack
+ * un-NATs replies).
+ */
+static __always_inline int to_host_stack(struct __sk_buff *skb, const struct node_config *cfg, enum counter c)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(eth->h_dest, cfg->vtep_mac, ETH_ALEN); /* weft0's own MAC */
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	count(c, skb->len);
+	return bpf_redirect(cfg->host_ifindex, BPF_F_INGRESS);
+}
+
+/*
  * After decapsulation (here or in XDP): a local pod, or else the host via
  * weft0's ingress so the kernel sees it arrive on the device its cluster
  * route points at (rp_filter stays happy, time-exceeded gets sent).
@@ -82,21 +104,15 @@ static __always_inline int deliver_decapsulated(struct __sk_buff *skb, const str
 	}
 	ep = endpoint_for_v4(ip->daddr);
 	if (ep) {
-		int ret = deliver_to_pod(skb, ep, CNT_DELIVER);
+		int ret;
 
+		if (ct_needs_stack(skb, ip, data_end))
+			return to_host_stack(skb, cfg, CNT_PASS_CONNTRACK);
+		ret = deliver_to_pod(skb, ep, CNT_DELIVER);
 		if (ret >= 0)
 			return ret;
 	}
-
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_SHOT;
-	__builtin_memcpy(eth->h_dest, cfg->vtep_mac, ETH_ALEN); /* weft0's own MAC */
-	eth->h_proto = bpf_htons(ETH_P_IP);
-	count(CNT_TO_HOST, skb->len);
-	return bpf_redirect(cfg->host_ifindex, BPF_F_INGRESS);
+	return to_host_stack(skb, cfg, CNT_TO_HOST);
 }
 
 /* ---- toward remote nodes ---- */
@@ -333,8 +349,9 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 
 /*
  * Answers a pod's ARP request for any address but its own with its
- * host-side MAC, so everything the pod sends comes to from_pod. Requests
- * from unknown senders and gratuitous ARP go to the kernel.
+ * host-side MAC, so everything the pod sends comes to from_pod. ARP naming
+ * another sender is dropped (antispoof.h); probes, gratuitous ARP and
+ * replies go to the kernel.
  */
 static __always_inline int answer_arp(struct __sk_buff *skb)
 {
@@ -348,14 +365,21 @@ static __always_inline int answer_arp(struct __sk_buff *skb)
 	if ((void *)(arp + 1) > data_end)
 		goto pass;
 	if (arp->hdr.ar_hrd != bpf_htons(ARPHRD_ETHER) || arp->hdr.ar_pro != bpf_htons(ETH_P_IP) ||
-	    arp->hdr.ar_hln != ETH_ALEN || arp->hdr.ar_pln != 4 || arp->hdr.ar_op != bpf_htons(ARPOP_REQUEST))
+	    arp->hdr.ar_hln != ETH_ALEN || arp->hdr.ar_pln != 4)
 		goto pass;
 	sender = arp->spa;
 	target = arp->tpa;
-	if (sender == target || sender == 0)
+	if (sender == 0)
+		goto pass; /* probe */
+	if (!arp_sender_ok(skb->ifindex, eth, arp)) {
+		count(CNT_DROP_ARP_SPOOF, skb->len);
+		return TC_ACT_SHOT;
+	}
+	/* Gratuitous ARP and the pod's replies to the host: the kernel's. */
+	if (sender == target || arp->hdr.ar_op != bpf_htons(ARPOP_REQUEST))
 		goto pass;
 	ep = endpoint_for_v4(sender);
-	if (!ep || ep->ifindex != skb->ifindex)
+	if (!ep)
 		goto pass;
 
 	__builtin_memcpy(eth->h_dest, arp->sha, ETH_ALEN);
@@ -398,17 +422,28 @@ int from_pod(struct __sk_buff *skb)
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
 		goto pass;
+	if (!pod_owns_v4(skb->ifindex, ip->saddr)) {
+		count(CNT_DROP_POD_SPOOF, skb->len);
+		return TC_ACT_SHOT;
+	}
 	if (!ipv4_header_ok(ip, skb->len - ETH_HLEN))
 		goto pass;
 
 	/* Remote first: it is the path the benchmarks measure. */
 	tun = tunnel_for_v4(ip->daddr);
-	if (tun)
+	if (tun) {
+		if (ct_needs_stack(skb, ip, data_end))
+			goto pass_ct;
 		return forward_to_peer(skb, cfg, tun, 1);
+	}
 
 	ep = endpoint_for_v4(ip->daddr);
 	if (ep) {
-		int ret = deliver_to_pod(skb, ep, CNT_LOCAL);
+		int ret;
+
+		if (ct_needs_stack(skb, ip, data_end))
+			goto pass_ct;
+		ret = deliver_to_pod(skb, ep, CNT_LOCAL);
 
 		if (ret >= 0)
 			return ret;
@@ -417,6 +452,10 @@ int from_pod(struct __sk_buff *skb)
 	}
 pass:
 	count(CNT_PASS_POD, skb->len);
+	return TC_ACT_OK;
+pass_ct:
+	/* The host stack un-NATs and routes it (a /32 to a local pod, weft0 to a remote one). */
+	count(CNT_PASS_CONNTRACK, skb->len);
 	return TC_ACT_OK;
 }
 
@@ -450,7 +489,7 @@ drop:
  * Unencapsulated IPv4 from a DirectRouting peer to a local pod: deliver it
  * directly. Anything else goes to the kernel untouched.
  */
-static __always_inline int from_underlay_plain(struct __sk_buff *skb)
+static __always_inline int from_underlay_plain(struct __sk_buff *skb, const struct node_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -470,6 +509,8 @@ static __always_inline int from_underlay_plain(struct __sk_buff *skb)
 	if (!tun || tun->mode != TUNNEL_MODE_DIRECT)
 		goto pass;
 	count_peer_rx(tun->remote, skb->len);
+	if (ct_needs_stack(skb, ip, data_end))
+		return to_host_stack(skb, cfg, CNT_PASS_CONNTRACK);
 	{
 		int ret = deliver_to_pod(skb, ep, CNT_DIRECT_RX);
 
@@ -516,7 +557,7 @@ int from_underlay(struct __sk_buff *skb)
 
 	c = classify_underlay(data, data_end, skb->len, cfg, &f);
 	if (c == CNT_PASS_UNDERLAY)
-		return from_underlay_plain(skb);
+		return from_underlay_plain(skb, cfg);
 	if (c != CNT_DECAP) {
 		count(c, skb->len);
 		return counter_is_drop(c) ? TC_ACT_SHOT : TC_ACT_OK;

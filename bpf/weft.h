@@ -72,6 +72,9 @@ struct node_config {
 	__u32 reserved[4];
 };
 
+/* Slots in the stats map: room for counters to come without changing the pinned map. */
+#define WEFT_STATS_SLOTS 64
+
 /*
  * Why a packet went where it went. One per-CPU {packets, bytes} slot per
  * value; the Go side names them from this enum's BTF (CNT_ENCAP -> "encap").
@@ -112,6 +115,10 @@ enum counter {
 	CNT_DROP_HELPER,        /* a BPF helper failed (adjust_room, redirect, ...) */
 	CNT_DROP_MTU,           /* oversize with DF where no ICMP could be built */
 	CNT_DROP_GRO_DEVICE,    /* reached the kernel vxlan device that only lends us its GRO: never forwarded */
+	/* Appended (keep existing values stable; the Go side names counters by prefix, not by range). */
+	CNT_DROP_POD_SPOOF,     /* IPv4 from a pod with a source that is not that pod's own */
+	CNT_DROP_ARP_SPOOF,     /* ARP from a pod naming another IP or MAC as sender */
+	CNT_PASS_CONNTRACK,     /* flow the host's conntrack NATed (or must see: fragment, ICMP error): host stack */
 	CNT__MAX,
 };
 

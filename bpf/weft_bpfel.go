@@ -47,7 +47,10 @@ const (
 	WeftCounterCNT_DROP_HELPER          WeftCounter = 28
 	WeftCounterCNT_DROP_MTU             WeftCounter = 29
 	WeftCounterCNT_DROP_GRO_DEVICE      WeftCounter = 30
-	WeftCounterCNT__MAX                 WeftCounter = 31
+	WeftCounterCNT_DROP_POD_SPOOF       WeftCounter = 31
+	WeftCounterCNT_DROP_ARP_SPOOF       WeftCounter = 32
+	WeftCounterCNT_PASS_CONNTRACK       WeftCounter = 33
+	WeftCounterCNT__MAX                 WeftCounter = 34
 )
 
 type WeftCounterValue struct {

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * antispoof.h: pods are untrusted. Whatever a pod sends must carry its own
+ * address (and, in ARP, its own MAC), checked against the endpoint entry
+ * weft-cni wrote for the interface the packet came in on. The endpoints map
+ * is keyed by pod IP, so the check is one lookup by source plus an ifindex
+ * compare: a pod can neither borrow another local pod's address (wrong
+ * ifindex), nor a remote pod's or an outside address (no entry at all).
+ */
+#pragma once
+
+#include "helpers.h"
+
+/* Whether an IPv4 source arriving on ifindex belongs to the pod behind it. */
+static __always_inline int pod_owns_v4(__u32 ifindex, __be32 saddr)
+{
+	const struct endpoint_info *ep = endpoint_for_v4(saddr);
+
+	return ep && ep->ifindex == ifindex;
+}
+
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+}
+
+/*
+ * ARP from a pod must name the pod as sender: its IP as spa, its MAC as sha
+ * and as the Ethernet source, or the host's neighbour table could be pointed
+ * at the wrong pod. The caller lets probes (spa 0.0.0.0, RFC 5227) through:
+ * they teach no neighbour table anything.
+ */
+static __always_inline int arp_sender_ok(__u32 ifindex, const struct ethhdr *eth, const struct arp_ipv4 *arp)
+{
+	const struct endpoint_info *ep = endpoint_for_v4(arp->spa);
+
+	return ep && ep->ifindex == ifindex && mac_equal(arp->sha, ep->mac) && mac_equal(eth->h_source, ep->mac);
+}
