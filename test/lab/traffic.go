@@ -58,10 +58,22 @@ func TransferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, size 
 // PacedTransferTCP is TransferTCP at about rate bytes a second (0: as fast
 // as it goes), so a transfer can last long enough to span an event.
 func PacedTransferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, size, rate int64) (Transfer, error) {
+	return transferTCP(ctx, srcNS, dstNS, netip.AddrPortFrom(dst, 0), netip.AddrPort{}, size, rate)
+}
+
+// TransferTCPVia is TransferTCP to a listener on listen (in dstNS) that the
+// sender reaches by dialing dial, e.g. a Service address NATed to listen.
+func TransferTCPVia(ctx context.Context, srcNS, dstNS string, listen, dial netip.AddrPort, size int64) (Transfer, error) {
+	return transferTCP(ctx, srcNS, dstNS, listen, dial, size, 0)
+}
+
+// transferTCP listens on listen (port 0: any) and dials dial (invalid: the
+// listener's own address).
+func transferTCP(ctx context.Context, srcNS, dstNS string, listen, dial netip.AddrPort, size, rate int64) (Transfer, error) {
 	var l net.Listener
 	err := topo.Do(dstNS, func() error {
 		var err error
-		l, err = net.Listen("tcp4", netip.AddrPortFrom(dst, 0).String())
+		l, err = net.Listen("tcp4", listen.String())
 		return err
 	})
 	if err != nil {
@@ -69,6 +81,9 @@ func PacedTransferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, 
 	}
 	defer l.Close()
 	port := l.Addr().(*net.TCPAddr).Port
+	if !dial.IsValid() {
+		dial = netip.AddrPortFrom(listen.Addr(), uint16(port))
+	}
 
 	type recv struct {
 		sum string
@@ -94,11 +109,11 @@ func PacedTransferTCP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, 
 	var c net.Conn
 	err = topo.Do(srcNS, func() error {
 		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, "tcp4", netip.AddrPortFrom(dst, uint16(port)).String())
+		c, err = (&net.Dialer{}).DialContext(ctx, "tcp4", dial.String())
 		return err
 	})
 	if err != nil {
-		return Transfer{}, fmt.Errorf("dial %s:%d from %s: %w", dst, port, srcNS, err)
+		return Transfer{}, fmt.Errorf("dial %s from %s: %w", dial, srcNS, err)
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
