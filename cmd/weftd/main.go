@@ -54,6 +54,7 @@ type config struct {
 	MetricsAddr   string
 	LogLevel      zapcore.Level
 	CleanupOnExit bool
+	IPMasq        bool
 }
 
 // parseFlags turns args into a config. Every check happens here, before
@@ -86,6 +87,7 @@ func parseFlags(args []string, stderr *os.File) (config, error) {
 	fs.BoolVar(&c.GRODevice, "gro-device", true, "with --decap=tc, keep weftgro0, an external vxlan device whose socket gives VXLAN GRO (it occupies the VXLAN port)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:9473", "address of the /healthz and /metrics endpoint; empty disables it")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&c.IPMasq, "ip-masq", false, "masquerade pod traffic to destinations outside the cluster network, never between pods (flanneld's flag; nftables table ip weft)")
 	fs.BoolVar(&c.CleanupOnExit, "cleanup-on-exit", false, "on SIGTERM remove the data plane and release the subnet lease (default: leave both)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: weftd [flags]\n\nWeft node daemon: leases a pod subnet in etcd (flannel's schema) and keeps the node's BPF data plane in step.\n\nFlags:\n%s", fs.FlagUsages())

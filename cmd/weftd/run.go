@@ -129,8 +129,11 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := applyIPMasq(ctx, log, cfg.IPMasq, netCfg.Network); err != nil {
+		return err
+	}
 	if err := writeSubnetEnv(cfg.SubnetFile, subnetEnv{
-		Network: netCfg.Network, Subnet: subnet, MTU: loader.PodMTU(int(nodeState.Config.MTU)),
+		Network: netCfg.Network, Subnet: subnet, MTU: loader.PodMTU(int(nodeState.Config.MTU)), IPMasq: cfg.IPMasq,
 	}); err != nil {
 		return err
 	}
@@ -176,6 +179,9 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	}
 	var errs []error
 	if err := loader.TeardownNode(cfg.PinPath, nodeState.HostIfName); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeIPMasq(context.Background()); err != nil {
 		errs = append(errs, err)
 	}
 	relCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
