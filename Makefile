@@ -12,7 +12,7 @@ FUZZTIME ?= 30s
 
 # Debian packages a fresh machine with Go lacks; installed only when missing.
 DEPS_BUILD := clang llvm libbpf-dev
-DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux
+DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux nftables iptables
 DEPS_BENCH := sockperf
 
 .PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down install-cni lint clean check-generate

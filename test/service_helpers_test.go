@@ -154,4 +154,3 @@ func kubeStyleRules(table string, svcs []kubeStyleDNAT) string {
 	b.WriteString("    meta mark 0x4000 masquerade\n  }\n}\n")
 	return b.String()
 }
-
