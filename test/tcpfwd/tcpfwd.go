@@ -32,7 +32,8 @@ type Forwarder struct {
 // Listen starts a forwarder on addr inside the namespace that listen creates
 // sockets in (pass a function that runs its argument there, e.g. topo.Do
 // with the underlay's path) and relays to dst, a host:port reachable from
-// the caller's own namespace (normally 127.0.0.1:<port>).
+// the caller's own namespace (normally 127.0.0.1:<port>). Port 0 in addr
+// takes a free port; Addr then holds it.
 func Listen(listen func(fn func() error) error, addr netip.AddrPort, dst string) (*Forwarder, error) {
 	f := &Forwarder{Addr: addr, dst: dst, blocked: map[netip.Addr]bool{}, conns: map[net.Conn]netip.Addr{}}
 	err := listen(func() error {
@@ -42,6 +43,10 @@ func Listen(listen func(fn func() error) error, addr netip.AddrPort, dst string)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("forward %s to %s: %w", addr, dst, err)
+	}
+	// Port 0 picks a free port: report the one taken.
+	if ap, err := netip.ParseAddrPort(f.ln.Addr().String()); err == nil {
+		f.Addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	go f.serve()
 	return f, nil

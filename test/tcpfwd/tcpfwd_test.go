@@ -32,16 +32,6 @@ func echoServer(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func freeAddr(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return netip.MustParseAddrPort(ln.Addr().String())
-}
-
 // roundTrip sends one line and reads it back, or reports the failure.
 func roundTrip(c net.Conn) error {
 	c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -53,11 +43,14 @@ func roundTrip(c net.Conn) error {
 }
 
 func TestRelayPartitionHeal(t *testing.T) {
-	f, err := Listen(here, freeAddr(t), echoServer(t))
+	f, err := Listen(here, netip.MustParseAddrPort("127.0.0.1:0"), echoServer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	if f.Addr.Port() == 0 {
+		t.Fatal("Addr does not hold the port taken")
+	}
 
 	c, err := net.Dial("tcp", f.Addr.String())
 	if err != nil {
