@@ -124,6 +124,19 @@ func TestAPIServer(t *testing.T) {
 	if _, err := kubernetes.NewForConfigOrDie(kcfg).CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
 		t.Fatalf("kubeconfig ServiceAccount getting a node: err = %v, want Forbidden", err)
 	}
+
+	// The admin kubeconfig, through the same forwarder, may.
+	akc := filepath.Join(t.TempDir(), "admin.kubeconfig")
+	if err := s.AdminKubeconfig(fw.URL(), akc); err != nil {
+		t.Fatal(err)
+	}
+	acfg, err := clientcmd.BuildConfigFromFlags("", akc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kubernetes.NewForConfigOrDie(acfg).CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{}); err != nil {
+		t.Fatalf("admin kubeconfig getting a node: %v", err)
+	}
 }
 
 // TestAPIServerRestart: Stop and Start keep the port, the data and the
