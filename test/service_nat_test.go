@@ -30,7 +30,7 @@ func counter(t *testing.T, n *lab.Node, name string) uint64 {
 // Weft node, on a flannel-style kernel-vxlan node, and the pod itself
 // (hairpin, masqueraded). Replies must come back through the host's
 // conntrack to be un-NATed (ctgate.h); plain pod-to-pod traffic must keep
-// the fast path. Both decap modes.
+// the fast path; strict rp_filter on the client node. Both decap modes.
 func TestServiceNATFastPath(t *testing.T) {
 	for _, decap := range []string{"tc", "xdp"} {
 		t.Run(decap, func(t *testing.T) { testServiceNAT(t, decap) })
@@ -75,6 +75,13 @@ func testServiceNAT(t *testing.T, decap string) {
 	bulkSvc, bulkBackend := netip.MustParseAddrPort("10.96.1.1:90"), netip.AddrPortFrom(remote.IP, 9090)
 	rules = append(rules, kubeStyleDNAT{svc: bulkSvc, backend: bulkBackend})
 	nftApply(t, n1.Topo, kubeStyleRules("svctest", rules))
+	// Strict reverse-path filtering on the client node (the lab runs with it
+	// off, as Kubernetes nodes often do): what the conntrack gate hands to
+	// the stack must arrive where the route back points (a pod's veth for
+	// its /32, weft0 for remote pods).
+	if err := n1.Topo.SetSysctl("net.ipv4.conf.all.rp_filter", "1"); err != nil {
+		t.Fatal(err)
+	}
 
 	// Plain pod-to-pod first: fast path both ways, nothing for conntrack.
 	ct0 := counter(t, n1, "pass_conntrack") + counter(t, n2, "pass_conntrack")
