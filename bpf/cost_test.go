@@ -1,0 +1,55 @@
+package bpf_test
+
+import (
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket/layers"
+)
+
+// Per-packet cost of the programs on fast paths that stay the same across
+// BPF_PROG_TEST_RUN repeats (the same skb runs again and again, so each run
+// must leave it on the same path: delivery to a local pod only lowers the
+// TTL, so up to 250 repeats from TTL 255 all deliver). The kernel times the
+// runs itself (no syscall in the figure); the median of many batches keeps
+// a shared machine's noise out. Compare the numbers between builds, e.g.
+// before and after a change to from_pod:
+//
+//	go test -run '^$' -bench ProgramCost -benchtime 2000x ./bpf/
+func BenchmarkProgramCost(b *testing.B) {
+	for _, c := range []struct {
+		name, prog string
+		frame      func(e *env) []byte
+		want       string
+	}{
+		{"from_pod/udp64-to-local-pod", "from_pod", func(e *env) []byte {
+			return podFrame(b, pod1, pkt{dst: pod2.IP, proto: layers.IPProtocolUDP, size: 64, ttl: 255})
+		}, "local"},
+		{"from_underlay/direct-rx-udp64-to-local-pod", "from_underlay", func(e *env) []byte {
+			return ether(b, underlayMAC, peerCMAC, layers.EthernetTypeIPv4,
+				ipv4(b, pkt{src: remoteSrcC, dst: pod2.IP, proto: layers.IPProtocolUDP, size: 64, ttl: 255}))
+		}, "direct_rx"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			e := newEnv(b)
+			in := c.frame(e)
+			// One checked run: the path is the one the name says.
+			if r := e.run(c.prog, in); r.delta[c.want] != 1 {
+				b.Fatalf("path: counters %v, want %s", r.delta, c.want)
+			}
+			const repeat = 250
+			var per []float64
+			for i := 0; i < b.N; i++ {
+				_, d, err := e.prog(c.prog).Benchmark(in, repeat, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				per = append(per, float64(d)/float64(time.Nanosecond))
+			}
+			sort.Float64s(per)
+			b.ReportMetric(per[len(per)/2], "ns/pkt-median")
+			b.ReportMetric(per[len(per)/10], "ns/pkt-p10")
+		})
+	}
+}
