@@ -36,3 +36,26 @@ static __always_inline int arp_sender_ok(__u32 ifindex, const struct ethhdr *eth
 
 	return ep && ep->ifindex == ifindex && mac_equal(arp->sha, ep->mac) && mac_equal(eth->h_source, ep->mac);
 }
+
+/*
+ * DirectRouting receive: plain IPv4 from a direct peer's pod subnet must
+ * come from that peer, i.e. from the L2 address the kernel's neighbour
+ * table holds for the lease's public IP on the underlay (learnt when the
+ * peer ARPed for us, which it must before sending). A lookup that finds no
+ * on-link neighbour fails the check too: nothing vouches for the sender.
+ */
+static __always_inline int direct_sender_ok(struct __sk_buff *skb, const struct node_config *cfg,
+					    const struct ethhdr *eth, const struct tunnel_info *tun)
+{
+	struct bpf_fib_lookup fib = {};
+	__be32 remote = addr_to_v4(tun->remote);
+
+	fib.family = AF_INET;
+	fib.ipv4_dst = remote;
+	fib.tot_len = sizeof(struct iphdr); /* no MTU verdict on this (maybe GRO'd) skb */
+	fib.ifindex = cfg->underlay_ifindex;
+	/* OUTPUT: as the node would send to the peer, whatever ip_forward says. */
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
+		return 0;
+	return fib.ifindex == cfg->underlay_ifindex && fib.ipv4_dst == remote && mac_equal(fib.dmac, eth->h_source);
+}

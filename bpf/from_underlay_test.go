@@ -77,6 +77,7 @@ func setInner(f func(h []byte)) func(b []byte) {
 //	direct_rx       plain IPv4 from a DirectRouting peer's pod: tc only
 //	conntrack       valid VXLAN for a local pod that the host's conntrack must see: tc decap+weft0, XDP decap
 //	direct_conntrack the same, unencapsulated from a DirectRouting peer: tc to weft0
+//	drop_direct_peer unencapsulated from a DirectRouting subnet, another L2 sender: tc drops, XDP passes
 //	pass_underlay   not ours: both pass it untouched; XDP leaves counting to tc
 //	pass_other_vni  ours but another VNI: both pass and count
 //	drop_*          both drop and count
@@ -230,6 +231,9 @@ func underlayCases(t testing.TB) []underlayCase {
 		// Plain IPv4 from a DirectRouting peer.
 		{"direct peer's pod to a local pod", plainFromC(pkt{}), "direct_rx"},
 		{"direct peer's pod, UDP to the VXLAN port", plainFromC(pkt{proto: layers.IPProtocolUDP, dport: 8472}), "direct_rx"},
+		// The L2 sender must be the peer the neighbour table knows for its lease (main_test.go: C's MAC).
+		{"direct peer's pod, sent from another MAC", mutate(plainFromC(pkt{}), false, func(b []byte) { copy(b[6:12], peerBMAC) }), "drop_direct_peer"},
+		{"direct peer's pod, fragment from another MAC", mutate(plainFromC(pkt{mf: true}), false, func(b []byte) { copy(b[6:12], peerBMAC) }), "drop_direct_peer"},
 		{"direct peer's pod, total length lies", mutateIP(plainFromC(pkt{}), func(h []byte) { put16(h[2:], be16(h[2:])+1) }), "pass_underlay"},
 		{"direct peer's pod, IHL 4", mutateIP(plainFromC(pkt{}), func(h []byte) { h[0] = 0x44 }), "pass_underlay"},
 		{"direct peer's pod to a free address", plainFromC(pkt{dst: netip.MustParseAddr("10.244.0.50")}), "pass_underlay"},
@@ -366,7 +370,7 @@ func checkUnderlayXDP(t *testing.T, e *env, c underlayCase) {
 			t.Errorf("metadata tag %#x, want WEFT_META_DECAPPED", tg)
 		}
 		checkPeerRx(t, e, netip.AddrFrom4([4]byte(in[offOuterIP+12:offOuterIP+16])))
-	case c.want == "pass_underlay" || c.want == "direct_rx" || c.want == "direct_conntrack":
+	case c.want == "pass_underlay" || c.want == "direct_rx" || c.want == "direct_conntrack" || c.want == "drop_direct_peer":
 		// Plain traffic is tc's to judge and count.
 		r.check(t, xdpPass, counters())
 		r.checkUnchanged(t, in)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -27,6 +28,9 @@ type refNode struct {
 	vni       uint32
 	tunnels   []weftmaps.Tunnel
 	endpoints map[netip.Addr]weftmaps.Endpoint
+	// directMACs is the test namespace's neighbour table (main_test.go):
+	// a DirectRouting peer's public IP -> its MAC.
+	directMACs map[netip.Addr]net.HardwareAddr
 }
 
 func newRefNode() *refNode {
@@ -35,7 +39,8 @@ func newRefNode() *refNode {
 		eps[ep.IP] = ep
 	}
 	c := defaultConfig()
-	return &refNode{ip: c.UnderlayIP, port: c.Port, vni: c.VNI, tunnels: []weftmaps.Tunnel{peerB, peerC, peerD}, endpoints: eps}
+	return &refNode{ip: c.UnderlayIP, port: c.Port, vni: c.VNI, tunnels: []weftmaps.Tunnel{peerB, peerC, peerD}, endpoints: eps,
+		directMACs: map[netip.Addr]net.HardwareAddr{peerC.Remote: peerCMAC}}
 }
 
 // tunnelFor is a longest-prefix match over the tunnels.
@@ -182,6 +187,10 @@ func (n *refNode) plain(f []byte) refVerdict {
 	if !ok || tun.Mode != weftmaps.ModeDirect {
 		return pass
 	}
+	// The L2 sender must be the peer's MAC in the neighbour table (main_test.go).
+	if !bytes.Equal(f[6:12], n.directMACs[tun.Remote]) {
+		return refVerdict{reason: "drop_direct_peer"}
+	}
 	if needsStack(f[14:]) {
 		return refVerdict{reason: "direct_rx", inner: f[14:], dst: ip.dst, ttl: ip.ttl, stack: true}
 	}
@@ -272,7 +281,7 @@ func checkFuzzXDP(t *testing.T, e *env, frame []byte, want refVerdict) {
 		}
 		exp := append(ethHdr(underlayMAC, frame[6:12], layers.EthernetTypeIPv4), want.inner...)
 		hexDiff(t, "XDP-decapsulated frame", r.out, exp)
-	case "pass_underlay", "direct_rx":
+	case "pass_underlay", "direct_rx", "drop_direct_peer":
 		wantDelta = counters() // tc counts plain traffic
 		if r.verdict != xdpPass || len(r.meta) != 0 || !bytes.Equal(r.out, frame) {
 			t.Errorf("XDP: verdict %d, meta %x, frame changed %v; want an untouched pass", r.verdict, r.meta, !bytes.Equal(r.out, frame))

@@ -487,7 +487,8 @@ drop:
 
 /*
  * Unencapsulated IPv4 from a DirectRouting peer to a local pod: deliver it
- * directly. Anything else goes to the kernel untouched.
+ * directly, once the L2 sender is known to be that peer (antispoof.h).
+ * Anything else goes to the kernel untouched.
  */
 static __always_inline int from_underlay_plain(struct __sk_buff *skb, const struct node_config *cfg)
 {
@@ -508,6 +509,10 @@ static __always_inline int from_underlay_plain(struct __sk_buff *skb, const stru
 	tun = tunnel_for_v4(ip->saddr);
 	if (!tun || tun->mode != TUNNEL_MODE_DIRECT)
 		goto pass;
+	if (!direct_sender_ok(skb, cfg, eth, tun)) {
+		count(CNT_DROP_DIRECT_PEER, skb->len);
+		return TC_ACT_SHOT;
+	}
 	count_peer_rx(tun->remote, skb->len);
 	if (ct_needs_stack(skb, ip, data_end))
 		return to_host_stack(skb, cfg, CNT_PASS_CONNTRACK);

@@ -119,6 +119,7 @@ enum counter {
 	CNT_DROP_POD_SPOOF,     /* IPv4 from a pod with a source that is not that pod's own */
 	CNT_DROP_ARP_SPOOF,     /* ARP from a pod naming another IP or MAC as sender */
 	CNT_PASS_CONNTRACK,     /* flow the host's conntrack NATed (or must see: fragment, ICMP error): host stack */
+	CNT_DROP_DIRECT_PEER,   /* plain IPv4 from a DirectRouting subnet whose L2 sender is not that peer */
 	CNT__MAX,
 };
 

@@ -50,7 +50,8 @@ const (
 	WeftCounterCNT_DROP_POD_SPOOF       WeftCounter = 31
 	WeftCounterCNT_DROP_ARP_SPOOF       WeftCounter = 32
 	WeftCounterCNT_PASS_CONNTRACK       WeftCounter = 33
-	WeftCounterCNT__MAX                 WeftCounter = 34
+	WeftCounterCNT_DROP_DIRECT_PEER     WeftCounter = 34
+	WeftCounterCNT__MAX                 WeftCounter = 35
 )
 
 type WeftCounterValue struct {

@@ -21,8 +21,14 @@ import (
 // addresses and routes say.
 func sendRaw(t *testing.T, pod *topo.Pod, frames ...[]byte) {
 	t.Helper()
-	err := topo.Do(pod.NSPath, func() error {
-		l, err := netlink.LinkByName("eth0")
+	sendRawIn(t, pod.NSPath, "eth0", frames...)
+}
+
+// sendRawIn writes frames out of ifName in the namespace at nsPath.
+func sendRawIn(t *testing.T, nsPath, ifName string, frames ...[]byte) {
+	t.Helper()
+	err := topo.Do(nsPath, func() error {
+		l, err := netlink.LinkByName(ifName)
 		if err != nil {
 			return err
 		}
@@ -40,7 +46,7 @@ func sendRaw(t *testing.T, pod *topo.Pod, frames ...[]byte) {
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("send raw frames from %s: %v", pod.Name, err)
+		t.Fatalf("send raw frames from %s in %s: %v", ifName, nsPath, err)
 	}
 }
 
@@ -210,4 +216,52 @@ func TestPodSpoofing(t *testing.T) {
 			t.Errorf("n1 -> victim after the ARP spoof: %v\n%s", err, out)
 		}
 	})
+}
+
+// TestDirectRoutingSpoof: with DirectRouting, plain packets from a peer's
+// pod subnet are delivered only when they come from that peer's MAC (the
+// neighbour the node learnt for the lease's public IP); another host on the
+// same segment forging such a source is dropped and counted
+// (drop_direct_peer), while the real peer's pods get through.
+func TestDirectRoutingSpoof(t *testing.T) {
+	c := newLab(t, `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472,"DirectRouting":true}}`)
+	n1 := mustAddWeftNode(t, c, "n1")
+	n2 := mustAddWeftNode(t, c, "n2")
+	intruder, err := c.Lab.AddNode("intruder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*lab.Node{n1, n2} {
+		if _, err := c.AddPod(n, "p"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, func() bool { ts, _ := n.Tunnels(); return len(ts) == 1 }, "%s has 1 tunnel", n.Name)
+	}
+	victim, peerPod := n1.Pods[0], n2.Pods[0]
+	l, err := udpConnIn(victim.NSPath, netip.AddrPortFrom(victim.IP, 7003))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	// The real peer's pod first: it also makes n1 learn n2's MAC.
+	if out, err := ping(peerPod.NSPath, victim.IP, 1, 0); err != nil {
+		t.Fatalf("direct peer's pod -> victim: %v\n%s", err, out)
+	}
+	if src, _ := sourceSeen(t, peerPod.NSPath, victim.NSPath, netip.AddrPortFrom(victim.IP, 7004)); src != peerPod.IP {
+		t.Fatalf("direct peer's pod arrived as %s", src)
+	}
+
+	before := counter(t, n1, "drop_direct_peer")
+	var frames [][]byte
+	for i := 0; i < 5; i++ {
+		frames = append(frames, udpFrame(t, intruder.UnderlayMAC, n1.Topo.UnderlayMAC, peerPod.IP, victim.IP, 7003, fmt.Sprintf("forged %d", i)))
+	}
+	sendRawIn(t, intruder.NSPath, intruder.UnderlayIf, frames...)
+	if n, got := received(l); n != 0 {
+		t.Errorf("victim received %d forged datagrams: %q", n, got)
+	}
+	if d := counter(t, n1, "drop_direct_peer") - before; d != uint64(len(frames)) {
+		t.Errorf("drop_direct_peer moved by %d, want %d", d, len(frames))
+	}
 }
