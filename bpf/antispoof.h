@@ -28,13 +28,17 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
  * ARP from a pod must name the pod as sender: its IP as spa, its MAC as sha
  * and as the Ethernet source, or the host's neighbour table could be pointed
  * at the wrong pod. The caller lets probes (spa 0.0.0.0, RFC 5227) through:
- * they teach no neighbour table anything.
+ * they teach no neighbour table anything. Returns the pod's endpoint, or
+ * NULL for a spoof.
  */
-static __always_inline int arp_sender_ok(__u32 ifindex, const struct ethhdr *eth, const struct arp_ipv4 *arp)
+static __always_inline const struct endpoint_info *arp_sender(__u32 ifindex, const struct ethhdr *eth,
+								const struct arp_ipv4 *arp)
 {
 	const struct endpoint_info *ep = endpoint_for_v4(arp->spa);
 
-	return ep && ep->ifindex == ifindex && mac_equal(arp->sha, ep->mac) && mac_equal(eth->h_source, ep->mac);
+	if (ep && ep->ifindex == ifindex && mac_equal(arp->sha, ep->mac) && mac_equal(eth->h_source, ep->mac))
+		return ep;
+	return NULL;
 }
 
 /*

@@ -371,15 +371,13 @@ static __always_inline int answer_arp(struct __sk_buff *skb)
 	target = arp->tpa;
 	if (sender == 0)
 		goto pass; /* probe */
-	if (!arp_sender_ok(skb->ifindex, eth, arp)) {
+	ep = arp_sender(skb->ifindex, eth, arp);
+	if (!ep) {
 		count(CNT_DROP_ARP_SPOOF, skb->len);
 		return TC_ACT_SHOT;
 	}
 	/* Gratuitous ARP and the pod's replies to the host: the kernel's. */
 	if (sender == target || arp->hdr.ar_op != bpf_htons(ARPOP_REQUEST))
-		goto pass;
-	ep = endpoint_for_v4(sender);
-	if (!ep)
 		goto pass;
 
 	__builtin_memcpy(eth->h_dest, arp->sha, ETH_ALEN);
