@@ -178,7 +178,8 @@ func ptr[T any](v T) *T { return &v }
 // NodePort from an outside host (a netns on the underlay with no route to
 // the pod network) with externalTrafficPolicy Cluster and Local. Two runs
 // cover both kube-proxy modes and both decap modes: iptables with tc
-// decap, nftables with XDP decap.
+// decap, nftables with XDP decap. Weft runs with --ip-masq, as flannel
+// does in kube-flannel.yml, and egress to the outside host is masqueraded.
 func TestKubeProxy(t *testing.T) {
 	for _, m := range []struct{ proxy, decap string }{{"iptables", "tc"}, {"nftables", "xdp"}} {
 		t.Run(m.proxy+"-"+m.decap, func(t *testing.T) { testKubeProxy(t, m.proxy, m.decap) })
@@ -187,8 +188,9 @@ func TestKubeProxy(t *testing.T) {
 
 func testKubeProxy(t *testing.T, mode, decap string) {
 	c := newLab(t, "")
-	n1 := mustAddWeftNode(t, c, "n1", "--decap", decap)
-	n2 := mustAddWeftNode(t, c, "n2", "--decap", decap)
+	// --ip-masq as kube-flannel.yml runs flanneld: beside kube-proxy's own NAT.
+	n1 := mustAddWeftNode(t, c, "n1", "--decap", decap, "--ip-masq")
+	n2 := mustAddWeftNode(t, c, "n2", "--decap", decap, "--ip-masq")
 	k1, err := c.AddFlannelNode("k1", netip.MustParsePrefix("10.244.200.0/24"))
 	if err != nil {
 		t.Fatal(err)
@@ -276,6 +278,12 @@ func testKubeProxy(t *testing.T, mode, decap string) {
 			netip.AddrPortFrom(n2.Topo.UnderlayIP, npLocalSrc[1]))
 		if !replied || src != outside.UnderlayIP {
 			t.Errorf("Local policy via n2: backend saw %s (replied %v), want the outside host's %s", src, replied, outside.UnderlayIP)
+		}
+	})
+	t.Run("EgressMasqueraded", func(t *testing.T) {
+		src, replied := sourceSeen(t, client.NSPath, outside.NSPath, netip.AddrPortFrom(outside.UnderlayIP, 7000))
+		if src != n1.Topo.UnderlayIP || !replied {
+			t.Errorf("outside host saw %s (replied %v), want n1's %s", src, replied, n1.Topo.UnderlayIP)
 		}
 	})
 	for _, n := range []*lab.Node{n1, n2} {
