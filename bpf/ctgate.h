@@ -11,7 +11,7 @@
  * every other flow keeps the redirect.
  *
  * The question goes to the kernel's own table through the conntrack kfuncs
- * tc programs may call (bpf_skb_ct_lookup, Linux 6.0+): no second table to
+ * tc programs may call (bpf_skb_ct_lookup, Linux 5.18+): no second table to
  * keep in step, and plain pod-to-pod flows never enter conntrack at all
  * (they never see the stack), so their lookup is a miss in an empty bucket.
  * What the kfunc cannot look up, or what conntrack must reassemble first,
@@ -31,7 +31,7 @@ struct nf_conn {
 	unsigned long status;
 } __attribute__((preserve_access_index));
 
-/* Kernel's struct bpf_ct_opts in its 12-byte form (accepted since 6.0). */
+/* Kernel's struct bpf_ct_opts in its original 12-byte form, which newer kernels still accept. */
 struct bpf_ct_opts {
 	__s32 netns_id;
 	__s32 error;
