@@ -26,11 +26,14 @@ deps-build: ## install clang/llvm/libbpf-dev if missing (needs root)
 deps: ## install everything the tests and the lab need, if missing (needs root)
 	@./.ci/ensure-deps.sh $(DEPS_BUILD) $(DEPS_TEST)
 
+# Packages with a //go:generate bpf2go line: the data plane and the benchmark's collect_md comparison.
+BPF_GEN_DIRS := bpf test/cluster/collectmd
+
 generate: deps-build ## rebuild the BPF objects and Go bindings with bpf2go
-	cd bpf && $(GO) generate ./...
+	for d in $(BPF_GEN_DIRS); do (cd $$d && $(GO) generate .) || exit 1; done
 
 check-generate: generate ## fail if the committed BPF objects are stale
-	git diff --exit-code -- bpf/ || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
+	git diff --exit-code -- $(BPF_GEN_DIRS) || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
 
 build: ## build weftd, weftctl, weft-cni and weft-lab into bin/
 	@mkdir -p $(BIN)
