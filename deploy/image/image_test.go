@@ -91,7 +91,7 @@ func TestImage(t *testing.T) {
 			t.Fatalf("%s: %v", n, err)
 		}
 		for _, prog := range f.Progs {
-			if prog.Type == elf.PT_INTERP { // the image has no libc or loader
+			if prog.Type == elf.PT_INTERP { // Go binaries must not need the loader
 				t.Errorf("%s is dynamically linked", n)
 			}
 		}
