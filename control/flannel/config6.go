@@ -196,3 +196,26 @@ func (u u128) cmp(v u128) int {
 	}
 	return 0
 }
+
+// LeaseFits reports whether a node may keep a lease whose key names v4 and
+// v6 (ParseSubnetKey; zero for an absent half) under this config: each
+// enabled family's subnet InRange/InRangeIPv6, and no subnet of a disabled
+// family. It is flannel's isSubnetConfigCompat && isIPv6SubnetConfigCompat,
+// so turning IPv6 on (or off) makes a node give up its old lease and take a
+// new pair, as flanneld does.
+func (c *NetworkConfig) LeaseFits(v4, v6 netip.Prefix) bool {
+	if c.Network.IsValid() != v4.IsValid() || c.IPv6Network.IsValid() != v6.IsValid() {
+		return false
+	}
+	return (!v4.IsValid() || c.InRange(v4)) && (!v6.IsValid() || c.InRangeIPv6(v6))
+}
+
+// OwnLease reports whether attrs are a lease of the node with these
+// underlay addresses. flannel matches on PublicIP alone; in an IPv6-only
+// network every PublicIP is 0.0.0.0, so there PublicIPv6 decides.
+func (c *NetworkConfig) OwnLease(attrs LeaseAttrs, publicIP, publicIPv6 netip.Addr) bool {
+	if c.Network.IsValid() {
+		return attrs.PublicIP.IsValid() && attrs.PublicIP == publicIP
+	}
+	return attrs.PublicIPv6.IsValid() && attrs.PublicIPv6 == publicIPv6
+}

@@ -165,3 +165,45 @@ func join(ps []netip.Prefix) string {
 	}
 	return strings.Join(s, " ")
 }
+
+func TestLeaseFitsAndOwnLease(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	v4, v6, none := pfx("10.5.72.0/24"), pfx("fc00:10:244:1::/64"), netip.Prefix{}
+	dual, v6only, v4only := mustConfig(t, dualConfig), mustConfig(t, v6OnlyConfig),
+		mustConfig(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`)
+	for _, tc := range []struct {
+		name   string
+		c      *NetworkConfig
+		v4, v6 netip.Prefix
+		want   bool
+	}{
+		{"dual lease, dual network", dual, v4, v6, true},
+		{"IPv4 lease after IPv6 was turned on", dual, v4, none, false},
+		{"dual lease after IPv6 was turned off", v4only, v4, v6, false},
+		{"IPv4 lease, IPv4 network", v4only, v4, none, true},
+		{"IPv6 lease, IPv6-only network", v6only, none, v6, true},
+		{"dual lease, IPv6-only network", v6only, v4, v6, false},
+		{"IPv6 subnet of the wrong size", dual, v4, pfx("fc00:10:244:1::/80"), false},
+		{"IPv6 first subnet (skipped)", dual, v4, pfx("fc00:10:244::/64"), false},
+		{"IPv4 first subnet (skipped)", dual, pfx("10.5.0.0/24"), v6, false},
+	} {
+		if got := tc.c.LeaseFits(tc.v4, tc.v6); got != tc.want {
+			t.Errorf("%s: LeaseFits = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+
+	pub4, pub6 := netip.MustParseAddr("192.168.8.1"), netip.MustParseAddr("fd00:8::1")
+	mine, _ := DecodeLeaseAttrs([]byte(flannelDualLease))
+	other6, _ := DecodeLeaseAttrs([]byte(`{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:8::2"}`))
+	me6, _ := DecodeLeaseAttrs([]byte(flannelV6OnlyLease))
+	if !dual.OwnLease(mine, pub4, pub6) || dual.OwnLease(mine, netip.MustParseAddr("192.168.8.2"), pub6) ||
+		!v6only.OwnLease(me6, netip.Addr{}, pub6) || v6only.OwnLease(other6, netip.Addr{}, pub6) ||
+		dual.OwnLease(me6, netip.Addr{}, pub6) {
+		t.Fatal("OwnLease")
+	}
+	// Two IPv6-only nodes both have PublicIP 0.0.0.0 (zero): that is not
+	// a match, unlike in flanneld's etcd manager.
+	if v6only.OwnLease(other6, netip.Addr{}, pub6) || dual.OwnLease(other6, netip.Addr{}, netip.Addr{}) {
+		t.Fatal("zero PublicIP matched")
+	}
+}

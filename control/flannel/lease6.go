@@ -22,9 +22,10 @@ import (
 // its PublicIP an empty ip.IP4. (flanneld's etcd subnet manager does not
 // really support IPv6-only: every such node has PublicIP 0.0.0.0, so a
 // restarting node "finds" another node's lease by PublicIP and overwrites
-// it, and its allocator loops on the 0.0.0.0/0 subnet once one lease
-// exists. Weft writes the same shapes but allocates and finds its own lease
-// by the IPv6 fields; see FreeIPv6Subnets.)
+// it, and its allocator never moves past the 0.0.0.0/0 candidate, which
+// overlaps every lease, so it spins once one lease exists. Weft writes the
+// same shapes; an allocator should use FreeIPv6Subnets and OwnLease, which
+// matches IPv6-only nodes by PublicIPv6.)
 
 // ErrLeaseFamily is a lease without a subnet of a family the network
 // enables: an IPv6-only key in a network with IPv4, or a key without an
