@@ -28,9 +28,9 @@
 // backend programs a route for any lease it can decode, while ParseLease also
 // rejects subnets outside the Network, of the wrong size, overlapping an older
 // lease, non-canonical keys, multicast VtepMACs and PublicIPs of the wrong
-// family. Every
-// rejection is a *LeaseError naming the etcd key and wrapping one of the
-// exported sentinels, so callers log the key and test with errors.Is.
+// family. Every rejection is a *LeaseError naming the etcd key and wrapping
+// one of the exported sentinels, so callers log the key and test with
+// errors.Is.
 //
 // The package does no I/O: control/store feeds it etcd key/values, and
 // control/reconcile turns the valid leases into tunnels.

@@ -335,9 +335,13 @@ func TestParseLeaseIPv6Only(t *testing.T) {
 			t.Errorf("%s: got %v, want a *LeaseError", name, err)
 		}
 	}
-	// Without IPv6 in the network, an IPv6-only key is of no use.
-	if _, err := testConfig(t).ParseLease(pfx, lease("0.0.0.0-0&fc00:10:244:1::-64", flannelV6OnlyLease, 2)); !errors.Is(err, ErrLeaseFamily) {
-		t.Fatalf("got %v, want ErrLeaseFamily", err)
+	// Without IPv6 in the network, an IPv6-only key is of no use, and its
+	// "0.0.0.0-0" must not read as 0.0.0.0/0: an allocator marking that
+	// used would find no free IPv4 subnet at all.
+	_, err = testConfig(t).ParseLease(pfx, lease("0.0.0.0-0&fc00:10:244:1::-64", flannelV6OnlyLease, 2))
+	var le *LeaseError
+	if !errors.Is(err, ErrLeaseFamily) || !errors.As(err, &le) || le.Subnet.IsValid() || le.IPv6Subnet.String() != "fc00:10:244:1::/64" {
+		t.Fatalf("got %v (%+v), want ErrLeaseFamily without an IPv4 subnet", err, le)
 	}
 	// Nor does an IPv4-only network validate or expose a dual-stack key's
 	// IPv6 half.
