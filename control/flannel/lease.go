@@ -124,8 +124,10 @@ func MarshalLeaseAttrs(a LeaseAttrs) ([]byte, error) {
 	switch {
 	case a.PublicIP.Is4():
 		ip = a.PublicIP.String()
-	case a.PublicIP.IsValid() || !a.PublicIPv6.IsValid():
+	case a.PublicIP.IsValid():
 		return nil, fmt.Errorf("marshal lease: %w: %v is not IPv4", ErrPublicIP, a.PublicIP)
+	case !a.PublicIPv6.IsValid():
+		return nil, fmt.Errorf("marshal lease: %w: neither PublicIP nor PublicIPv6 is set", ErrPublicIP)
 	}
 	w := wireAttrs{PublicIP: &ip, BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
 	if a.PublicIPv6.IsValid() {
