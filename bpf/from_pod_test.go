@@ -423,13 +423,11 @@ func TestFromPodFragNeeded(t *testing.T) {
 		p    pkt
 		mtu  uint16
 	}{
-		{"1500 bytes to a VXLAN peer", pkt{dst: remotePodB, size: 1500}, 1450},
-		{"pod MTU + 1 to a VXLAN peer", pkt{dst: remotePodB, size: 1451}, 1450},
-		{"UDP", pkt{dst: remotePodB, size: 1500, proto: layers.IPProtocolUDP}, 1450},
-		{"ICMP echo", pkt{dst: remotePodB, size: 1480, proto: layers.IPProtocolICMPv4}, 1450},
-		{"TTL 1 oversize", pkt{dst: remotePodB, size: 1500, ttl: 1}, 1450},
+		{"ICMP echo 1500 bytes to a VXLAN peer", pkt{dst: remotePodB, size: 1500, proto: layers.IPProtocolICMPv4}, 1450},
+		{"ICMP echo, pod MTU + 1", pkt{dst: remotePodB, size: 1451, proto: layers.IPProtocolICMPv4}, 1450},
+		{"ICMP echo, TTL 1", pkt{dst: remotePodB, size: 1500, ttl: 1, proto: layers.IPProtocolICMPv4}, 1450},
 		// Toward a direct peer nothing is added: the limit is the underlay's.
-		{"1501 bytes to a direct peer", pkt{dst: remotePodC, size: 1501}, 1500},
+		{"ICMP echo 1501 bytes to a direct peer", pkt{dst: remotePodC, size: 1501, proto: layers.IPProtocolICMPv4}, 1500},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -441,18 +439,37 @@ func TestFromPodFragNeeded(t *testing.T) {
 		})
 	}
 
-	// With options the quote would need more than 28 bytes: counted drop.
-	t.Run("DF oversize with IPv4 options", func(t *testing.T) {
+	// TCP, UDP (and anything with IPv4 options) may be CHECKSUM_PARTIAL:
+	// rewriting them into ICMP would leave stale offload state, so the
+	// kernel's forwarding path answers them (see frag_needed.h).
+	for _, c := range []struct {
+		name string
+		p    pkt
+	}{
+		{"TCP 1500 bytes", pkt{dst: remotePodB, size: 1500}},
+		{"UDP 1500 bytes", pkt{dst: remotePodB, size: 1500, proto: layers.IPProtocolUDP}},
+		{"TCP 1501 bytes to a direct peer", pkt{dst: remotePodC, size: 1501}},
+	} {
+		t.Run(c.name+" goes to the kernel", func(t *testing.T) {
+			e := newEnv(t)
+			c.p.df = true
+			in := podFrame(t, pod1, c.p)
+			r := e.run("from_pod", in)
+			r.check(t, tcActOK, counters("pass_mtu"))
+			r.checkUnchanged(t, in)
+		})
+	}
+	t.Run("DF oversize with IPv4 options goes to the kernel", func(t *testing.T) {
 		e := newEnv(t)
-		ip := &layers.IPv4{Version: 4, TTL: 64, Flags: layers.IPv4DontFragment, Protocol: layers.IPProtocolUDP,
+		ip := &layers.IPv4{Version: 4, TTL: 64, Flags: layers.IPv4DontFragment, Protocol: layers.IPProtocolICMPv4,
 			SrcIP: pod1.IP.AsSlice(), DstIP: remotePodB.AsSlice(),
 			Options: []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}}}
-		udp := &layers.UDP{SrcPort: 1, DstPort: 2}
-		udp.SetNetworkLayerForChecksum(ip)
 		in := serialize(t, &layers.Ethernet{DstMAC: pod1.HostMAC, SrcMAC: pod1.MAC, EthernetType: layers.EthernetTypeIPv4},
-			ip, udp, gopacket.Payload(make([]byte, 1500-24-8)))
+			ip, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0)},
+			gopacket.Payload(make([]byte, 1500-24-8)))
 		r := e.run("from_pod", in)
-		r.check(t, tcActShot, counters("drop_mtu"))
+		r.check(t, tcActOK, counters("pass_mtu"))
+		r.checkUnchanged(t, in)
 	})
 }
 

@@ -40,8 +40,14 @@ type Config struct {
 	MTU             uint16           `json:"mtu"` // underlay MTU
 	SrcPortMin      uint16           `json:"src_port_min"`
 	SrcPortMax      uint16           `json:"src_port_max"`
+	Flags           uint32           `json:"flags"` // NodeFlag* bits
 	Layout          uint32           `json:"layout"`
 }
+
+// NodeFlagXDPDecap says Weft's XDP program is attached to the underlay and
+// can hand decapsulated frames to tc; only then does from_underlay trust an
+// XDP metadata tag.
+const NodeFlagXDPDecap = uint32(bpf.WeftNodeFlagsNODE_F_XDP_DECAP)
 
 // Validate checks what the data plane relies on.
 func (c Config) Validate() error {
@@ -101,6 +107,7 @@ func (cm *ConfigMap) Set(c Config) error {
 		Mtu:             c.MTU,
 		SrcPortMin:      c.SrcPortMin,
 		SrcPortMax:      c.SrcPortMax,
+		Flags:           c.Flags,
 		Layout:          PinLayout,
 	}
 	if err := cm.m.Put(uint32(0), &val); err != nil {
@@ -130,6 +137,7 @@ func (cm *ConfigMap) Get() (Config, error) {
 		MTU:             v.Mtu,
 		SrcPortMin:      v.SrcPortMin,
 		SrcPortMax:      v.SrcPortMax,
+		Flags:           v.Flags,
 		Layout:          v.Layout,
 	}, nil
 }
