@@ -36,9 +36,9 @@ type NodeConfig struct {
 	// ProbeXDPMeta checks, for Decap == DecapXDP, that the underlay can
 	// carry XDP metadata; on error the node uses tc decap and logs a
 	// warning. nil: ProbeXDPMeta (the driver check). Tests make it fail.
-	ProbeXDPMeta func(ifname string) error
+	ProbeXDPMeta func(ifname string) error `json:"-"`
 	// Log receives warnings (nil: none).
-	Log *zap.Logger
+	Log *zap.Logger `json:"-"`
 }
 
 // HostIP is the node's own address in its subnet: <subnet>.0, on weft0,

@@ -41,7 +41,8 @@ type nodePlan struct {
 	name   string
 	weft   bool
 	decap  loader.DecapMode
-	direct []string // peers reached without encapsulation (DirectRouting)
+	direct []string            // peers reached without encapsulation (DirectRouting)
+	routed *topo.RoutedOptions // non-nil: behind two routers (topo.AddRoutedNode)
 }
 
 const (
@@ -72,7 +73,13 @@ func newStaticCluster(t *testing.T, plan []nodePlan, podsPerNode int) *staticClu
 	})
 
 	for i, p := range plan {
-		n, err := lab.AddNode(p.name)
+		var n *topo.Node
+		var err error
+		if p.routed != nil {
+			n, err = lab.AddRoutedNode(p.name, *p.routed)
+		} else {
+			n, err = lab.AddNode(p.name)
+		}
 		if err != nil {
 			t.Fatalf("add node %s: %v", p.name, err)
 		}

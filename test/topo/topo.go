@@ -88,6 +88,7 @@ type Lab struct {
 	seq        int
 	nodeCount  int // node slots handed out, also for failed AddNode calls
 	wireLike   bool
+	segments   []*Segment // routed nodes' segments, see AddRoutedNode
 	closed     bool
 	ownLogDir  bool
 	keepLogs   bool
@@ -278,6 +279,9 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 	l.Nodes = append(l.Nodes, n)
 	wire := l.wireLike
 	l.mu.Unlock()
+	if err := n.routeSegments(); err != nil {
+		return n, fmt.Errorf("add node %q: %w", name, err)
+	}
 	if wire {
 		if err := n.setWireLike(true); err != nil {
 			return n, fmt.Errorf("add node %q: %w", name, err)

@@ -1,0 +1,182 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/loader"
+	"github.com/weftnet/weft/test/lab"
+	"github.com/weftnet/weft/test/topo"
+)
+
+// Issue 12: the data plane on underlays that are not one clean L2 segment.
+
+// TestFragmentedUnderlay: nodes f (tc decap) and g (XDP decap) sit behind
+// two routers joined by a 1400-byte link; a (Weft, tc) and k (kernel vxlan,
+// programmed the flannel way) sit on the lab bridge. Every node's NIC has
+// MTU 1500 and pods 1450, so every full-size VXLAN packet between the two
+// sides is fragmented by a router (encap sends DF clear, like the vxlan
+// driver) and must be reassembled by the receiving kernel, then validated
+// by gro_sink on weftgro0 and delivered.
+func TestFragmentedUnderlay(t *testing.T) {
+	routed := &topo.RoutedOptions{LinkMTU: 1400}
+	c := newStaticCluster(t, []nodePlan{
+		{name: "a", weft: true, decap: loader.DecapTC},
+		{name: "k", weft: false},
+		{name: "f", weft: true, decap: loader.DecapTC, routed: routed},
+		{name: "g", weft: true, decap: loader.DecapXDP, routed: routed},
+	}, 1)
+	a, k, f, g := c.node("a"), c.node("k"), c.node("f"), c.node("g")
+	before := map[string]map[string]uint64{}
+	for _, n := range []*clusterNode{a, f, g} {
+		before[n.name] = n.stats(t)
+	}
+
+	t.Run("PathFragments", func(t *testing.T) {
+		// The underlay really has the small hop: a DF packet of 1500 bytes
+		// between the nodes is refused by the router, a non-DF one arrives.
+		if out, err := ping(a.node.NSPath, f.node.UnderlayIP, 1, 1472); err == nil {
+			t.Fatalf("a 1500-byte DF ping crossed the 1400-byte link:\n%s", out)
+		}
+		if out, err := exec.Command("nsenter", "--net="+a.node.NSPath, "--", "ping", "-c", "1", "-W", "2", "-s", "1472",
+			f.node.UnderlayIP.String()).CombinedOutput(); err != nil {
+			t.Fatalf("a 1500-byte non-DF ping between the nodes: %v\n%s", err, out)
+		}
+	})
+
+	pairs := [][2]*clusterNode{{a, f}, {f, a}, {a, g}, {g, a}, {k, f}, {f, k}, {k, g}, {g, k}}
+	t.Run("TCP100MB", func(t *testing.T) {
+		const size = 100 << 20
+		for _, pr := range pairs {
+			src, dst := pr[0].pods[0], pr[1].pods[0]
+			res, err := transferTCP(testCtx(t, 2*time.Minute), src.NSPath, dst.NSPath, dst.IP, size)
+			if err != nil {
+				t.Errorf("%s -> %s: %v", pr[0].name, pr[1].name, err)
+				continue
+			}
+			if !res.Intact(size) {
+				t.Errorf("%s -> %s: received %d of %d bytes, sha256 %s, sent %s", pr[0].name, pr[1].name, res.Bytes, size, res.RecvSum, res.SentSum)
+				continue
+			}
+			t.Logf("%s -> %s: %d MB intact (sha256 %.12s) at %.2f Gbit/s", pr[0].name, pr[1].name, res.Bytes>>20, res.RecvSum, res.Gbps())
+		}
+	})
+
+	t.Run("LargeUDPEchoed", func(t *testing.T) {
+		// Each datagram goes there and back, so each pair covers both
+		// directions. 1422 is the largest that leaves the pod unfragmented.
+		for _, pr := range [][2]*clusterNode{{a, f}, {a, g}, {k, f}, {k, g}, {f, a}} {
+			for _, size := range []int{1000, 1422, 1423, 4000, 8972, 30000, 65000} {
+				src, dst := pr[0].pods[0], pr[1].pods[0]
+				retries, err := lab.EchoUDP(testCtx(t, time.Minute), src.NSPath, dst.NSPath, dst.IP, 20, size)
+				if err != nil {
+					t.Errorf("%s <-> %s, %d-byte datagrams: %v", pr[0].name, pr[1].name, size, err)
+				} else if retries > 2 {
+					t.Errorf("%s <-> %s, %d-byte datagrams: %d of 20 needed a retry", pr[0].name, pr[1].name, size, retries)
+				}
+			}
+		}
+	})
+
+	t.Run("CountersShowReassembly", func(t *testing.T) {
+		for _, n := range []*clusterNode{a, f, g} {
+			s := n.stats(t)
+			d := map[string]uint64{}
+			for name, v := range s {
+				if v != before[n.name][name] {
+					d[name] = v - before[n.name][name]
+				}
+			}
+			t.Logf("node %s (%s): %s", n.name, n.decap, formatNonZero(d))
+			for _, name := range []string{"pass_fragment", "decap_reassembled", "deliver"} {
+				if d[name] == 0 {
+					t.Errorf("node %s: %s did not move", n.name, name)
+				}
+			}
+			for name, v := range d {
+				if strings.HasPrefix(name, "drop_") {
+					t.Errorf("node %s: %s moved by %d", n.name, name, v)
+				}
+			}
+		}
+	})
+}
+
+// TestECNAcrossMarkingRouter: the link between the routers is a 100 Mbit/s
+// bottleneck whose fq_codel queue marks ECN-capable packets CE instead of
+// dropping them. Encap copies the inner ECT to the outer header, the router
+// marks the outer one, decap (tc on a, XDP on f) copies CE back into the
+// inner header (RFC 6040): the receiving pod's IP layer counts CE packets
+// and the sending TCP sees ECE, in both directions.
+func TestECNAcrossMarkingRouter(t *testing.T) {
+	routed := &topo.RoutedOptions{LinkMTU: 1500, RouterTC: [][]string{
+		{"qdisc", "replace", "dev", "link0", "root", "handle", "1:", "tbf", "rate", "100mbit", "burst", "32kb", "latency", "100ms"},
+		{"qdisc", "replace", "dev", "link0", "parent", "1:1", "handle", "10:", "fq_codel", "ecn", "target", "1ms", "interval", "10ms"},
+	}}
+	c := newStaticCluster(t, []nodePlan{
+		{name: "a", weft: true, decap: loader.DecapTC},
+		{name: "f", weft: true, decap: loader.DecapXDP, routed: routed},
+	}, 1)
+	a, f := c.node("a"), c.node("f")
+	for _, n := range []*clusterNode{a, f} {
+		if err := n.pods[0].SetSysctl("net.ipv4.tcp_ecn", "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, pr := range [][2]*clusterNode{{a, f}, {f, a}} {
+		src, dst := pr[0].pods[0], pr[1].pods[0]
+		sb, db := netstat(t, src.NSPath), netstat(t, dst.NSPath)
+		eb := pr[1].stats(t)["ecn_ce"]
+		const size = 20 << 20
+		res, err := transferTCP(testCtx(t, time.Minute), src.NSPath, dst.NSPath, dst.IP, size)
+		if err != nil || !res.Intact(size) {
+			t.Fatalf("%s -> %s: %v (intact %v)", pr[0].name, pr[1].name, err, res.Intact(size))
+		}
+		sa, da := netstat(t, src.NSPath), netstat(t, dst.NSPath)
+		ce := da["IpExt.InCEPkts"] - db["IpExt.InCEPkts"]
+		ece := sa["TcpExt.TCPDeliveredCE"] - sb["TcpExt.TCPDeliveredCE"]
+		marked := pr[1].stats(t)["ecn_ce"] - eb
+		t.Logf("%s -> %s (%s decap): %.2f Gbit/s, receiver InCEPkts +%d, sender TCPDeliveredCE +%d, ecn_ce +%d",
+			pr[0].name, pr[1].name, pr[1].decap, res.Gbps(), ce, ece, marked)
+		if ce == 0 || ece == 0 || marked == 0 {
+			t.Errorf("%s -> %s: CE marks did not reach the flow (InCEPkts +%d, TCPDeliveredCE +%d, ecn_ce +%d)",
+				pr[0].name, pr[1].name, ce, ece, marked)
+		}
+	}
+}
+
+// netstat reads the namespace's /proc/net/netstat (and snmp) as
+// "Group.Counter" -> value.
+func netstat(t *testing.T, nsPath string) map[string]uint64 {
+	t.Helper()
+	out, err := exec.Command("nsenter", "--net="+nsPath, "--", "cat", "/proc/net/netstat", "/proc/net/snmp").Output()
+	if err != nil {
+		t.Fatalf("read netstat in %s: %v", nsPath, err)
+	}
+	m := map[string]uint64{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	var hdr []string
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		if hdr == nil || hdr[0] != f[0] {
+			hdr = f
+			continue
+		}
+		for i := 1; i < len(f) && i < len(hdr); i++ {
+			v, _ := strconv.ParseUint(f[i], 10, 64)
+			m[strings.TrimSuffix(f[0], ":")+"."+hdr[i]] = v
+		}
+		hdr = nil
+	}
+	return m
+}
+
+
