@@ -36,10 +36,6 @@ type RoutedOptions struct {
 	LinkMTU int
 	// Segment is the routed node's network. Default 192.168.<100+k>.0/24.
 	Segment netip.Prefix
-	// RouterTC are tc commands (arguments after "tc") run in both routers,
-	// in order, e.g. a bottleneck on the link (device LinkDevice, "link0")
-	// whose queue marks ECN CE.
-	RouterTC [][]string
 }
 
 // Segment is what AddRoutedNode built around a node.
@@ -150,13 +146,6 @@ func (l *Lab) AddRoutedNode(name string, o RoutedOptions) (*Node, error) {
 	)
 	if err != nil {
 		return nil, fmt.Errorf("add routed node %q: %w", name, err)
-	}
-	for _, p := range []string{r1Path, r2Path} {
-		for _, args := range o.RouterTC {
-			if out, err := execIn(bgCtx(), p, "tc", args...); err != nil {
-				return nil, fmt.Errorf("add routed node %q: tc %v: %w: %s", name, args, err, out)
-			}
-		}
 	}
 	if err := withHandle(n.NSPath, func(h *netlink.Handle) error {
 		link, err := h.LinkByName(UnderlayIf)
