@@ -9,13 +9,15 @@ export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(MULTIARCH)
 BIN := bin
 GOTEST_FLAGS ?= -count=1
 FUZZTIME ?= 30s
+# fuzz-long: executions per target; two targets make >= 10 million in total.
+FUZZ_LONG_EXECS ?= 5000000
 
 # Debian packages a fresh machine with Go lacks; installed only when missing.
 DEPS_BUILD := clang llvm libbpf-dev
 DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux
 DEPS_BENCH := sockperf
 
-.PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down install-cni lint clean check-generate
+.PHONY: help deps deps-build generate build test fuzz fuzz-long bench demo lab-up lab-down install-cni lint clean check-generate
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -55,8 +57,12 @@ bench: deps build ## data planes side by side (test/bench/out) and the 10,000-le
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 	$(GO) run ./test/bench/scale --bin-dir $(BIN) $(SCALE_FLAGS)
 
-fuzz: ## run the decap fuzz target for $(FUZZTIME)
-	$(GO) test -run '^$$' -fuzz FuzzDecap -fuzztime $(FUZZTIME) ./bpf/
+fuzz: ## run the decap and encap fuzz targets for $(FUZZTIME) each (CI's short run)
+	$(GO) test -run '^$$' -fuzz '^FuzzDecap$$' -fuzztime $(FUZZTIME) ./bpf/
+	$(GO) test -run '^$$' -fuzz '^FuzzEncap$$' -fuzztime $(FUZZTIME) ./bpf/
+
+fuzz-long: ## run each fuzz target for $(FUZZ_LONG_EXECS) executions (>= 10 million in total); prints executions and findings (needs root)
+	./.ci/fuzz-long.sh $(FUZZ_LONG_EXECS) FuzzDecap FuzzEncap
 
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
