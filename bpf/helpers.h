@@ -74,6 +74,7 @@ static __always_inline int counter_is_drop(enum counter c)
 	case CNT_DECAP_REASSEMBLED:
 	case CNT_ECN_CE:
 	case CNT_PASS_NO_XDP_META:
+	case CNT_ENCAP_KERNEL:
 		return 0; /* appended after the drops, but not drops */
 	default:
 		return c >= CNT_FIRST_DROP;

@@ -86,16 +86,55 @@ static __always_inline enum counter classify_reassembled(struct __sk_buff *skb, 
 }
 
 /*
- * Why an encapsulation failed. bpf_skb_adjust_room refuses (-EALREADY) a
- * skb that already carries tunnel offload state: a pod's own tunnel sending
- * GSO, or a decapsulated GRO train the host forwards back out (tc decap
- * cannot clear the tunnel GSO bits on this kernel). Segmenting is beyond
- * BPF; such packets are refused with their own counter. A pod that nests a
- * tunnel avoids it by turning off tx-udp_tnl-segmentation on its eth0.
+ * bpf_skb_adjust_room refuses to encapsulate a skb that already carries
+ * tunnel offload state (-EALREADY: skb->encapsulation), or UDP GSO it cannot
+ * keep intact (-ENOTSUPP): a pod running its own tunnel (its TCP arrives
+ * CHECKSUM_PARTIAL for the inner header, GSO or not), or a decapsulated GRO
+ * train the host forwards back out (tc decap cannot clear the tunnel GSO
+ * bits on this kernel). Segmenting is beyond BPF, but not
+ * beyond the kernel's vxlan driver: such a packet goes to weftgro0
+ * (collect_md) with the tunnel key set, where validate_xmit_skb segments it
+ * and completes the inner checksum (weftgro0 offers no offload for packets
+ * already encapsulated) and the driver encapsulates each segment exactly as
+ * flannel's device would. Without weftgro0 it is
+ * dropped and counted (drop_nested_gso).
  */
 #define WEFT_EALREADY 114
+#define WEFT_ENOTSUPP 524
 
-static __always_inline enum counter encap_error_counter(long err)
+static __always_inline int is_nested_gso_error(long err)
 {
-	return err == -WEFT_EALREADY ? CNT_DROP_NESTED_GSO : CNT_DROP_HELPER;
+	return err == -WEFT_EALREADY || err == -WEFT_ENOTSUPP;
+}
+
+static __always_inline int encap_via_kernel(struct __sk_buff *skb, const struct node_config *cfg,
+					    const struct tunnel_info *tun)
+{
+	struct bpf_tunnel_key key = {};
+	struct ethhdr *eth;
+
+	if (!cfg->gro_ifindex) {
+		count(CNT_DROP_NESTED_GSO, skb->len);
+		return TC_ACT_SHOT;
+	}
+	key.remote_ipv4 = bpf_ntohl(addr_to_v4(tun->remote));
+	key.local_ipv4 = bpf_ntohl(addr_to_v4(cfg->underlay_ip));
+	key.tunnel_id = tun->vni;
+	key.tunnel_ttl = 64;
+	/* UDP checksum 0 and DF clear, as vxlan_encap sends. */
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX)) {
+		count(CNT_DROP_HELPER, skb->len);
+		return TC_ACT_SHOT;
+	}
+	/* The driver sends our Ethernet header as the inner one. */
+	eth = (void *)(long)skb->data;
+	if ((void *)(eth + 1) > (void *)(long)skb->data_end) {
+		count(CNT_DROP_HELPER, skb->len);
+		return TC_ACT_SHOT;
+	}
+	__builtin_memcpy(eth->h_dest, tun->vtep_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, cfg->vtep_mac, ETH_ALEN);
+	count(CNT_ENCAP_KERNEL, skb->len);
+	count_peer_tx(tun->remote, skb->len);
+	return bpf_redirect(cfg->gro_ifindex, 0);
 }

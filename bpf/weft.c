@@ -335,8 +335,10 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 	{
 		long err = vxlan_encap(skb, cfg, tun);
 
+		if (err && is_nested_gso_error(err))
+			return encap_via_kernel(skb, cfg, tun);
 		if (err) {
-			count(encap_error_counter(err), skb->len);
+			count(CNT_DROP_HELPER, skb->len);
 			return TC_ACT_SHOT;
 		}
 	}

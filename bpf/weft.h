@@ -69,7 +69,8 @@ struct node_config {
 	__u16 src_port_max;
 	__u32 flags;         /* enum node_flags */
 	__u32 layout;        /* WEFT_PIN_LAYOUT of whoever wrote it */
-	__u32 reserved[4];
+	__u32 gro_ifindex;   /* weftgro0 (0: none): the kernel encapsulates what we cannot (nested GSO) */
+	__u32 reserved[3];
 };
 
 /* node_config.flags */
@@ -134,7 +135,8 @@ enum counter {
 	CNT_PASS_NO_XDP_META,   /* XDP could not reserve metadata: left encapsulated for tc to decapsulate */
 	CNT_DROP_FRAG_NEEDED_SUPPRESSED, /* oversize DF over the per-destination frag-needed rate: no ICMP */
 	CNT_DROP_MTU_NO_ICMP,   /* oversize DF ICMP error or non-first fragment: never answered with ICMP */
-	CNT_DROP_NESTED_GSO,    /* GSO packet that already carries tunnel offload state: cannot be encapsulated again */
+	CNT_DROP_NESTED_GSO,    /* GSO packet that already carries tunnel offload state, and no weftgro0 to hand it to */
+	CNT_ENCAP_KERNEL,       /* such a packet handed to weftgro0: the kernel segments and encapsulates it */
 	CNT__MAX,
 };
 

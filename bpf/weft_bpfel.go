@@ -55,7 +55,8 @@ const (
 	WeftCounterCNT_DROP_FRAG_NEEDED_SUPPRESSED WeftCounter = 36
 	WeftCounterCNT_DROP_MTU_NO_ICMP            WeftCounter = 37
 	WeftCounterCNT_DROP_NESTED_GSO             WeftCounter = 38
-	WeftCounterCNT__MAX                        WeftCounter = 39
+	WeftCounterCNT_ENCAP_KERNEL                WeftCounter = 39
+	WeftCounterCNT__MAX                        WeftCounter = 40
 )
 
 type WeftCounterValue struct {
@@ -93,7 +94,8 @@ type WeftNodeConfig struct {
 	SrcPortMax      uint16
 	Flags           uint32
 	Layout          uint32
-	Reserved        [4]uint32
+	GroIfindex      uint32
+	Reserved        [3]uint32
 }
 
 type WeftNodeFlags uint32

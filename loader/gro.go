@@ -38,21 +38,21 @@ const LinkGROSink = "gro-sink"
 // ensureGRODevice creates (or keeps) weftgro0 bound to port on the underlay
 // and attaches gro_sink to its ingress (before it goes up, so nothing leaves
 // it unchecked).
-func (d *Datapath) ensureGRODevice(underlayIndex int, port uint16) error {
+func (d *Datapath) ensureGRODevice(underlayIndex int, port uint16) (int, error) {
 	l, err := netlink.LinkByName(DefaultGRODevice)
 	if err == nil {
 		vx, ok := l.(*netlink.Vxlan)
 		if !ok || !vx.FlowBased || vx.Port != int(port) || vx.VtepDevIndex != underlayIndex {
 			// Someone else's device, or ours with an old port: recreate.
 			if err := netlink.LinkDel(l); err != nil {
-				return fmt.Errorf("replace %s: %w", DefaultGRODevice, err)
+				return 0, fmt.Errorf("replace %s: %w", DefaultGRODevice, err)
 			}
 			l = nil
 		}
 	} else {
 		var notFound netlink.LinkNotFoundError
 		if !errors.As(err, &notFound) {
-			return fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
+			return 0, fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
 		}
 		l = nil
 	}
@@ -65,23 +65,23 @@ func (d *Datapath) ensureGRODevice(underlayIndex int, port uint16) error {
 			Learning:     false,
 		}
 		if err := netlink.LinkAdd(vx); err != nil {
-			return fmt.Errorf("create %s (vxlan external, port %d): %w", DefaultGRODevice, port, err)
+			return 0, fmt.Errorf("create %s (vxlan external, port %d): %w", DefaultGRODevice, port, err)
 		}
 		if l, err = netlink.LinkByName(DefaultGRODevice); err != nil {
-			return fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
+			return 0, fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
 		}
 	}
 	if err := setSysctl("net/ipv6/conf/"+DefaultGRODevice+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return 0, err
 	}
 	// The sink first, then up: no packet reaches an unguarded device.
 	if err := d.attachTC(LinkGROSink, l.Attrs().Index, d.objs.GroSink, ebpf.AttachTCXIngress); err != nil {
-		return err
+		return 0, err
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
-		return fmt.Errorf("set %s up: %w", DefaultGRODevice, err)
+		return 0, fmt.Errorf("set %s up: %w", DefaultGRODevice, err)
 	}
-	return nil
+	return l.Attrs().Index, nil
 }
 
 // removeGRODevice deletes weftgro0 (its link goes with it) and the pin.

@@ -124,6 +124,7 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	// program that ignores its tag.
 	if old, err := d.Maps.Config.Get(); err == nil {
 		cfg.Flags = old.Flags & maps.NodeFlagXDPDecap
+		cfg.GROIfIndex = old.GROIfIndex // until ensureGRODevice below says otherwise
 	}
 	if nc.Decap == DecapXDP {
 		cfg.Flags |= maps.NodeFlagXDPDecap
@@ -145,12 +146,21 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	}
 	// weftgro0's socket gives tc decap GRO and, in both modes, is where
 	// the kernel delivers the VXLAN it reassembled from fragments.
+	// It is also where the kernel encapsulates what our programs cannot
+	// (nested tunnel GSO, see bpf/underlay.h): the config names it.
+	groIndex := 0
 	if !nc.NoGRODevice {
-		if err := d.ensureGRODevice(ul.Attrs().Index, nc.Port); err != nil {
+		if groIndex, err = d.ensureGRODevice(ul.Attrs().Index, nc.Port); err != nil {
 			return NodeState{}, fmt.Errorf("setup node: %w", err)
 		}
 	} else if err := removeGRODevice(d.PinPath); err != nil {
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
+	}
+	if cfg.GROIfIndex != uint32(groIndex) {
+		cfg.GROIfIndex = uint32(groIndex)
+		if err := d.Maps.Config.Set(cfg); err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
+		}
 	}
 	if err := d.Upgrade(); err != nil { // pods attached by an older version
 		return NodeState{}, fmt.Errorf("setup node: %w", err)

@@ -42,6 +42,7 @@ type Config struct {
 	SrcPortMax      uint16           `json:"src_port_max"`
 	Flags           uint32           `json:"flags"` // NodeFlag* bits
 	Layout          uint32           `json:"layout"`
+	GROIfIndex      uint32           `json:"gro_ifindex"` // weftgro0, 0: none
 }
 
 // NodeFlagXDPDecap says Weft's XDP program is attached to the underlay and
@@ -109,6 +110,7 @@ func (cm *ConfigMap) Set(c Config) error {
 		SrcPortMax:      c.SrcPortMax,
 		Flags:           c.Flags,
 		Layout:          PinLayout,
+		GroIfindex:      c.GROIfIndex,
 	}
 	if err := cm.m.Put(uint32(0), &val); err != nil {
 		return fmt.Errorf("set config: %w", err)
@@ -139,6 +141,7 @@ func (cm *ConfigMap) Get() (Config, error) {
 		SrcPortMax:      v.SrcPortMax,
 		Flags:           v.Flags,
 		Layout:          v.Layout,
+		GROIfIndex:      v.GroIfindex,
 	}, nil
 }
 
