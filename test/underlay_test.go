@@ -44,7 +44,7 @@ func TestFragmentedUnderlay(t *testing.T) {
 		if out, err := ping(a.node.NSPath, f.node.UnderlayIP, 1, 1472); err == nil {
 			t.Fatalf("a 1500-byte DF ping crossed the 1400-byte link:\n%s", out)
 		}
-		if out, err := exec.Command("nsenter", "--net="+a.node.NSPath, "--", "ping", "-c", "1", "-W", "2", "-s", "1472",
+		if out, err := exec.Command("nsenter", "--net="+a.node.NSPath, "--", "ping", "-c", "1", "-W", "2", "-M", "dont", "-s", "1472",
 			f.node.UnderlayIP.String()).CombinedOutput(); err != nil {
 			t.Fatalf("a 1500-byte non-DF ping between the nodes: %v\n%s", err, out)
 		}
