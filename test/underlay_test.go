@@ -239,3 +239,36 @@ func TestNestedTunnelFromPod(t *testing.T) {
 		}
 	}
 }
+
+// TestPMTUDiscoveryForTCP: pods whose MTU is too big for the overlay (1500
+// instead of 1450; both, or the receiver's MSS would keep the sender's
+// segments small) send full-size DF TCP segments. from_pod leaves those
+// to the kernel (they may be CHECKSUM_PARTIAL, see bpf/frag_needed.h),
+// whose forwarding path answers fragmentation-needed from the cluster
+// route's MTU; the connection learns the path MTU and the transfer
+// completes intact.
+func TestPMTUDiscoveryForTCP(t *testing.T) {
+	c := newStaticCluster(t, []nodePlan{
+		{name: "a", weft: true, decap: loader.DecapTC},
+		{name: "b", weft: true, decap: loader.DecapXDP},
+	}, 1)
+	a, b := c.node("a"), c.node("b")
+	setPodMTU(t, a.pods[0], 1500)
+	setPodMTU(t, b.pods[0], 1500)
+	before, icmpBefore := a.stats(t), netstat(t, a.pods[0].NSPath)["Icmp.InDestUnreachs"]
+	const size = 10 << 20
+	res, err := transferTCP(testCtx(t, time.Minute), a.pods[0].NSPath, b.pods[0].NSPath, b.pods[0].IP, size)
+	if err != nil || !res.Intact(size) {
+		t.Fatalf("a -> b from a pod with MTU 1500: %v (intact %v)", err, err == nil && res.Intact(size))
+	}
+	after := a.stats(t)
+	t.Logf("10 MB intact at %.2f Gbit/s; node a: pass_mtu +%d, encap +%d, drop_frag_needed_suppressed +%d", res.Gbps(),
+		after["pass_mtu"]-before["pass_mtu"], after["encap"]-before["encap"],
+		after["drop_frag_needed_suppressed"]-before["drop_frag_needed_suppressed"])
+	if after["pass_mtu"] == before["pass_mtu"] {
+		t.Errorf("pass_mtu did not move: the oversize segments never reached the kernel")
+	}
+	if got := netstat(t, a.pods[0].NSPath)["Icmp.InDestUnreachs"] - icmpBefore; got == 0 {
+		t.Errorf("the pod received no destination-unreachable: nobody answered fragmentation-needed")
+	}
+}
