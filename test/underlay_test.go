@@ -267,20 +267,60 @@ func TestPMTUDiscoveryForTCP(t *testing.T) {
 func podTunnels(t *testing.T, a, b *clusterNode) map[*clusterNode]netip.Addr {
 	t.Helper()
 	inner := map[*clusterNode]netip.Addr{a: netip.MustParseAddr("172.16.0.1"), b: netip.MustParseAddr("172.16.0.2")}
-	for n, peer := range map[*clusterNode]*clusterNode{a: b, b: a} {
-		p := n.pods[0]
-		for _, args := range [][]string{
-			{"link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789", "remote", peer.pods[0].IP.String(),
-				"local", p.IP.String(), "dev", "eth0"},
-			{"addr", "add", inner[n].String() + "/24", "dev", "vx0"},
-			{"link", "set", "vx0", "up"},
-		} {
-			if out, err := exec.Command("nsenter", append([]string{"--net=" + p.NSPath, "--", "ip"}, args...)...).CombinedOutput(); err != nil {
-				t.Fatalf("pod on %s: ip %v: %v\n%s", n.name, args, err, out)
-			}
+	ownTunnel(t, a.pods[0].NSPath, a.pods[0].IP, b.pods[0].IP, inner[a])
+	ownTunnel(t, b.pods[0].NSPath, b.pods[0].IP, a.pods[0].IP, inner[b])
+	return inner
+}
+
+// ownTunnel creates vx0 (VXLAN VNI 42, port 4789) from local to remote in
+// the namespace at nsPath, with address addr/24.
+func ownTunnel(t *testing.T, nsPath string, local, remote, addr netip.Addr) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789", "remote", remote.String(), "local", local.String()},
+		{"addr", "add", addr.String() + "/24", "dev", "vx0"},
+		{"link", "set", "vx0", "up"},
+	} {
+		if out, err := exec.Command("nsenter", append([]string{"--net=" + nsPath, "--", "ip"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: ip %v: %v\n%s", nsPath, args, err, out)
 		}
 	}
-	return inner
+}
+
+// TestNestedTunnelFromHost: the same through from_host: a host process on
+// a talks through a tunnel of its own (over weft0, the cluster route) to a
+// pod on b. Its GSO packets reach weft0 with tunnel offload state, as a
+// decapsulated GRO train the host forwards back out would; from_host hands
+// them to weftgro0 too.
+func TestNestedTunnelFromHost(t *testing.T) {
+	c := newStaticCluster(t, []nodePlan{
+		{name: "a", weft: true, decap: loader.DecapTC},
+		{name: "b", weft: true, decap: loader.DecapTC},
+	}, 1)
+	a, b := c.node("a"), c.node("b")
+	hostA, hostIn, podIn := loader.HostIP(a.subnet), netip.MustParseAddr("172.16.1.1"), netip.MustParseAddr("172.16.1.2")
+	ownTunnel(t, a.node.NSPath, hostA, b.pods[0].IP, hostIn)
+	ownTunnel(t, b.pods[0].NSPath, b.pods[0].IP, hostA, podIn)
+	if out, err := ping(a.node.NSPath, podIn, 2, 0); err != nil {
+		t.Fatalf("ping through the host's own tunnel: %v\n%s", err, out)
+	}
+	before := a.stats(t)
+	const size = 20 << 20
+	res, err := transferTCP(testCtx(t, time.Minute), a.node.NSPath, b.pods[0].NSPath, podIn, size)
+	if err != nil || !res.Intact(size) {
+		t.Fatalf("host a -> pod b through the host's own tunnel: %v (intact %v)", err, err == nil && res.Intact(size))
+	}
+	d := a.stats(t)
+	t.Logf("20 MB intact at %.2f Gbit/s; node a: encap_host +%d, encap_kernel +%d", res.Gbps(),
+		d["encap_host"]-before["encap_host"], d["encap_kernel"]-before["encap_kernel"])
+	if d["encap_kernel"] == before["encap_kernel"] {
+		t.Errorf("encap_kernel did not move: from_host never met tunnel offload state")
+	}
+	for _, name := range []string{"drop_helper", "drop_nested_gso"} {
+		if d[name] != before[name] {
+			t.Errorf("node a: %s moved by %d", name, d[name]-before[name])
+		}
+	}
 }
 
 // TestNestedTunnelWithoutGRODevice: with --gro-device=false there is no
