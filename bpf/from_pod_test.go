@@ -486,11 +486,13 @@ func TestFromPodGSO(t *testing.T) {
 	}{
 		// Segments that fit pass the MTU gate and reach bpf_skb_adjust_room, which
 		// refuses to grow a GSO skb that is neither TCP nor UDP_L4 (-ENOTSUPP): with
-		// gso_type 0, only Program.Run can make one. drop_helper here proves the
-		// gate let the packet through; real GSO encap is the netns tests' job.
-		{"TCP segments fit after encap", big, 1410, tcActShot, "drop_helper"},
+		// gso_type 0, only Program.Run can make one. Such a skb goes to weftgro0 for
+		// the kernel to encapsulate; this config has none, so drop_nested_gso here
+		// proves the gate let the packet through (TestFromPodNestedGSO has the
+		// weftgro0 case); real GSO encap is the netns tests' job.
+		{"TCP segments fit after encap", big, 1410, tcActShot, "drop_nested_gso"},
 		{"TCP segments 1 byte too big", big, 1411, tcActOK, "pass_mtu"},
-		{"UDP GSO segments fit", pkt{dst: remotePodB, proto: layers.IPProtocolUDP, size: 20 + 8 + 2*1422}, 1422, tcActShot, "drop_helper"},
+		{"UDP GSO segments fit", pkt{dst: remotePodB, proto: layers.IPProtocolUDP, size: 20 + 8 + 2*1422}, 1422, tcActShot, "drop_nested_gso"},
 		{"UDP GSO segments too big", pkt{dst: remotePodB, proto: layers.IPProtocolUDP, size: 20 + 8 + 2*1423}, 1423, tcActOK, "pass_mtu"},
 		{"GSO of an unknown L4", pkt{dst: remotePodB, proto: layers.IPProtocolICMPv4, size: 2000}, 1000, tcActOK, "pass_mtu"},
 		{"direct peer, segments fit", pkt{dst: remotePodC, size: 20 + 20 + 2*1460}, 1460, tcActRedirect, "direct"},
@@ -505,6 +507,23 @@ func TestFromPodGSO(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFromPodNestedGSO: a GSO skb bpf_skb_adjust_room refuses (here
+// gso_type 0, which only Program.Run can make; in life a pod's own tunnel)
+// goes to weftgro0 with the tunnel key set, Ethernet addressed VTEP to VTEP,
+// for the kernel's vxlan driver to segment and encapsulate.
+func TestFromPodNestedGSO(t *testing.T) {
+	e := newEnv(t)
+	cfg := defaultConfig()
+	cfg.GROIfIndex = 9
+	e.setConfig(cfg)
+	in := podFrame(t, pod1, pkt{dst: remotePodB, df: true, size: 20 + 20 + 2*1410})
+	r := e.run("from_pod", in, withGSO(1410, 2))
+	r.check(t, tcActRedirect, counters("encap_kernel"))
+	want := append(ethHdr(peerB.VtepMAC, localVtep, layers.EthernetTypeIPv4), decremented(t, in[14:])...)
+	hexDiff(t, "frame handed to weftgro0", r.out[:len(want)], want)
+	checkPeerTx(t, e, peerB.Remote, 1)
 }
 
 func TestNoConfig(t *testing.T) {
