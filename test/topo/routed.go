@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -245,19 +244,12 @@ func routeVia(nsPath string, dst netip.Prefix, via netip.Addr) error {
 	})
 }
 
-// bgCtx bounds the short commands topology setup runs.
-func bgCtx() context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	_ = cancel // released when the timer fires; the commands are short
-	return ctx
-}
-
 // RouterExec runs a command in one of a routed node's routers (1: on br0,
 // 2: on the node's segment), e.g. nstat or tc -s qdisc.
-func (s *Segment) RouterExec(router int, name string, args ...string) ([]byte, error) {
+func (s *Segment) RouterExec(ctx context.Context, router int, name string, args ...string) ([]byte, error) {
 	ns := s.Router1NS
 	if router == 2 {
 		ns = s.Router2NS
 	}
-	return execIn(bgCtx(), netnsPath(ns), name, args...)
+	return execIn(ctx, netnsPath(ns), name, args...)
 }
