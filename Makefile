@@ -16,8 +16,10 @@ FUZZ_LONG_EXECS ?= 5000000
 DEPS_BUILD := clang llvm libbpf-dev
 DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux
 DEPS_BENCH := sockperf
+# nft goes into the image (weftd --ip-masq runs it); TestImage builds the image.
+DEPS_IMAGE := nftables
 
-.PHONY: help deps deps-build generate build test fuzz fuzz-long bench demo lab-up lab-down install-cni lint clean check-generate
+.PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down install-cni lint clean check-generate kube-bins image fuzz-long
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,19 +28,28 @@ deps-build: ## install clang/llvm/libbpf-dev if missing (needs root)
 	@./.ci/ensure-deps.sh $(DEPS_BUILD)
 
 deps: ## install everything the tests and the lab need, if missing (needs root)
-	@./.ci/ensure-deps.sh $(DEPS_BUILD) $(DEPS_TEST)
+	@./.ci/ensure-deps.sh $(DEPS_BUILD) $(DEPS_TEST) $(DEPS_IMAGE)
+
+# Packages with a //go:generate bpf2go line: the data plane and the benchmark's collect_md comparison.
+BPF_GEN_DIRS := bpf test/cluster/collectmd
 
 generate: deps-build ## rebuild the BPF objects and Go bindings with bpf2go
-	cd bpf && $(GO) generate ./...
+	for d in $(BPF_GEN_DIRS); do (cd $$d && $(GO) generate .) || exit 1; done
 
 check-generate: generate ## fail if the committed BPF objects are stale
-	git diff --exit-code -- bpf/ || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
+	git diff --exit-code -- $(BPF_GEN_DIRS) || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
 
-build: ## build weftd, weftctl, weft-cni and weft-lab into bin/
+build: ## build weftd, weftctl, weft-cni, weft-install-cni and weft-lab into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-test: deps build ## run every test, including the privileged end-to-end ones (needs root)
+# The real kube-apiserver and kube-proxy (test/kubetest): built from the
+# pinned k8s.io/kubernetes release once per machine (~4 min cold) into
+# /var/cache/weft/kube-<version>, or $$WEFT_KUBE_BIN_DIR; instant afterwards.
+kube-bins: ## build, once per machine, the kube-apiserver and kube-proxy the Kubernetes tests run
+	GO=$(GO) $(GO) run ./test/kubetest/kubebins
+
+test: deps build kube-bins ## run every test, including the privileged end-to-end ones (needs root)
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) -timeout 40m ./...
 	$(MAKE) fuzz
@@ -56,6 +67,11 @@ bench: deps build ## data planes side by side (test/bench/out) and the 10,000-le
 	@./.ci/ensure-deps.sh $(DEPS_BENCH)
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 	$(GO) run ./test/bench/scale --bin-dir $(BIN) $(SCALE_FLAGS)
+
+IMAGE ?= $(BIN)/weft-image.tar
+image: ## write the container image (static binaries + nft, no Docker needed) to $(IMAGE): docker load -i / ctr images import
+	@./.ci/ensure-deps.sh $(DEPS_IMAGE)
+	GO=$(GO) $(GO) run ./deploy/image --out $(IMAGE) $(if $(IMAGE_VERSION),--version $(IMAGE_VERSION))
 
 fuzz: ## run the decap and encap fuzz targets for $(FUZZTIME) each (CI's short run)
 	$(GO) test -run '^$$' -fuzz '^FuzzDecap$$' -fuzztime $(FUZZTIME) ./bpf/
