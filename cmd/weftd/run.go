@@ -125,6 +125,7 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		Port:        uint16(netCfg.Backend.Port),
 		Decap:       cfg.Decap,
 		NoGRODevice: !cfg.GRODevice,
+		Log:         log,
 	})
 	if err != nil {
 		return err
@@ -138,6 +139,7 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		return err
 	}
 	log.Info("data plane ready", zap.Stringer("subnet", subnet), zap.String("subnet_file", cfg.SubnetFile),
+		zap.String("decap", string(nodeState.Decap)),
 		zap.Int("pod_mtu", loader.PodMTU(int(nodeState.Config.MTU))))
 
 	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: subnet, PublicIP: ul.PublicIP, Underlay: ul.Prefix}, log, d.metrics)
