@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/loader"
 	"github.com/weftnet/weft/test/lab"
 )
 
@@ -100,6 +101,24 @@ func testServiceNAT(t *testing.T, decap string) {
 			}
 		})
 	}
+	// DNAT on the backend's node instead (a hostPort): a pod on n1 calls an
+	// address of n2 (weft0's, reached through the tunnel), n2 NATs to its
+	// pod, and that pod's reply to a remote pod must leave n2 through n2's
+	// conntrack (the gate in forward_to_peer), not the fast path. (Through
+	// n2's underlay address the un-NATed reply would carry that address as
+	// inner source, which n1's decapsulation refuses: see the README.)
+	t.Run("DNAT on the backend's node", func(t *testing.T) {
+		hostPort := netip.AddrPortFrom(loader.HostIP(n2.Subnet), 30080)
+		nftApply(t, n2.Topo, kubeStyleRules("hostport", []kubeStyleDNAT{{svc: hostPort, backend: netip.AddrPortFrom(remote.IP, port)}}))
+		before := counter(t, n2, "pass_conntrack")
+		for _, proto := range []string{"tcp", "udp"} {
+			checkEcho(t, client.NSPath, proto, hostPort)
+		}
+		if counter(t, n2, "pass_conntrack") == before {
+			t.Errorf("n2's replies to the remote client did not go through n2's conntrack")
+		}
+	})
+
 	got := counter(t, n1, "pass_conntrack")
 	t.Logf("n1 pass_conntrack %d, n2 %d", got, counter(t, n2, "pass_conntrack"))
 	if got == 0 {
