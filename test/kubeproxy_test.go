@@ -279,6 +279,10 @@ func testKubeProxy(t *testing.T, mode, decap string) {
 		if !replied || src != outside.UnderlayIP {
 			t.Errorf("Local policy via n2: backend saw %s (replied %v), want the outside host's %s", src, replied, outside.UnderlayIP)
 		}
+		// A pod on n1 calling n2's NodePort (Local): --ip-masq on n1 sends it
+		// as n1's address, so the answer comes back on the underlay.
+		checkEcho(t, client.NSPath, "tcp", netip.AddrPortFrom(n2.Topo.UnderlayIP, npLocal[0]))
+		checkEcho(t, client.NSPath, "udp", netip.AddrPortFrom(n2.Topo.UnderlayIP, npLocal[1]))
 	})
 	t.Run("EgressMasqueraded", func(t *testing.T) {
 		src, replied := sourceSeen(t, client.NSPath, outside.NSPath, netip.AddrPortFrom(outside.UnderlayIP, 7000))
