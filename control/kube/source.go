@@ -1,0 +1,219 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/weftnet/weft/control/peers"
+)
+
+// ResyncPeriod is the informer's resync, flanneld's. A resync replays every
+// Node as an update; the index drops the ones that changed nothing.
+const ResyncPeriod = 5 * time.Minute
+
+// probeInterval is how often, while the apiserver is unreachable, weftd
+// checks whether it is back. client-go's reflector backs off up to 30 s
+// (doubling from 0.8 s, with jitter up to twice that), so after a 30 s
+// outage it could stay blind to Node changes for most of a minute; a new
+// informer started as soon as the apiserver answers bounds that to about
+// this interval plus one list.
+const probeInterval = time.Second
+
+// Watch implements peers.Source: a Node informer whose first batch (and the
+// first after every reconnect) is Full, then one batch per burst of Node
+// adds, updates and deletes, each Change keyed "node/<name>". Bad Nodes are
+// logged with their name and reported as Invalid; Nodes without the
+// kube-subnet-manager annotation are not peers and not reported. It returns
+// when ctx is done.
+func (m *Manager) Watch(ctx context.Context, apply func(peers.Batch)) error {
+	for {
+		err := m.session(ctx, apply)
+		if ctx.Err() != nil {
+			return nil
+		}
+		m.log.Info("restarting the Node informer after the apiserver came back", zap.Error(err))
+		m.metrics.Resyncs.Add(1)
+	}
+}
+
+// session runs one informer until ctx is done or the apiserver, after being
+// unreachable, answers again (then a fresh list is quicker than waiting out
+// the reflector's backoff).
+func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var broken atomic.Bool
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			l, err := m.client.CoreV1().Nodes().List(ctx, o)
+			m.noteAPI(&broken, "list", err)
+			return l, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := m.client.CoreV1().Nodes().Watch(ctx, o)
+			m.noteAPI(&broken, "watch", err)
+			return w, err
+		},
+	}
+	inf := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Node{}, cache.SharedIndexInformerOptions{ResyncPeriod: ResyncPeriod})
+
+	q := newDirtySet()
+	enqueue := func(obj any) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		if n, ok := obj.(*corev1.Node); ok {
+			q.add(n.Name)
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueue,
+		UpdateFunc: func(_, n any) { enqueue(n) },
+		DeleteFunc: enqueue,
+	}); err != nil {
+		return fmt.Errorf("node informer: %w", err)
+	}
+	go inf.RunWithContext(ctx)
+	go m.probe(ctx, &broken, cancel)
+
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return ctx.Err()
+	}
+	// Everything queued so far is in the list below.
+	q.take()
+	x := newIndex()
+	for _, obj := range inf.GetStore().List() {
+		n := obj.(*corev1.Node)
+		x.set(Key(n.Name), m.parse(n))
+	}
+	full := x.full()
+	m.report(full)
+	apply(peers.Batch{Full: true, Changes: full})
+
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.ready:
+		}
+		var changes []peers.Change
+		for _, name := range q.take() {
+			p := parsed{}
+			if obj, ok, _ := inf.GetStore().GetByKey(name); ok {
+				p = m.parse(obj.(*corev1.Node))
+			}
+			changes = append(changes, x.update(Key(name), p)...)
+		}
+		if len(changes) > 0 {
+			m.report(changes)
+			apply(peers.Batch{Changes: changes})
+		}
+	}
+}
+
+// parse is ParseNode for the index, logging bad Nodes once per change.
+func (m *Manager) parse(n *corev1.Node) parsed {
+	if !m.ann.Managed(n) {
+		return parsed{}
+	}
+	l, bad := m.ann.ParseNode(m.cfg, n)
+	if bad != nil {
+		return parsed{invalid: bad}
+	}
+	return parsed{lease: l}
+}
+
+// report logs every bad Node in a batch by name (once per change: the
+// index leaves out Changes that repeat the last one) and counts it.
+func (m *Manager) report(changes []peers.Change) {
+	for _, c := range changes {
+		if c.Invalid != nil {
+			m.metrics.InvalidNodeReports.Add(1)
+			m.log.Warn("node is not a usable peer", zap.String("node", strings.TrimPrefix(c.Key, "node/")),
+				zap.Stringer("subnet", c.Invalid.Subnet), zap.Error(c.Invalid.Err))
+		}
+	}
+}
+
+// noteAPI counts a failed list or watch and marks the session broken, so
+// the probe restarts it once the apiserver answers.
+func (m *Manager) noteAPI(broken *atomic.Bool, verb string, err error) {
+	if err == nil {
+		broken.Store(false)
+		return
+	}
+	m.metrics.StoreErrors.Add(1)
+	if !broken.Swap(true) {
+		m.log.Warn("kube-apiserver unreachable; the data plane keeps forwarding with the tunnels it has",
+			zap.String("call", verb+" nodes"), zap.Error(err))
+	}
+}
+
+// probe asks the apiserver for its version while the session is broken and
+// ends the session (cancel) as soon as it answers.
+func (m *Manager) probe(ctx context.Context, broken *atomic.Bool, cancel func()) {
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !broken.Load() {
+			continue
+		}
+		pctx, pcancel := context.WithTimeout(ctx, probeInterval)
+		_, err := m.client.Discovery().RESTClient().Get().AbsPath("/version").Do(pctx).Raw()
+		pcancel()
+		if err == nil {
+			cancel()
+			return
+		}
+	}
+}
+
+// dirtySet collects Node names that changed since the last take, so a
+// burst of events becomes one batch and a Node changed twice is read once.
+type dirtySet struct {
+	mu    sync.Mutex
+	names map[string]struct{}
+	ready chan struct{} // has a value when names is not empty
+}
+
+func newDirtySet() *dirtySet {
+	return &dirtySet{names: map[string]struct{}{}, ready: make(chan struct{}, 1)}
+}
+
+func (d *dirtySet) add(name string) {
+	d.mu.Lock()
+	d.names[name] = struct{}{}
+	d.mu.Unlock()
+	select {
+	case d.ready <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dirtySet) take() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]string, 0, len(d.names))
+	for n := range d.names {
+		out = append(out, n)
+	}
+	d.names = map[string]struct{}{}
+	return out
+}
