@@ -15,7 +15,7 @@ DEPS_BUILD := clang llvm libbpf-dev
 DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux
 DEPS_BENCH := sockperf
 
-.PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down install-cni lint clean check-generate
+.PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down install-cni lint clean check-generate kube-bins
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -36,7 +36,13 @@ build: ## build weftd, weftctl, weft-cni and weft-lab into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-test: deps build ## run every test, including the privileged end-to-end ones (needs root)
+# The real kube-apiserver and kube-proxy (test/kubetest): built from the
+# pinned k8s.io/kubernetes release once per machine (~4 min cold) into
+# /var/cache/weft/kube-<version>, or $$WEFT_KUBE_BIN_DIR; instant afterwards.
+kube-bins: ## build, once per machine, the kube-apiserver and kube-proxy the Kubernetes tests run
+	GO=$(GO) $(GO) run ./test/kubetest/kubebins
+
+test: deps build kube-bins ## run every test, including the privileged end-to-end ones (needs root)
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) -timeout 40m ./...
 	$(MAKE) fuzz
