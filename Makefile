@@ -15,7 +15,7 @@ DEPS_BUILD := clang llvm libbpf-dev
 DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux
 DEPS_BENCH := sockperf
 
-.PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down install-cni lint clean check-generate kube-bins
+.PHONY: help deps deps-build generate build test fuzz bench demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ test: deps build kube-bins ## run every test, including the privileged end-to-en
 
 demo: deps build ## run the lab demo: a mixed Weft/flannel cluster in namespaces, proven and torn down (needs root)
 	./$(BIN)/weft-lab demo --bin-dir $(BIN)
+
+demo-kube: deps build kube-bins ## the demo with Node objects on a real kube-apiserver (weftd --kube-subnet-mgr) instead of etcd (needs root)
+	./$(BIN)/weft-lab demo --store=kube --manifest deploy/kube-weft.yml --bin-dir $(BIN)
 
 lab-up: deps build ## build a lab cluster and keep it running until Ctrl-C (weft-lab status / down from another shell)
 	./$(BIN)/weft-lab up --bin-dir $(BIN)
