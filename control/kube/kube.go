@@ -76,6 +76,8 @@ type Manager struct {
 	nodeName string
 	log      *zap.Logger
 	metrics  *metrics.Metrics
+
+	unmanaged map[string]bool // Nodes that are not peers; Watch's goroutine only
 }
 
 // RESTConfig builds the client config like flanneld: the URL and/or

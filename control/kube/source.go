@@ -94,6 +94,7 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 	// Everything queued so far is in the list below.
 	q.take()
 	x := newIndex()
+	m.unmanaged = map[string]bool{}
 	for _, obj := range inf.GetStore().List() {
 		n := obj.(*corev1.Node)
 		x.set(Key(n.Name), m.parse(n))
@@ -113,6 +114,8 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 			p := parsed{}
 			if obj, ok, _ := inf.GetStore().GetByKey(name); ok {
 				p = m.parse(obj.(*corev1.Node))
+			} else {
+				m.setUnmanaged(name, false)
 			}
 			changes = append(changes, x.update(Key(name), p)...)
 		}
@@ -123,8 +126,12 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 	}
 }
 
-// parse is ParseNode for the index, logging bad Nodes once per change.
+// parse is ParseNode for the index. A Node without the
+// kube-subnet-manager annotation (no annotations at all, or a node whose
+// daemon has not started yet) is not a peer, as in flannel; it is logged
+// once and counted so an operator can tell "not ours" from "missing".
 func (m *Manager) parse(n *corev1.Node) parsed {
+	m.setUnmanaged(n.Name, !m.ann.Managed(n))
 	if !m.ann.Managed(n) {
 		return parsed{}
 	}
@@ -133,6 +140,22 @@ func (m *Manager) parse(n *corev1.Node) parsed {
 		return parsed{invalid: bad}
 	}
 	return parsed{lease: l}
+}
+
+// setUnmanaged tracks Nodes that are not peers for the metric and logs a
+// Node when it becomes one.
+func (m *Manager) setUnmanaged(name string, unmanaged bool) {
+	switch {
+	case unmanaged && !m.unmanaged[name]:
+		m.unmanaged[name] = true
+		m.log.Info("node has no "+m.ann.KubeManaged+`="true" annotation; not a peer until its subnet manager publishes it`,
+			zap.String("node", name))
+	case !unmanaged && m.unmanaged[name]:
+		delete(m.unmanaged, name)
+	default:
+		return
+	}
+	m.metrics.UnmanagedNodes.Store(int64(len(m.unmanaged)))
 }
 
 // report logs every bad Node in a batch by name (once per change: the
