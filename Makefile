@@ -15,7 +15,7 @@ DEPS_BUILD := clang llvm libbpf-dev
 DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux
 DEPS_BENCH := sockperf
 
-.PHONY: help deps deps-build generate build test fuzz bench demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins
+.PHONY: help deps deps-build generate build test fuzz bench demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins image
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ generate: deps-build ## rebuild the BPF objects and Go bindings with bpf2go
 check-generate: generate ## fail if the committed BPF objects are stale
 	git diff --exit-code -- bpf/ || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
 
-build: ## build weftd, weftctl, weft-cni and weft-lab into bin/
+build: ## build weftd, weftctl, weft-cni, weft-install-cni and weft-lab into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
@@ -63,6 +63,10 @@ bench: deps build ## data planes side by side (test/bench/out) and the 10,000-le
 	@./.ci/ensure-deps.sh $(DEPS_BENCH)
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 	$(GO) run ./test/bench/scale --bin-dir $(BIN) $(SCALE_FLAGS)
+
+IMAGE ?= $(BIN)/weft-image.tar
+image: ## write the container image (static binaries, no Docker needed) to $(IMAGE): docker load -i / ctr images import
+	GO=$(GO) $(GO) run ./deploy/image --out $(IMAGE) $(if $(IMAGE_VERSION),--version $(IMAGE_VERSION))
 
 fuzz: ## run the decap fuzz target for $(FUZZTIME)
 	$(GO) test -run '^$$' -fuzz FuzzDecap -fuzztime $(FUZZTIME) ./bpf/

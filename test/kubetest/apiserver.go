@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -125,10 +126,33 @@ func StartAPIServer(ctx context.Context, dir string, etcdURL string) (*APIServer
 			"--profiling=false",
 		},
 	}
-	if err := s.Start(ctx); err != nil {
-		return nil, err
+	// The free port was only free when we looked: if something took it
+	// before the apiserver bound it, try another.
+	for attempt := 0; ; attempt++ {
+		err := s.Start(ctx)
+		if err == nil {
+			return s, nil
+		}
+		if attempt == 2 || !errors.Is(err, errPortTaken) {
+			return nil, err
+		}
+		if port, err = freePort(); err != nil {
+			return nil, err
+		}
+		s.setPort(port)
 	}
-	return s, nil
+}
+
+// errPortTaken: the apiserver exited because its port was in use.
+var errPortTaken = errors.New("port already in use")
+
+func (s *APIServer) setPort(port int) {
+	s.URL = "https://127.0.0.1:" + strconv.Itoa(port)
+	for i, a := range s.args {
+		if strings.HasPrefix(a, "--secure-port=") {
+			s.args[i] = "--secure-port=" + strconv.Itoa(port)
+		}
+	}
 }
 
 func randHex(n int) (string, error) {
@@ -161,7 +185,8 @@ func (s *APIServer) Start(ctx context.Context) error {
 		s.mu.Unlock()
 		return fmt.Errorf("apiserver log: %w", err)
 	}
-	defer f.Close() // the child has its own copy
+	defer f.Close()                      // the child has its own copy
+	startOff, _ := f.Seek(0, io.SeekEnd) // this run's output starts here
 	fmt.Fprintf(f, "=== %s start %s\n", time.Now().Format(time.RFC3339Nano), s.bin)
 	cmd := exec.Command(s.bin, s.args...)
 	cmd.Stdout, cmd.Stderr = f, f
@@ -178,7 +203,12 @@ func (s *APIServer) Start(ctx context.Context) error {
 
 	if err := s.waitReady(ctx, done); err != nil {
 		s.Stop()
-		return fmt.Errorf("kube-apiserver not ready: %w\n--- %s (last lines)\n%s", err, s.LogFile, s.LogTail(40))
+		tail := s.LogTail(40)
+		if b, rerr := os.ReadFile(s.LogFile); rerr == nil && int64(len(b)) > startOff &&
+			bytes.Contains(b[startOff:], []byte("address already in use")) {
+			err = fmt.Errorf("%w: %w", err, errPortTaken)
+		}
+		return fmt.Errorf("kube-apiserver not ready: %w\n--- %s (last lines)\n%s", err, s.LogFile, tail)
 	}
 	return nil
 }

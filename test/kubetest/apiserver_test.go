@@ -2,11 +2,14 @@ package kubetest
 
 import (
 	"context"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,6 +127,19 @@ func TestAPIServer(t *testing.T) {
 	if _, err := kubernetes.NewForConfigOrDie(kcfg).CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
 		t.Fatalf("kubeconfig ServiceAccount getting a node: err = %v, want Forbidden", err)
 	}
+
+	// The admin kubeconfig, through the same forwarder, may.
+	akc := filepath.Join(t.TempDir(), "admin.kubeconfig")
+	if err := s.AdminKubeconfig(fw.URL(), akc); err != nil {
+		t.Fatal(err)
+	}
+	acfg, err := clientcmd.BuildConfigFromFlags("", akc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kubernetes.NewForConfigOrDie(acfg).CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{}); err != nil {
+		t.Fatalf("admin kubeconfig getting a node: %v", err)
+	}
 }
 
 // TestAPIServerRestart: Stop and Start keep the port, the data and the
@@ -137,11 +153,13 @@ func TestAPIServerRestart(t *testing.T) {
 	if _, err := c.CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t0 := time.Now()
 	s.Stop()
+	t.Logf("kube-apiserver stop: %v", time.Since(t0))
 	if _, err := c.CoreV1().ConfigMaps("default").Get(ctx, "survives", metav1.GetOptions{}); err == nil {
 		t.Fatal("apiserver still answers after Stop")
 	}
-	t0 := time.Now()
+	t0 = time.Now()
 	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -149,6 +167,23 @@ func TestAPIServerRestart(t *testing.T) {
 	got, err := c.CoreV1().ConfigMaps("default").Get(ctx, "survives", metav1.GetOptions{})
 	if err != nil || got.Data["k"] != "v" {
 		t.Fatalf("after restart: %v %v", got, err)
+	}
+
+	// Someone else on the port: Start says so (StartAPIServer then picks
+	// another port), and works once the port is free again.
+	s.Stop()
+	ln, err := net.Listen("tcp", strings.TrimPrefix(s.URL, "https://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 = time.Now()
+	if err := s.Start(ctx); !errors.Is(err, errPortTaken) {
+		t.Fatalf("start on a taken port: %v, want errPortTaken", err)
+	}
+	t.Logf("start on a taken port failed in %v", time.Since(t0))
+	ln.Close()
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -62,16 +62,26 @@ func (s *APIServer) ServiceAccountKubeconfig(ctx context.Context, ns, name, serv
 	if err != nil {
 		return err
 	}
+	return s.writeKubeconfig(path, server, ns+"-"+name, tok, ns)
+}
+
+// AdminKubeconfig writes a kubeconfig file at path for the admin user
+// (system:masters) whose server is server, for components the tests run
+// with full rights (kube-proxy, or a test's own kubectl-like calls).
+func (s *APIServer) AdminKubeconfig(server, path string) error {
+	return s.writeKubeconfig(path, server, AdminUser, s.Token, "default")
+}
+
+func (s *APIServer) writeKubeconfig(path, server, user, token, ns string) error {
 	ca, err := os.ReadFile(s.CAFile)
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
-	user := ns + "-" + name
 	cfg := clientcmdapi.Config{
 		Clusters: map[string]*clientcmdapi.Cluster{"weft-test": {
 			Server: server, CertificateAuthorityData: ca, TLSServerName: ServerName,
 		}},
-		AuthInfos:      map[string]*clientcmdapi.AuthInfo{user: {Token: tok}},
+		AuthInfos:      map[string]*clientcmdapi.AuthInfo{user: {Token: token}},
 		Contexts:       map[string]*clientcmdapi.Context{"weft-test": {Cluster: "weft-test", AuthInfo: user, Namespace: ns}},
 		CurrentContext: "weft-test",
 	}
