@@ -336,6 +336,30 @@ func TestKubeCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("NodeNameFromPod", func(t *testing.T) {
+		// The DaemonSet passes POD_NAME and POD_NAMESPACE; weftd finds its
+		// node through the pod's spec.nodeName (the manifest's "pods get").
+		n := wefts[2]
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "kube-weft-ds-test", Namespace: "kube-weft"},
+			Spec: corev1.PodSpec{NodeName: n.Name, Containers: []corev1.Container{{Name: "kube-weft", Image: "weft"}}}}
+		if _, err := kc.CoreV1().Pods("kube-weft").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Lab.Stop(n.Cmd); err != nil {
+			t.Fatal(err)
+		}
+		n.KubeEnv = []string{"POD_NAME=kube-weft-ds-test", "POD_NAMESPACE=kube-weft"}
+		if err := c.StartWeftd(n); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := findLog(n, "msg", "kube subnet manager", `"node":"`+n.Name+`"`); !ok {
+			t.Errorf("weftd did not find its node %s through its pod", n.Name)
+		}
+		for _, w := range wefts {
+			waitTunnelsMatchNodes(t, c, w, 5*time.Second)
+		}
+	})
+
 	t.Run("MissingRBAC", func(t *testing.T) { kubeMissingRBAC(t, c, wefts[0]) })
 
 	t.Run("APIServerOutage", func(t *testing.T) { kubeOutage(t, c, wefts, fl) })

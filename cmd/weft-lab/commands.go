@@ -123,7 +123,11 @@ func runStatus(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "lab %s (pid %d), etcd %s, state in %s\n\n", st.Prefix, st.PID, st.Etcd, st.RunDir)
+	store := "etcd " + st.Etcd
+	if st.KubeAPI != "" {
+		store = "kube-apiserver " + st.KubeAPI
+	}
+	fmt.Fprintf(stdout, "lab %s (pid %d), %s, state in %s\n\n", st.Prefix, st.PID, store, st.RunDir)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tKIND\tUNDERLAY\tSUBNET\tPODS")
 	for _, n := range st.Nodes {

@@ -68,6 +68,9 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 		},
 	}
 	inf := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Node{}, cache.SharedIndexInformerOptions{ResyncPeriod: ResyncPeriod})
+	if err := inf.SetTransform(slimNode); err != nil {
+		return fmt.Errorf("node informer: %w", err)
+	}
 
 	q := newDirtySet()
 	enqueue := func(obj any) {
@@ -124,6 +127,22 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 			apply(peers.Batch{Changes: changes})
 		}
 	}
+}
+
+// slimNode keeps only what ParseNode reads. A real Node carries its image
+// list, conditions and managed fields (tens of kB); the informer's cache
+// holds every Node of the cluster, so this is most of weftd's memory in a
+// large cluster.
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil // a DeletedFinalStateUnknown tombstone
+	}
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, ResourceVersion: n.ResourceVersion, UID: n.UID,
+			CreationTimestamp: n.CreationTimestamp, Annotations: n.Annotations},
+		Spec: corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
+	}, nil
 }
 
 // parse is ParseNode for the index. A Node without the

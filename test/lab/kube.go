@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -128,8 +129,11 @@ func (c *Cluster) kubeWeftdCommand(n *Node, extra ...string) (string, []string, 
 	if err := c.Kube.API.ServiceAccountKubeconfig(ctx, kubeNamespace, kubeSA, c.Kube.Fwd.URL(), kc); err != nil {
 		return "", nil, err
 	}
-	args := []string{
-		"NODE_NAME=" + n.Name,
+	env := n.KubeEnv
+	if len(env) == 0 {
+		env = []string{"NODE_NAME=" + n.Name}
+	}
+	args := append(slices.Clone(env),
 		filepath.Join(c.Opts.BinDir, "weftd"),
 		"--kube-subnet-mgr",
 		"--kubeconfig-file", kc,
@@ -138,7 +142,7 @@ func (c *Cluster) kubeWeftdCommand(n *Node, extra ...string) (string, []string, 
 		"--pin-path", n.PinPath,
 		"--subnet-file", n.SubnetFile,
 		"--metrics-addr", netip.AddrPortFrom(n.Topo.UnderlayIP, metricsPort).String(),
-	}
+	)
 	return "/usr/bin/env", append(args, extra...), nil
 }
 

@@ -98,6 +98,9 @@ type Node struct {
 	VtepMAC    net.HardwareAddr
 	cluster    *Cluster
 	podCIDR    netip.Prefix // StoreKube: what the lab assigned the Node
+	// KubeEnv is the environment of a kube-mode weftd (the DaemonSet's
+	// downward-API variables); empty means NODE_NAME=<Name>.
+	KubeEnv []string
 }
 
 // State is what a run records in <run dir>/state.json: enough for Down to
