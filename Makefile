@@ -14,6 +14,8 @@ FUZZTIME ?= 30s
 DEPS_BUILD := clang llvm libbpf-dev
 DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux
 DEPS_BENCH := sockperf
+# nft goes into the image (weftd --ip-masq runs it); TestImage builds the image.
+DEPS_IMAGE := nftables
 
 .PHONY: help deps deps-build generate build test fuzz bench demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins image
 
@@ -24,7 +26,7 @@ deps-build: ## install clang/llvm/libbpf-dev if missing (needs root)
 	@./.ci/ensure-deps.sh $(DEPS_BUILD)
 
 deps: ## install everything the tests and the lab need, if missing (needs root)
-	@./.ci/ensure-deps.sh $(DEPS_BUILD) $(DEPS_TEST)
+	@./.ci/ensure-deps.sh $(DEPS_BUILD) $(DEPS_TEST) $(DEPS_IMAGE)
 
 generate: deps-build ## rebuild the BPF objects and Go bindings with bpf2go
 	cd bpf && $(GO) generate ./...
@@ -65,7 +67,8 @@ bench: deps build ## data planes side by side (test/bench/out) and the 10,000-le
 	$(GO) run ./test/bench/scale --bin-dir $(BIN) $(SCALE_FLAGS)
 
 IMAGE ?= $(BIN)/weft-image.tar
-image: ## write the container image (static binaries, no Docker needed) to $(IMAGE): docker load -i / ctr images import
+image: ## write the container image (static binaries + nft, no Docker needed) to $(IMAGE): docker load -i / ctr images import
+	@./.ci/ensure-deps.sh $(DEPS_IMAGE)
 	GO=$(GO) $(GO) run ./deploy/image --out $(IMAGE) $(if $(IMAGE_VERSION),--version $(IMAGE_VERSION))
 
 fuzz: ## run the decap fuzz target for $(FUZZTIME)

@@ -1,14 +1,11 @@
-// Package deploy holds what users apply; its tests prove the manifest
-// against a real kube-apiserver (test/kubetest).
 package deploy
 
+// The manifest as written, and on a real kube-apiserver (test/kubetest).
+
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -21,17 +18,12 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/weftnet/weft/test/etcdtest"
 	"github.com/weftnet/weft/test/kubetest"
 )
-
-const manifest = "kube-weft.yml"
 
 // The permissions flanneld's kube mode uses, and weftd's: nothing more.
 var wantRules = []rbacv1.PolicyRule{
@@ -40,73 +32,41 @@ var wantRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
 }
 
-// objects decodes every document of the manifest into typed objects.
-func objects(t *testing.T) []runtime.Object {
+// get calls one of the package's accessors or fails the test.
+func get[T any](t *testing.T, f func() (T, error)) T {
 	t.Helper()
-	b, err := os.ReadFile(manifest)
+	v, err := f()
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
-	var objs []runtime.Object
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return objs
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(bytes.TrimSpace(doc)) == 0 || isComments(doc) {
-			continue
-		}
-		o, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
-		if err != nil {
-			t.Fatalf("decode %q: %v", doc, err)
-		}
-		objs = append(objs, o)
-	}
-}
-
-func isComments(doc []byte) bool {
-	for _, l := range bytes.Split(doc, []byte("\n")) {
-		if l = bytes.TrimSpace(l); len(l) > 0 && l[0] != '#' {
-			return false
-		}
-	}
-	return true
-}
-
-func find[T runtime.Object](t *testing.T, objs []runtime.Object) T {
-	t.Helper()
-	var found []T
-	for _, o := range objs {
-		if v, ok := o.(T); ok {
-			found = append(found, v)
-		}
-	}
-	if len(found) != 1 {
-		var zero T
-		t.Fatalf("want one %T in %s, found %d", zero, manifest, len(found))
-	}
-	return found[0]
+	return v
 }
 
 // TestManifestContent checks the manifest as written (no apiserver needed).
 func TestManifestContent(t *testing.T) {
-	objs := objects(t)
-	if got := find[*rbacv1.ClusterRole](t, objs).Rules; !reflect.DeepEqual(got, wantRules) {
+	if got := get(t, ClusterRole).Rules; !reflect.DeepEqual(got, wantRules) {
 		t.Errorf("ClusterRole rules = %+v, want %+v", got, wantRules)
 	}
-	crb := find[*rbacv1.ClusterRoleBinding](t, objs)
+	crb := get(t, one[*rbacv1.ClusterRoleBinding])
 	if crb.RoleRef.Name != "weft" || len(crb.Subjects) != 1 || crb.Subjects[0].Name != "weft" || crb.Subjects[0].Namespace != "kube-weft" {
 		t.Errorf("ClusterRoleBinding = %+v", crb)
 	}
-	if sa := find[*corev1.ServiceAccount](t, objs); sa.Name != "weft" || sa.Namespace != "kube-weft" {
+	if sa := get(t, ServiceAccount); sa.Name != "weft" || sa.Namespace != "kube-weft" {
 		t.Errorf("ServiceAccount %s/%s", sa.Namespace, sa.Name)
 	}
-	checkConfigMap(t, find[*corev1.ConfigMap](t, objs))
-	checkDaemonSet(t, find[*appsv1.DaemonSet](t, objs))
+	checkConfigMap(t, get(t, ConfigMap))
+	checkDaemonSet(t, get(t, DaemonSet))
+	if ns := get(t, one[*corev1.Namespace]); ns.Name != "kube-weft" {
+		t.Errorf("Namespace %s", ns.Name)
+	}
+	if w := get(t, Weftd); w.Name != "kube-weft" {
+		t.Errorf("Weftd() = container %s", w.Name)
+	}
+	// The embedded manifest is the file on disk.
+	b, err := os.ReadFile(KubeWeftPath())
+	if err != nil || !bytes.Equal(b, KubeWeftYAML) {
+		t.Errorf("KubeWeftPath() %s does not hold KubeWeftYAML: %v", KubeWeftPath(), err)
+	}
 }
 
 func checkConfigMap(t *testing.T, cm *corev1.ConfigMap) {
@@ -234,7 +194,7 @@ func TestManifestApply(t *testing.T) {
 	}
 	defer s.Close()
 	for i := 0; i < 2; i++ {
-		if err := s.Apply(ctx, manifest); err != nil {
+		if err := s.Apply(ctx, KubeWeftPath()); err != nil {
 			t.Fatalf("apply %d: %v\n%s", i, err, s.LogTail(20))
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -60,8 +61,14 @@ func TestImage(t *testing.T) {
 	if got := cf.Config.Entrypoint; len(got) != 1 || got[0] != "/usr/local/bin/weftd" {
 		t.Errorf("entrypoint %q", got)
 	}
-	if len(cf.Config.Env) != 1 || !strings.HasPrefix(cf.Config.Env[0], "PATH=/usr/local/bin:") {
-		t.Errorf("env %q", cf.Config.Env)
+	if len(cf.Config.Env) != 1 || !strings.HasPrefix(cf.Config.Env[0], "PATH=") {
+		t.Fatalf("env %q", cf.Config.Env)
+	}
+	path := strings.Split(strings.TrimPrefix(cf.Config.Env[0], "PATH="), ":")
+	for _, p := range append([]string{Entrypoint}, HostTools...) {
+		if !slices.Contains(path, filepath.Dir(p)) {
+			t.Errorf("PATH %q lacks %s", path, filepath.Dir(p))
+		}
 	}
 	if cf.OS != "linux" || cf.Config.Labels["org.opencontainers.image.version"] != Version {
 		t.Errorf("os %q, labels %v", cf.OS, cf.Config.Labels)
@@ -84,11 +91,16 @@ func TestImage(t *testing.T) {
 			t.Fatalf("%s: %v", n, err)
 		}
 		for _, prog := range f.Progs {
-			if prog.Type == elf.PT_INTERP { // the image has no libc or loader
+			if prog.Type == elf.PT_INTERP { // Go binaries must not need the loader
 				t.Errorf("%s is dynamically linked", n)
 			}
 		}
 		f.Close()
+	}
+	for _, tool := range HostTools {
+		if fi, err := os.Stat(filepath.Join(root, tool)); err != nil || fi.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %v %v", tool, fi, err)
+		}
 	}
 	if fi, err := os.Stat(filepath.Join(root, "tmp")); err != nil || fi.Mode()&os.ModeSticky == 0 {
 		t.Errorf("/tmp: %v %v", fi, err)
@@ -114,6 +126,52 @@ func TestImage(t *testing.T) {
 		if !bytes.Contains(b, []byte(c.want)) {
 			t.Errorf("%s %s: output lacks %q:\n%s", c.bin, c.arg, c.want, b)
 		}
+	}
+}
+
+// TestImageNft: the nft weftd --ip-masq runs works from the image's own
+// libraries. It runs chrooted into the rootfs and in a new, empty network
+// namespace of its own, so the machine's rule set is never touched.
+func TestImageNft(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("TestImageNft needs root (chroot, a network namespace); run the tests as root")
+	}
+	bins := t.TempDir()
+	for n := range Commands { // the Go binaries do not matter here
+		if err := os.WriteFile(filepath.Join(bins, n), []byte("x"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "img.tar")
+	if _, err := Write(out, bins, "test"); err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag(Repository + ":test")
+	img, err := tarball.ImageFromPath(out, &tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	extract(t, img, root)
+	cmd := exec.Command("/usr/sbin/nft", "-f", "-")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root, Cloneflags: syscall.CLONE_NEWNET}
+	cmd.Dir = "/"
+	cmd.Stdin = strings.NewReader("add table ip weft_image_test\nlist tables\n")
+	b, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(b, []byte("table ip weft_image_test")) {
+		t.Fatalf("nft in the image: %v\n%s", err, b)
+	}
+}
+
+func TestParseLdd(t *testing.T) {
+	out := "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibnftables.so.1 => /lib/x86_64-linux-gnu/libnftables.so.1 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n"
+	got, err := parseLdd(out)
+	want := []string{"/lib/x86_64-linux-gnu/libnftables.so.1", "/lib64/ld-linux-x86-64.so.2"}
+	if err != nil || strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("parseLdd = %q, %v; want %q", got, err, want)
+	}
+	if _, err := parseLdd("\tlibgone.so.1 => not found\n"); err == nil {
+		t.Fatal("a missing library was not reported")
 	}
 }
 

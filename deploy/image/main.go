@@ -4,16 +4,22 @@
 // together with go-containerregistry. The DaemonSet in deploy/kube-weft.yml
 // runs it.
 //
-// The layout is deliberately minimal (no shell, no libc):
+// The layout is deliberately minimal (no shell):
 //
 //	/usr/local/bin/weftd            the entrypoint
 //	/usr/local/bin/weftctl
 //	/usr/local/bin/weft-cni         installed onto the node by:
 //	/usr/local/bin/weft-install-cni the DaemonSet's init container
+//	/usr/sbin/nft                   + the shared libraries it loads
 //	/tmp                            1777
 //
+// nft is there because weftd --ip-masq programs its masquerade rules through
+// knftables, which runs the nft command. It is the build machine's Debian
+// nftables (make image installs it when missing), copied with exactly the
+// libraries ldd names, so it is the one dynamically linked program here.
+//
 // The layer's files carry a fixed timestamp and owner, so the same sources
-// give the same layer digest.
+// and host packages give the same layer digest.
 package main
 
 import (
@@ -29,6 +35,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -59,6 +66,10 @@ var Commands = map[string]string{
 	"weft-cni":         "./cmd/weft-cni",
 	"weft-install-cni": "./cmd/weft-install-cni",
 }
+
+// HostTools are programs weftd runs, taken from the build machine with their
+// shared libraries, by their path in the image.
+var HostTools = []string{"/usr/sbin/nft"}
 
 // epoch is every file's modification time and the image's creation time.
 var epoch = time.Unix(0, 0).UTC()
@@ -145,7 +156,8 @@ func Write(out, binDir, version string) (name.Tag, error) {
 	cf.OS, cf.Architecture = "linux", runtime.GOARCH
 	cf.Created = v1.Time{Time: epoch}
 	cf.Config.Entrypoint = []string{Entrypoint}
-	cf.Config.Env = []string{"PATH=" + BinDir + ":/usr/bin:/bin"}
+	// Docker's default PATH: knftables finds nft (/usr/sbin) through it.
+	cf.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	cf.Config.WorkingDir = "/"
 	cf.Config.Labels = map[string]string{
 		"org.opencontainers.image.title":       "weft",
@@ -169,27 +181,50 @@ func Write(out, binDir, version string) (name.Tag, error) {
 	return ref, os.Rename(tmp, out)
 }
 
-// rootfsLayer is the one layer: directories, then each binary 0755 root.
+// rootfsLayer is the one layer: the static binaries 0755 root, the host
+// tools and their libraries, /tmp.
 func rootfsLayer(binDir string) (v1.Layer, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	dir := func(p string, mode int64) error {
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: p + "/", Mode: mode, ModTime: epoch, Format: tar.FormatPAX})
+	files := map[string]string{} // path in the image -> file on this machine
+	for _, n := range sortedNames() {
+		files[BinDir+"/"+n] = filepath.Join(binDir, n)
 	}
-	for _, d := range []string{"usr", "usr/local", "usr/local/bin"} {
-		if err := dir(d, 0o755); err != nil {
+	for _, tool := range HostTools {
+		if err := addHostTool(files, tool); err != nil {
 			return nil, err
 		}
 	}
-	if err := dir("tmp", 0o1777); err != nil {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
+	var mkdirs func(p string, mode int64) error
+	mkdirs = func(p string, mode int64) error {
+		if p == "." || p == "/" || dirs[p] {
+			return nil
+		}
+		if err := mkdirs(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		dirs[p] = true
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: p + "/", Mode: mode, ModTime: epoch, Format: tar.FormatPAX})
+	}
+	if err := mkdirs("tmp", 0o1777); err != nil {
 		return nil, err
 	}
-	for _, n := range sortedNames() {
-		b, err := os.ReadFile(filepath.Join(binDir, n))
+	paths := make([]string, 0, len(files))
+	for p := range files {
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	for _, p := range paths {
+		b, err := os.ReadFile(files[p]) // follows symlinks: the image gets the file itself
 		if err != nil {
 			return nil, fmt.Errorf("image: %w", err)
 		}
-		h := &tar.Header{Typeflag: tar.TypeReg, Name: BinDir[1:] + "/" + n, Mode: 0o755, Size: int64(len(b)), ModTime: epoch, Format: tar.FormatPAX}
+		name := strings.TrimPrefix(p, "/")
+		if err := mkdirs(filepath.Dir(name), 0o755); err != nil {
+			return nil, err
+		}
+		h := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o755, Size: int64(len(b)), ModTime: epoch, Format: tar.FormatPAX}
 		if err := tw.WriteHeader(h); err != nil {
 			return nil, err
 		}
@@ -202,6 +237,47 @@ func rootfsLayer(binDir string) (v1.Layer, error) {
 	}
 	data := buf.Bytes()
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+}
+
+// addHostTool adds the program at path on this machine, and every shared
+// library ldd says it loads (at the same paths), to files.
+func addHostTool(files map[string]string, path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("image needs %s from the build machine (Debian: apt-get install nftables, or make image): %w", path, err)
+	}
+	files[path] = path
+	out, err := exec.Command("ldd", path).Output()
+	if err != nil {
+		return fmt.Errorf("ldd %s: %w", path, err)
+	}
+	libs, err := parseLdd(string(out))
+	if err != nil {
+		return fmt.Errorf("ldd %s: %w", path, err)
+	}
+	for _, l := range libs {
+		files[l] = l
+	}
+	return nil
+}
+
+// parseLdd returns the absolute library paths in ldd's output:
+// "libx.so.1 => /lib/.../libx.so.1 (0x...)" and the loader's
+// "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
+func parseLdd(out string) ([]string, error) {
+	var libs []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 0:
+		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+			libs = append(libs, f[2])
+		case len(f) >= 2 && f[1] == "=>":
+			return nil, fmt.Errorf("library not found: %s", strings.TrimSpace(line))
+		case strings.HasPrefix(f[0], "/"):
+			libs = append(libs, f[0])
+		}
+	}
+	return libs, nil
 }
 
 func sortedNames() []string {
