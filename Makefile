@@ -53,7 +53,7 @@ demo: deps build ## run the lab demo: a mixed Weft/flannel cluster in namespaces
 	./$(BIN)/weft-lab demo --bin-dir $(BIN)
 
 demo-kube: deps build kube-bins ## the demo with Node objects on a real kube-apiserver (weftd --kube-subnet-mgr) instead of etcd (needs root)
-	./$(BIN)/weft-lab demo --store=kube --manifest deploy/kube-weft.yml --bin-dir $(BIN)
+	./$(BIN)/weft-lab demo --store=kube --bin-dir $(BIN)
 
 lab-up: deps build ## build a lab cluster and keep it running until Ctrl-C (weft-lab status / down from another shell)
 	./$(BIN)/weft-lab up --bin-dir $(BIN)

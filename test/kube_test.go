@@ -27,11 +27,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/weftnet/weft/deploy"
 	"github.com/weftnet/weft/maps"
 	"github.com/weftnet/weft/test/lab"
 )
-
-const kubeManifest = "../deploy/kube-weft.yml"
 
 var kubeNetwork = netip.MustParsePrefix("10.244.0.0/16")
 
@@ -41,7 +40,7 @@ func newKubeLab(t *testing.T) *lab.Cluster {
 		BinDir:   binaries(t),
 		RunDir:   filepath.Join(t.TempDir(), "run"),
 		Store:    lab.StoreKube,
-		Manifest: kubeManifest,
+		Manifest: deploy.KubeWeftPath(),
 		Logf:     t.Logf,
 	})
 	if err != nil {

@@ -103,7 +103,7 @@ func addClusterFlags(fs *pflag.FlagSet, defFlannel int) *clusterFlags {
 	fs.StringVar(&cf.runRoot, "run-root", lab.DefaultRunRoot, "where runs keep their state")
 	fs.BoolVar(&cf.wireLike, "wire-like", false, "make the underlay veths behave like a wire (segmentation offloads off, GRO on)")
 	fs.StringVar(&cf.store, "store", "etcd", "where leases live: etcd (flannel's etcd schema) or kube (Node objects on a real kube-apiserver, weftd --kube-subnet-mgr)")
-	fs.StringVar(&cf.manifest, "manifest", "deploy/kube-weft.yml", "with --store=kube: the manifest whose ServiceAccount and RBAC weftd runs with")
+	fs.StringVar(&cf.manifest, "manifest", "", "with --store=kube: the manifest whose ServiceAccount and RBAC weftd runs with (default: deploy/kube-weft.yml as built in)")
 	return cf
 }
 
@@ -118,7 +118,7 @@ func (cf *clusterFlags) validate() error {
 	case cf.store != string(lab.StoreEtcd) && cf.store != string(lab.StoreKube):
 		return fmt.Errorf("%w: --store %q: want etcd or kube", errUsage, cf.store)
 	}
-	if cf.store == string(lab.StoreKube) {
+	if cf.store == string(lab.StoreKube) && cf.manifest != "" {
 		if _, err := os.Stat(cf.manifest); err != nil {
 			return fmt.Errorf("%w: --manifest: %v", errUsage, err)
 		}

@@ -1,69 +1,28 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
-	"io"
-	"os"
 	"path"
 	"strings"
 	"testing"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 
 	"github.com/weftnet/weft/control/flannel"
+	"github.com/weftnet/weft/deploy"
 )
-
-const manifestPath = "../../deploy/kube-weft.yml"
 
 // pendingFlags are flags the manifest passes that another branch adds to
 // weftd; the test drops them (saying so) until that lands.
 var pendingFlags = map[string]string{"--ip-masq": "issue 10 (branch k8s-node)"}
 
-// manifest reads the DaemonSet and ConfigMap from deploy/kube-weft.yml.
-func manifest(t *testing.T) (*appsv1.DaemonSet, *corev1.ConfigMap) {
+func must[T any](t *testing.T, f func() (T, error)) T {
 	t.Helper()
-	b, err := os.ReadFile(manifestPath)
+	v, err := f()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		ds *appsv1.DaemonSet
-		cm *corev1.ConfigMap
-	)
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal(doc, &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "DaemonSet":
-			ds = new(appsv1.DaemonSet)
-			err = yaml.UnmarshalStrict(doc, ds)
-		case "ConfigMap":
-			cm = new(corev1.ConfigMap)
-			err = yaml.UnmarshalStrict(doc, cm)
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", meta.Kind, err)
-		}
-	}
-	if ds == nil || cm == nil {
-		t.Fatalf("%s has no DaemonSet or no ConfigMap", manifestPath)
-	}
-	return ds, cm
+	return v
 }
 
 // TestManifestWeftdArgs runs the DaemonSet's weftd command line and
@@ -71,17 +30,7 @@ func manifest(t *testing.T) (*appsv1.DaemonSet, *corev1.ConfigMap) {
 // in), through weftd's own flag parser, and checks that the files weftd then
 // uses are where the pod mounts them.
 func TestManifestWeftdArgs(t *testing.T) {
-	ds, cm := manifest(t)
-	var c *corev1.Container
-	for i := range ds.Spec.Template.Spec.Containers {
-		cc := &ds.Spec.Template.Spec.Containers[i]
-		if len(cc.Command) > 0 && path.Base(cc.Command[0]) == "weftd" {
-			c = cc
-		}
-	}
-	if c == nil {
-		t.Fatal("no container runs weftd")
-	}
+	ds, cm, c := must(t, deploy.DaemonSet), must(t, deploy.ConfigMap), must(t, deploy.Weftd)
 	fieldValues := map[string]string{"metadata.name": "kube-weft-ds-x7k2p", "metadata.namespace": "kube-weft", "spec.nodeName": "node1"}
 	env := map[string]string{}
 	for _, e := range c.Env {

@@ -140,14 +140,52 @@ func New(ctx context.Context, o Options, log *zap.Logger, m *metrics.Metrics) (*
 		return nil, fmt.Errorf("kube client: %w", err)
 	}
 	mgr := &Manager{client: cs, ann: ann, cfg: cfg, log: log, metrics: m}
-	if mgr.nodeName, err = mgr.findNodeName(ctx, o); err != nil {
+	// The apiserver may not answer yet (a node booting with the control
+	// plane): wait for it like flanneld does for its node controller.
+	if err := mgr.retry(ctx, "find this node's name", func() (err error) {
+		mgr.nodeName, err = mgr.findNodeName(ctx, o)
+		return err
+	}); err != nil {
 		return nil, err
 	}
-	if err := mgr.CheckAccess(ctx); err != nil {
+	if err := mgr.retry(ctx, "check RBAC permissions", func() error { return mgr.CheckAccess(ctx) }); err != nil {
 		return nil, err
 	}
 	return mgr, nil
 }
+
+// retry runs fn until it succeeds, fails for good (the apiserver refused:
+// forbidden, unauthorized, not found, invalid) or ctx ends; transient
+// failures (unreachable, timeouts, 5xx) are logged, counted and retried
+// with a backoff from 0.5 s to 10 s.
+func (m *Manager) retry(ctx context.Context, what string, fn func() error) error {
+	delay := 500 * time.Millisecond
+	for {
+		err := fn()
+		if err == nil || permanent(err) || ctx.Err() != nil {
+			return err
+		}
+		m.metrics.StoreErrors.Add(1)
+		m.log.Warn("kube-apiserver call failed, retrying", zap.String("what", what), zap.Duration("in", delay), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Second)
+	}
+}
+
+func permanent(err error) bool {
+	return errors.Is(err, ErrForbidden) || apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) ||
+		apierrors.IsNotFound(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) ||
+		errors.Is(err, errNotScheduled) || errors.Is(err, errNoNodeName)
+}
+
+var (
+	errNoNodeName   = errors.New("kube: set NODE_NAME, or POD_NAME and POD_NAMESPACE, to name this node")
+	errNotScheduled = errors.New("pod is not scheduled to a node (spec.nodeName is empty)")
+)
 
 // NetworkConfig is the config read from --net-config-path.
 func (m *Manager) NetworkConfig() *flannel.NetworkConfig { return m.cfg }
@@ -162,14 +200,14 @@ func (m *Manager) findNodeName(ctx context.Context, o Options) (string, error) {
 		return o.NodeName, nil
 	}
 	if o.PodName == "" || o.PodNamespace == "" {
-		return "", errors.New("kube: set NODE_NAME, or POD_NAME and POD_NAMESPACE, to name this node")
+		return "", errNoNodeName
 	}
 	pod, err := m.client.CoreV1().Pods(o.PodNamespace).Get(ctx, o.PodName, metav1.GetOptions{})
 	if err != nil {
 		return "", apiError("get", "pods", err)
 	}
 	if pod.Spec.NodeName == "" {
-		return "", fmt.Errorf("kube: pod %s/%s is not scheduled to a node (spec.nodeName is empty)", o.PodNamespace, o.PodName)
+		return "", fmt.Errorf("kube: pod %s/%s: %w", o.PodNamespace, o.PodName, errNotScheduled)
 	}
 	return pod.Spec.NodeName, nil
 }

@@ -56,10 +56,11 @@ func (m *Manager) Publish(ctx context.Context, attrs flannel.LeaseAttrs) error {
 	if err != nil {
 		return err
 	}
-	if _, err := m.client.CoreV1().Nodes().Patch(ctx, m.nodeName, types.StrategicMergePatchType, patch,
-		metav1.PatchOptions{FieldManager: "weftd"}, "status"); err != nil {
-		m.metrics.StoreErrors.Add(1)
-		return apiError("patch", "nodes/status", err)
-	}
-	return nil
+	return m.retry(ctx, "publish the lease", func() error {
+		if _, err := m.client.CoreV1().Nodes().Patch(ctx, m.nodeName, types.StrategicMergePatchType, patch,
+			metav1.PatchOptions{FieldManager: "weftd"}, "status"); err != nil {
+			return apiError("patch", "nodes/status", err)
+		}
+		return nil
+	})
 }

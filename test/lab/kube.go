@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/weftnet/weft/deploy"
 	"github.com/weftnet/weft/test/kubetest"
 	"github.com/weftnet/weft/test/topo"
 )
@@ -58,7 +59,10 @@ type Kube struct {
 
 func (c *Cluster) initKube(ctx context.Context) error {
 	if c.Opts.Manifest == "" {
-		return fmt.Errorf("kube lab: Options.Manifest (deploy/kube-weft.yml) is required")
+		c.Opts.Manifest = filepath.Join(c.Opts.RunDir, "kube-weft.yml")
+		if err := os.WriteFile(c.Opts.Manifest, deploy.KubeWeftYAML, 0o644); err != nil {
+			return fmt.Errorf("kube lab: %w", err)
+		}
 	}
 	c.Opts.Logf("starting kube-apiserver on etcd %s", c.Etcd.ClientURL.String())
 	api, err := kubetest.StartAPIServer(ctx, filepath.Join(c.Opts.RunDir, "apiserver"), c.Etcd.ClientURL.String())

@@ -54,8 +54,8 @@ type Options struct {
 	// Store is where leases live: StoreEtcd (default) or StoreKube (Node
 	// objects on a real kube-apiserver, weftd --kube-subnet-mgr).
 	Store Store
-	// Manifest is deploy/kube-weft.yml, applied in StoreKube mode: its
-	// ServiceAccount and RBAC are what weftd runs with.
+	// Manifest is applied in StoreKube mode: its ServiceAccount and RBAC
+	// are what weftd runs with. Default: deploy/kube-weft.yml as built in.
 	Manifest string
 	Logf     func(format string, args ...any)
 }
