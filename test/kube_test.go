@@ -25,6 +25,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/deploy"
@@ -304,6 +305,27 @@ func TestKubeCluster(t *testing.T) {
 	})
 
 	t.Run("BadNodes", func(t *testing.T) { kubeBadNodes(t, c, wefts) })
+
+	t.Run("OwnAnnotationsRestored", func(t *testing.T) {
+		// Someone strips node1's lease: its weftd writes it again, and the
+		// other nodes' tunnels to it never go away meanwhile (last known good).
+		const bd = "flannel.alpha.coreos.com/backend-data"
+		before, err := kc.CoreV1().Nodes().Get(ctx, "node1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		patch := []byte(`{"metadata":{"annotations":{"` + bd + `":null}}}`)
+		if _, err := kc.CoreV1().Nodes().Patch(ctx, "node1", types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, func() bool {
+			n, err := kc.CoreV1().Nodes().Get(ctx, "node1", metav1.GetOptions{})
+			return err == nil && n.Annotations[bd] == before.Annotations[bd]
+		}, "node1's backend-data annotation restored")
+		for _, w := range wefts {
+			waitTunnelsMatchNodes(t, c, w, 5*time.Second)
+		}
+	})
 
 	t.Run("RestartKeepsVtepMAC", func(t *testing.T) {
 		n := wefts[1]

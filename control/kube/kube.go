@@ -35,6 +35,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -77,7 +78,9 @@ type Manager struct {
 	log      *zap.Logger
 	metrics  *metrics.Metrics
 
-	unmanaged map[string]bool // Nodes that are not peers; Watch's goroutine only
+	unmanaged map[string]bool                    // Nodes that are not peers; Watch's goroutine only
+	published atomic.Pointer[flannel.LeaseAttrs] // what Publish last wrote
+	republish chan struct{}                      // checkOwn -> republishLoop
 }
 
 // RESTConfig builds the client config like flanneld: the URL and/or
@@ -139,7 +142,7 @@ func New(ctx context.Context, o Options, log *zap.Logger, m *metrics.Metrics) (*
 	if err != nil {
 		return nil, fmt.Errorf("kube client: %w", err)
 	}
-	mgr := &Manager{client: cs, ann: ann, cfg: cfg, log: log, metrics: m}
+	mgr := &Manager{client: cs, ann: ann, cfg: cfg, log: log, metrics: m, republish: make(chan struct{}, 1)}
 	// The apiserver may not answer yet (a node booting with the control
 	// plane): wait for it like flanneld does for its node controller.
 	if err := mgr.retry(ctx, "find this node's name", func() (err error) {

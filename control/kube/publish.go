@@ -30,12 +30,7 @@ func (a Annotations) PublishPatch(attrs flannel.LeaseAttrs, now time.Time) ([]by
 	}
 	t := metav1.NewTime(now)
 	patch := map[string]any{
-		"metadata": map[string]any{"annotations": map[string]string{
-			a.BackendType: attrs.BackendType,
-			a.BackendData: string(attrs.BackendData),
-			a.PublicIP:    attrs.PublicIP.String(),
-			a.KubeManaged: "true",
-		}},
+		"metadata": map[string]any{"annotations": a.annotationsFor(attrs)},
 		"status": map[string]any{"conditions": []corev1.NodeCondition{{
 			Type:               corev1.NodeNetworkUnavailable,
 			Status:             corev1.ConditionFalse,
@@ -48,6 +43,16 @@ func (a Annotations) PublishPatch(attrs flannel.LeaseAttrs, now time.Time) ([]by
 	return json.Marshal(patch)
 }
 
+// annotationsFor is a lease as flanneld's annotations.
+func (a Annotations) annotationsFor(attrs flannel.LeaseAttrs) map[string]string {
+	return map[string]string{
+		a.BackendType: attrs.BackendType,
+		a.BackendData: string(attrs.BackendData),
+		a.PublicIP:    attrs.PublicIP.String(),
+		a.KubeManaged: "true",
+	}
+}
+
 // Publish writes this node's lease annotations and NetworkUnavailable=False
 // in one PATCH of nodes/status. Call it once the data plane is up: from then
 // on peers send this node traffic.
@@ -56,11 +61,15 @@ func (m *Manager) Publish(ctx context.Context, attrs flannel.LeaseAttrs) error {
 	if err != nil {
 		return err
 	}
-	return m.retry(ctx, "publish the lease", func() error {
+	err = m.retry(ctx, "publish the lease", func() error {
 		if _, err := m.client.CoreV1().Nodes().Patch(ctx, m.nodeName, types.StrategicMergePatchType, patch,
 			metav1.PatchOptions{FieldManager: "weftd"}, "status"); err != nil {
 			return apiError("patch", "nodes/status", err)
 		}
 		return nil
 	})
+	if err == nil {
+		m.published.Store(&attrs)
+	}
+	return err
 }

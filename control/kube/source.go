@@ -37,6 +37,7 @@ const probeInterval = time.Second
 // kube-subnet-manager annotation are not peers and not reported. It returns
 // when ctx is done.
 func (m *Manager) Watch(ctx context.Context, apply func(peers.Batch)) error {
+	go m.republishLoop(ctx)
 	for {
 		err := m.session(ctx, apply)
 		if ctx.Err() != nil {
@@ -145,11 +146,55 @@ func slimNode(obj any) (any, error) {
 	}, nil
 }
 
+// checkOwn republishes this node's lease when its annotations no longer
+// say what Publish wrote (removed by hand, or the Node was deleted and the
+// kubelet registered it again): peers would otherwise drop this node while
+// it keeps forwarding. flanneld only publishes at start.
+func (m *Manager) checkOwn(n *corev1.Node) {
+	want := m.published.Load()
+	if want == nil || n.Name != m.nodeName {
+		return
+	}
+	for k, v := range m.ann.annotationsFor(*want) {
+		if n.Annotations[k] != v {
+			m.log.Warn("own Node lost its lease annotations; publishing them again", zap.String("node", n.Name),
+				zap.String("annotation", k), zap.String("found", n.Annotations[k]))
+			select {
+			case m.republish <- struct{}{}:
+			default:
+			}
+			return
+		}
+	}
+}
+
+// republishLoop publishes again whenever checkOwn asks, until ctx ends.
+func (m *Manager) republishLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.republish:
+		}
+		if want := m.published.Load(); want != nil {
+			if err := m.Publish(ctx, *want); err != nil && ctx.Err() == nil {
+				m.log.Error("republish own lease", zap.Error(err))
+			}
+		}
+		select { // at most once a second, should something fight over them
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // parse is ParseNode for the index. A Node without the
 // kube-subnet-manager annotation (no annotations at all, or a node whose
 // daemon has not started yet) is not a peer, as in flannel; it is logged
 // once and counted so an operator can tell "not ours" from "missing".
 func (m *Manager) parse(n *corev1.Node) parsed {
+	m.checkOwn(n)
 	m.setUnmanaged(n.Name, !m.ann.Managed(n))
 	if !m.ann.Managed(n) {
 		return parsed{}
