@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
@@ -103,6 +105,7 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 		n := obj.(*corev1.Node)
 		x.set(Key(n.Name), m.parse(n))
 	}
+	m.metrics.UnmanagedNodes.Store(int64(len(m.unmanaged)))
 	full := x.full()
 	m.report(full)
 	apply(peers.Batch{Full: true, Changes: full})
@@ -234,14 +237,24 @@ func (m *Manager) report(changes []peers.Change) {
 	}
 }
 
-// noteAPI counts a failed list or watch and marks the session broken, so
-// the probe restarts it once the apiserver answers.
+// noteAPI counts a failed list or watch. A connection failure or an
+// apiserver that is not ready (5xx, 429, timeouts) marks the session
+// broken, so the probe restarts it once the apiserver answers. A refusal
+// (403 after an RBAC change, 401) is left to the reflector's backoff: a
+// fresh informer would be refused just the same, once a second.
 func (m *Manager) noteAPI(broken *atomic.Bool, verb string, err error) {
 	if err == nil {
 		broken.Store(false)
 		return
 	}
 	m.metrics.StoreErrors.Add(1)
+	var status apierrors.APIStatus
+	transient := apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsServerTimeout(err) ||
+		apierrors.IsTimeout(err) || apierrors.IsTooManyRequests(err)
+	if errors.As(err, &status) && !transient {
+		m.log.Warn("kube-apiserver refused a Node "+verb+"; retrying with backoff", zap.Error(apiError(verb, "nodes", err)))
+		return
+	}
 	if !broken.Swap(true) {
 		m.log.Warn("kube-apiserver unreachable; the data plane keeps forwarding with the tunnels it has",
 			zap.String("call", verb+" nodes"), zap.Error(err))
