@@ -262,6 +262,23 @@ func TestKubeCluster(t *testing.T) {
 		for _, n := range wefts {
 			waitTunnelsMatchNodes(t, c, n, 5*time.Second)
 		}
+
+		// A real join forwards: a new flannel-style node publishes its Node,
+		// gets a pod, and a Weft pod reaches it (both directions) at once.
+		f2, err := c.AddFlannelNode("flannel2", netip.MustParsePrefix("10.244.199.0/24"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod, err := c.AddPod(f2, "pod1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready := time.Now()
+		src := wefts[0].Pods[0]
+		waitFor(t, time.Second, func() bool {
+			return src.Ping(ctx, pod.IP, 1) == nil && pod.Ping(ctx, src.IP, 1) == nil
+		}, "node1/pod1 <-> flannel2/pod1 within 1s of the pod existing")
+		t.Logf("real join: node1/pod1 <-> flannel2/pod1 %v after the pod was wired", time.Since(ready).Round(time.Millisecond))
 	})
 
 	t.Run("NodeDeleted", func(t *testing.T) {
