@@ -41,18 +41,21 @@ const probeInterval = time.Second
 func (m *Manager) Watch(ctx context.Context, apply func(peers.Batch)) error {
 	go m.republishLoop(ctx)
 	for {
-		err := m.session(ctx, apply)
+		if err := m.session(ctx, apply); err != nil {
+			return err
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		m.log.Info("restarting the Node informer after the apiserver came back", zap.Error(err))
+		m.log.Info("the apiserver is back: restarting the Node informer (a full re-list)")
 		m.metrics.Resyncs.Add(1)
 	}
 }
 
 // session runs one informer until ctx is done or the apiserver, after being
 // unreachable, answers again (then a fresh list is quicker than waiting out
-// the reflector's backoff).
+// the reflector's backoff); both return nil. An error means the informer
+// could not be set up at all.
 func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -95,7 +98,7 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 	go m.probe(ctx, &broken, cancel)
 
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return ctx.Err()
+		return nil // ctx done, or the probe restarts a session that never synced
 	}
 	// Everything queued so far is in the list below.
 	q.take()
@@ -113,7 +116,7 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil
 		case <-q.ready:
 		}
 		var changes []peers.Change
