@@ -9,6 +9,8 @@ export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(MULTIARCH)
 BIN := bin
 GOTEST_FLAGS ?= -count=1
 FUZZTIME ?= 30s
+# fuzz-long: executions per target; two targets make >= 10 million in total.
+FUZZ_LONG_EXECS ?= 5000000
 
 # Debian packages a fresh machine with Go lacks; installed only when missing.
 DEPS_BUILD := clang llvm libbpf-dev
@@ -17,7 +19,7 @@ DEPS_BENCH := sockperf
 # nft goes into the image (weftd --ip-masq runs it); TestImage builds the image.
 DEPS_IMAGE := nftables
 
-.PHONY: help deps deps-build generate build test fuzz bench demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins image
+.PHONY: help deps deps-build generate build test fuzz bench demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins image fuzz-long
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -28,11 +30,14 @@ deps-build: ## install clang/llvm/libbpf-dev if missing (needs root)
 deps: ## install everything the tests and the lab need, if missing (needs root)
 	@./.ci/ensure-deps.sh $(DEPS_BUILD) $(DEPS_TEST) $(DEPS_IMAGE)
 
+# Packages with a //go:generate bpf2go line: the data plane and the benchmark's collect_md comparison.
+BPF_GEN_DIRS := bpf test/cluster/collectmd
+
 generate: deps-build ## rebuild the BPF objects and Go bindings with bpf2go
-	cd bpf && $(GO) generate ./...
+	for d in $(BPF_GEN_DIRS); do (cd $$d && $(GO) generate .) || exit 1; done
 
 check-generate: generate ## fail if the committed BPF objects are stale
-	git diff --exit-code -- bpf/ || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
+	git diff --exit-code -- $(BPF_GEN_DIRS) || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
 
 build: ## build weftd, weftctl, weft-cni, weft-install-cni and weft-lab into bin/
 	@mkdir -p $(BIN)
@@ -71,8 +76,12 @@ image: ## write the container image (static binaries + nft, no Docker needed) to
 	@./.ci/ensure-deps.sh $(DEPS_IMAGE)
 	GO=$(GO) $(GO) run ./deploy/image --out $(IMAGE) $(if $(IMAGE_VERSION),--version $(IMAGE_VERSION))
 
-fuzz: ## run the decap fuzz target for $(FUZZTIME)
-	$(GO) test -run '^$$' -fuzz FuzzDecap -fuzztime $(FUZZTIME) ./bpf/
+fuzz: ## run the decap and encap fuzz targets for $(FUZZTIME) each (CI's short run)
+	$(GO) test -run '^$$' -fuzz '^FuzzDecap$$' -fuzztime $(FUZZTIME) ./bpf/
+	$(GO) test -run '^$$' -fuzz '^FuzzEncap$$' -fuzztime $(FUZZTIME) ./bpf/
+
+fuzz-long: ## run each fuzz target for $(FUZZ_LONG_EXECS) executions (>= 10 million in total); prints executions and findings (needs root)
+	./.ci/fuzz-long.sh $(FUZZ_LONG_EXECS) FuzzDecap FuzzEncap
 
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d

@@ -96,7 +96,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.StringVar(&vtepMAC, "vtep-mac", "", "this node's VTEP MAC (default: derived from /etc/machine-id and the public IP, stable across reboots)")
 	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "bpffs directory for the data plane's maps, programs and links")
 	fs.StringVar(&decap, "decap", string(loader.DecapTC), "receive path: tc (tc decap after the kernel's VXLAN GRO) or xdp (XDP decap, inner GRO, tc delivery)")
-	fs.BoolVar(&c.GRODevice, "gro-device", true, "with --decap=tc, keep weftgro0, an external vxlan device whose socket gives VXLAN GRO (it occupies the VXLAN port)")
+	fs.BoolVar(&c.GRODevice, "gro-device", true, "keep weftgro0, an external vxlan device whose socket gives VXLAN GRO, reassembles VXLAN that routers fragmented and encapsulates pods' own tunnels (it occupies the VXLAN port)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:9473", "address of the /healthz and /metrics endpoint; empty disables it")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.CleanupOnExit, "cleanup-on-exit", false, "on SIGTERM remove the data plane and release the subnet lease (default: leave both)")

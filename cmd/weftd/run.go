@@ -128,6 +128,7 @@ func (d *daemon) setupDataplane(ul underlay, netCfg *flannel.NetworkConfig, own 
 		Port:        uint16(netCfg.Backend.Port),
 		Decap:       d.cfg.Decap,
 		NoGRODevice: !d.cfg.GRODevice,
+		Log:         d.log,
 	})
 	if err == nil {
 		err = writeSubnetEnv(d.cfg.SubnetFile, subnetEnv{
@@ -139,6 +140,7 @@ func (d *daemon) setupDataplane(ul underlay, netCfg *flannel.NetworkConfig, own 
 		return nil, nil, err
 	}
 	d.log.Info("data plane ready", zap.Stringer("subnet", own.Subnet()), zap.Stringer("vtep_mac", own.VtepMAC()),
+		zap.String("decap", string(nodeState.Decap)),
 		zap.Stringer("public_ip", own.PublicIP()), zap.String("subnet_file", d.cfg.SubnetFile),
 		zap.Int("pod_mtu", loader.PodMTU(int(nodeState.Config.MTU))))
 	return dp, &nodeState, nil
