@@ -19,7 +19,7 @@ DEPS_BENCH := sockperf
 # nft goes into the image (weftd --ip-masq runs it); TestImage builds the image.
 DEPS_IMAGE := nftables
 
-.PHONY: help deps deps-build generate build test fuzz bench demo lab-up lab-down install-cni lint clean check-generate kube-bins image fuzz-long
+.PHONY: help deps deps-build generate build test fuzz bench demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins image fuzz-long
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ test: deps build kube-bins ## run every test, including the privileged end-to-en
 
 demo: deps build ## run the lab demo: a mixed Weft/flannel cluster in namespaces, proven and torn down (needs root)
 	./$(BIN)/weft-lab demo --bin-dir $(BIN)
+
+demo-kube: deps build kube-bins ## the demo with Node objects on a real kube-apiserver (weftd --kube-subnet-mgr) instead of etcd (needs root)
+	./$(BIN)/weft-lab demo --store=kube --bin-dir $(BIN)
 
 lab-up: deps build ## build a lab cluster and keep it running until Ctrl-C (weft-lab status / down from another shell)
 	./$(BIN)/weft-lab up --bin-dir $(BIN)

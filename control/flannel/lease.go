@@ -155,12 +155,9 @@ func ParseLeaseAttrs(b []byte) (LeaseAttrs, error) {
 		return LeaseAttrs{}, fmt.Errorf("%w: missing", ErrPublicIP)
 	}
 	a := LeaseAttrs{BackendType: w.BackendType, BackendData: w.BackendData, BackendV6Data: w.BackendV6Data}
-	ip, err := netip.ParseAddr(*w.PublicIP)
-	if err != nil || !ip.Is4() {
-		return LeaseAttrs{}, fmt.Errorf("%w: %q is not an IPv4 address", ErrPublicIP, *w.PublicIP)
-	}
-	if ip.IsUnspecified() || ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		return LeaseAttrs{}, fmt.Errorf("%w: %s is not a unicast address", ErrPublicIP, ip)
+	ip, err := ParsePublicIP(*w.PublicIP)
+	if err != nil {
+		return LeaseAttrs{}, err
 	}
 	a.PublicIP = ip
 	if w.PublicIPv6 != nil {
@@ -171,6 +168,20 @@ func ParseLeaseAttrs(b []byte) (LeaseAttrs, error) {
 		a.PublicIPv6 = ip6
 	}
 	return a, nil
+}
+
+// ParsePublicIP parses a node's underlay address as a lease carries it (the
+// etcd value's PublicIP, or the Kubernetes public-ip annotation): a unicast
+// IPv4 address. Errors wrap ErrPublicIP.
+func ParsePublicIP(s string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil || !ip.Is4() {
+		return netip.Addr{}, fmt.Errorf("%w: %q is not an IPv4 address", ErrPublicIP, s)
+	}
+	if ip.IsUnspecified() || ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return netip.Addr{}, fmt.Errorf("%w: %s is not a unicast address", ErrPublicIP, ip)
+	}
+	return ip, nil
 }
 
 // VXLANData is the vxlan backend's BackendData (flannel's vxlanLeaseAttrs).
