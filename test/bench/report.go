@@ -110,11 +110,14 @@ type jsonFile struct {
 }
 
 // ratio pairs shown in the table: numerator / denominator.
+// weft-tc's two bars come first: the targets (>= 1.0x host-gw,
+// never below kernel vxlan).
 var ratioPairs = [][2]cluster.DataPlane{
-	{cluster.WeftXDP, cluster.KernelVXLAN},
 	{cluster.WeftTC, cluster.KernelVXLAN},
-	{cluster.WeftXDP, cluster.HostGW},
 	{cluster.WeftTC, cluster.HostGW},
+	{cluster.WeftXDP, cluster.KernelVXLAN},
+	{cluster.WeftXDP, cluster.HostGW},
+	{cluster.WeftDirect, cluster.HostGW},
 	{cluster.KernelVXLAN, cluster.HostGW},
 	{cluster.KernelCollectMD, cluster.HostGW},
 }
@@ -129,6 +132,18 @@ func shortDP(d cluster.DataPlane) string {
 		return "host-gw"
 	}
 	return string(d)
+}
+
+// resultsFile names each underlay's JSON; the wire-like headline keeps the
+// name it always had.
+func resultsFile(cfg string) string {
+	switch cfg {
+	case cfgVeth:
+		return "results-veth.json"
+	case cfgBridged:
+		return "results-bridged.json"
+	}
+	return "results.json"
 }
 
 func report(o options, env machineEnv, res results, notes map[string][]string) error {
@@ -202,10 +217,7 @@ func report(o options, env machineEnv, res results, notes map[string][]string) e
 		}
 		fmt.Println()
 
-		name := "results.json"
-		if cfg == cfgVeth {
-			name = "results-veth.json"
-		}
+		name := resultsFile(cfg)
 		b, err := json.MarshalIndent(jf, "", "  ")
 		if err != nil {
 			return err

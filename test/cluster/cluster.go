@@ -7,6 +7,9 @@
 //	                   (test/cluster/collectmd), the way Cilium encapsulates
 //	weft-tc            Weft, decapsulating at tc ingress
 //	weft-xdp           Weft, decapsulating in XDP
+//	weft-direct        Weft with DirectRouting: BPF forwarding, no encapsulation
+//	                   (what the tunnel costs, against what skipping the
+//	                   node stacks saves; host-gw's counterpart)
 //
 // Node i (0-based) is named "a", "b", ..., owns pod subnet 10.244.<i+1>.0/24
 // and VtepMAC 0e:77:00:00:00:<i+1>; its pods get <subnet>.2, .3, ... Every
@@ -37,10 +40,11 @@ const (
 	KernelCollectMD DataPlane = "kernel-collect-md"
 	WeftTC          DataPlane = "weft-tc"
 	WeftXDP         DataPlane = "weft-xdp"
+	WeftDirect      DataPlane = "weft-direct"
 )
 
 // DataPlanes lists every data plane, baselines first.
-var DataPlanes = []DataPlane{HostGW, KernelVXLAN, KernelCollectMD, WeftTC, WeftXDP}
+var DataPlanes = []DataPlane{HostGW, KernelVXLAN, KernelCollectMD, WeftTC, WeftXDP, WeftDirect}
 
 // ParseDataPlane accepts one of DataPlanes' names.
 func ParseDataPlane(s string) (DataPlane, error) {
@@ -57,10 +61,10 @@ func ParseDataPlane(s string) (DataPlane, error) {
 }
 
 // Weft reports whether d is one of Weft's flavours.
-func (d DataPlane) Weft() bool { return d == WeftTC || d == WeftXDP }
+func (d DataPlane) Weft() bool { return d == WeftTC || d == WeftXDP || d == WeftDirect }
 
-// Encap reports whether d encapsulates (every data plane but host-gw).
-func (d DataPlane) Encap() bool { return d != HostGW }
+// Encap reports whether d encapsulates (every data plane but host-gw and weft-direct).
+func (d DataPlane) Encap() bool { return d != HostGW && d != WeftDirect }
 
 // Defaults for Options.
 var (
@@ -81,7 +85,9 @@ type Options struct {
 	DataPlane   DataPlane
 	Nodes       int  // default 2
 	PodsPerNode int  // default 1
-	WireLike    bool // wire-like underlay offloads (topo.Lab.SetWireLike)
+	WireLike    bool // wire-like underlay offloads (topo.Lab.SetWireLike); same as Offloads: topo.WireLike
+	// Offloads shapes the underlay veths (topo.Offloads); WireLike wins if set.
+	Offloads topo.Offloads
 	// Lab is passed to topo.New (prefix, underlay, MTU, logs).
 	Lab topo.Options
 	// PinRoot holds Weft's pins, one directory per node. Default
@@ -165,8 +171,11 @@ func New(o Options) (c *Cluster, err error) {
 		}
 	}
 	if o.WireLike {
+		o.Offloads = topo.WireLike
+	}
+	if o.Offloads != topo.VethDefaults {
 		// Before any node exists: nodes inherit it as they are added.
-		if err := lab.SetWireLike(true); err != nil {
+		if err := lab.SetOffloads(o.Offloads); err != nil {
 			return c, err
 		}
 	}
@@ -226,7 +235,7 @@ func (c *Cluster) addPods(n *Node, count int) error {
 		switch c.DataPlane {
 		case KernelVXLAN:
 			po = n.Topo.Flannel.PodOptions(ip)
-		case WeftTC, WeftXDP:
+		case WeftTC, WeftXDP, WeftDirect:
 			// Weft's from_pod answers the pod's ARP for its gateway, as with weft-cni.
 			po = topo.PodOptions{IP: netip.PrefixFrom(ip, n.Subnet.Bits()), Gateway: gw, MTU: c.PodMTU(), GatewayByARP: true}
 		default:
@@ -254,9 +263,13 @@ func (c *Cluster) peers(n *Node) []*Node {
 }
 
 func (c *Cluster) tunnels(n *Node) []maps.Tunnel {
+	mode := maps.ModeVXLAN
+	if c.DataPlane == WeftDirect {
+		mode = maps.ModeDirect
+	}
 	var ts []maps.Tunnel
 	for _, p := range c.peers(n) {
-		ts = append(ts, maps.Tunnel{Subnet: p.Subnet, Remote: p.Topo.UnderlayIP, VtepMAC: p.VtepMAC, VNI: c.VNI, Mode: maps.ModeVXLAN})
+		ts = append(ts, maps.Tunnel{Subnet: p.Subnet, Remote: p.Topo.UnderlayIP, VtepMAC: p.VtepMAC, VNI: c.VNI, Mode: mode})
 	}
 	return ts
 }
@@ -352,6 +365,23 @@ func (c *Cluster) Stats(n *Node) (map[string]uint64, error) {
 		return set.Stats.Snapshot()
 	case n.cmd != nil:
 		return maps.NewStatsMap(n.cmd.objs.Stats).Snapshot()
+	}
+	return nil, nil
+}
+
+// Counters returns a node's data-plane counters with packets and bytes
+// (Weft and kernel-collect-md nodes; nil for the kernel-only data planes).
+func (c *Cluster) Counters(n *Node) ([]maps.Counter, error) {
+	switch {
+	case c.DataPlane.Weft():
+		set, err := maps.OpenPinned(n.PinPath)
+		if err != nil {
+			return nil, err
+		}
+		defer set.Close()
+		return set.Stats.All()
+	case n.cmd != nil:
+		return maps.NewStatsMap(n.cmd.objs.Stats).All()
 	}
 	return nil, nil
 }

@@ -87,7 +87,7 @@ type Lab struct {
 	procs      map[*exec.Cmd]*proc
 	seq        int
 	nodeCount  int // node slots handed out, also for failed AddNode calls
-	wireLike   bool
+	offloads   Offloads
 	closed     bool
 	ownLogDir  bool
 	keepLogs   bool
@@ -276,10 +276,10 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 	}
 	l.mu.Lock()
 	l.Nodes = append(l.Nodes, n)
-	wire := l.wireLike
+	off := l.offloads
 	l.mu.Unlock()
-	if wire {
-		if err := n.setWireLike(true); err != nil {
+	if off != VethDefaults {
+		if err := n.setOffloads(off); err != nil {
 			return n, fmt.Errorf("add node %q: %w", name, err)
 		}
 	}
