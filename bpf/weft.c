@@ -8,6 +8,7 @@
  *   from_underlay      tc ingress on the underlay NIC
  *   from_underlay_xdp  XDP on the underlay NIC (optional fast receive path)
  *   gro_sink           tc ingress on weftgro0, the GRO helper (see loader/gro.go)
+ *   from_gro_cell      tc ingress on weftgc1, GRO after decap (see loader/grocell.go)
  *
  * Encapsulation is done here, byte-compatible with the Linux vxlan driver as
  * flannel programs it, so there is no vxlan device and no per-remote-host
@@ -481,6 +482,21 @@ pass:
 	return TC_ACT_OK;
 }
 
+/*
+ * The GRO cell (loader/grocell.go) is a veth pair, weftgc0 -> weftgc1, made
+ * so that the kernel's veth NAPI runs GRO on what we transmit into weftgc0:
+ * the kernel vxlan driver's gro_cells, built from stock parts. A node whose
+ * underlay hands tc one 1.5 KB segment at a time (a veth whose peer has TSO
+ * on, a NIC with GRO off) would otherwise push every segment through the
+ * pod's stack alone. Only single segments go in: a GSO skb is already
+ * aggregated, and segmenting it again on weftgc0 (TSO off) would undo that
+ * and trip over the tunnel GSO bits a tc decap leaves behind.
+ */
+static __always_inline int to_gro_cell(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	return cfg->gro_cell_ifindex && !skb->gso_size;
+}
+
 SEC("tc")
 int from_underlay(struct __sk_buff *skb)
 {
@@ -528,8 +544,12 @@ int from_underlay(struct __sk_buff *skb)
 		count(CNT_DROP_HELPER, skb->len);
 		return TC_ACT_SHOT;
 	}
+	if (to_gro_cell(skb, cfg))
+		return bpf_redirect(cfg->gro_cell_ifindex, 0);
 	return deliver_decapsulated(skb, cfg);
 }
+
+
 
 /*
  * XDP receive: validate and decapsulate before the stack allocates anything,
@@ -597,4 +617,22 @@ int gro_sink(struct __sk_buff *skb)
 {
 	count(CNT_DROP_GRO_DEVICE, skb->len);
 	return TC_ACT_SHOT;
+}
+
+/*
+ * tc ingress on weftgc1, the receiving end of the GRO cell: what arrives is
+ * what from_underlay decapsulated and sent into weftgc0, now coalesced by
+ * the veth's GRO. Nothing else can reach it (no address, no route, no
+ * other sender in the node), so it is delivered as from_underlay would have.
+ */
+SEC("tc")
+int from_gro_cell(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = node_config();
+
+	if (!cfg) {
+		count(CNT_PASS_NO_CONFIG, skb->len);
+		return TC_ACT_SHOT; /* leads nowhere without a config */
+	}
+	return deliver_decapsulated(skb, cfg);
 }

@@ -69,7 +69,15 @@ struct node_config {
 	__u16 src_port_max;
 	__u32 flags;
 	__u32 layout;        /* WEFT_PIN_LAYOUT of whoever wrote it */
-	__u32 reserved[4];
+	/*
+	 * weftgc0, the sending end of the GRO cell (loader/grocell.go), on nodes
+	 * whose underlay does not coalesce before tc: decapsulated single
+	 * segments go through it to be aggregated before delivery. 0: deliver
+	 * directly. Taken from the reserved space: same value size, and an
+	 * older writer leaves it 0.
+	 */
+	__u32 gro_cell_ifindex;
+	__u32 reserved[3];
 };
 
 /*

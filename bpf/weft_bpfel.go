@@ -85,7 +85,8 @@ type WeftNodeConfig struct {
 	SrcPortMax      uint16
 	Flags           uint32
 	Layout          uint32
-	Reserved        [4]uint32
+	GroCellIfindex  uint32
+	Reserved        [3]uint32
 }
 
 type WeftPeerKey struct {
@@ -138,6 +139,7 @@ const (
 	WeftMapStats            = "stats"
 	WeftMapTunnelStats      = "tunnel_stats"
 	WeftMapTunnels          = "tunnels"
+	WeftProgFromGroCell     = "from_gro_cell"
 	WeftProgFromHost        = "from_host"
 	WeftProgFromPod         = "from_pod"
 	WeftProgFromUnderlay    = "from_underlay"
@@ -190,6 +192,7 @@ type WeftSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WeftProgramSpecs struct {
+	FromGroCell     *ebpf.ProgramSpec `ebpf:"from_gro_cell"`
 	FromHost        *ebpf.ProgramSpec `ebpf:"from_host"`
 	FromPod         *ebpf.ProgramSpec `ebpf:"from_pod"`
 	FromUnderlay    *ebpf.ProgramSpec `ebpf:"from_underlay"`
@@ -267,6 +270,7 @@ type WeftVariables struct {
 //
 // It can be passed to LoadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WeftPrograms struct {
+	FromGroCell     *ebpf.Program `ebpf:"from_gro_cell"`
 	FromHost        *ebpf.Program `ebpf:"from_host"`
 	FromPod         *ebpf.Program `ebpf:"from_pod"`
 	FromUnderlay    *ebpf.Program `ebpf:"from_underlay"`
@@ -276,6 +280,7 @@ type WeftPrograms struct {
 
 func (p *WeftPrograms) Close() error {
 	return _WeftClose(
+		p.FromGroCell,
 		p.FromHost,
 		p.FromPod,
 		p.FromUnderlay,

@@ -23,17 +23,20 @@ const (
 	// DecapXDP validates and decapsulates in XDP (native, generic as
 	// fallback) and lets GRO coalesce the inner flow; tc delivers.
 	DecapXDP DecapMode = "xdp"
-	// DecapTC does everything at tc ingress.
+	// DecapTC does everything at tc ingress, after the underlay's GRO.
 	DecapTC DecapMode = "tc"
+	// DecapGROCell decapsulates at tc ingress and aggregates afterwards in
+	// the GRO cell (grocell.go): for underlays that do not GRO before tc.
+	DecapGROCell DecapMode = "tc-gro-cell"
 )
 
-// ParseDecapMode accepts "xdp" or "tc".
+// ParseDecapMode accepts "xdp", "tc" or "tc-gro-cell".
 func ParseDecapMode(s string) (DecapMode, error) {
 	switch DecapMode(s) {
-	case DecapXDP, DecapTC:
+	case DecapXDP, DecapTC, DecapGROCell:
 		return DecapMode(s), nil
 	}
-	return "", fmt.Errorf("decap mode %q: want xdp or tc", s)
+	return "", fmt.Errorf("decap mode %q: want xdp, tc or tc-gro-cell", s)
 }
 
 // Link pin names under <pin path>/links.
@@ -60,7 +63,7 @@ func (d *Datapath) AttachUnderlay(ifindex int, mode DecapMode) error {
 	if err := d.attachTC(LinkUnderlayTC, ifindex, d.objs.FromUnderlay, ebpf.AttachTCXIngress); err != nil {
 		return err
 	}
-	if mode == DecapTC {
+	if mode != DecapXDP {
 		return detachPinned(d.PinPath, LinkUnderlayXDP)
 	}
 	return d.attachOrUpdate(LinkUnderlayXDP, ifindex, d.objs.FromUnderlayXdp, func() (link.Link, error) {
@@ -246,6 +249,8 @@ func (d *Datapath) Upgrade() error {
 			prog = d.objs.FromHost
 		case name == LinkGROSink:
 			prog = d.objs.GroSink
+		case name == LinkGROCell:
+			prog = d.objs.FromGroCell
 		case strings.HasPrefix(name, linkPodPrefix):
 			prog = d.objs.FromPod
 		default:

@@ -153,6 +153,7 @@ func (d *Datapath) programs() map[string]*ebpf.Program {
 		bpf.WeftProgFromUnderlay:    d.objs.FromUnderlay,
 		bpf.WeftProgFromUnderlayXdp: d.objs.FromUnderlayXdp,
 		bpf.WeftProgGroSink:         d.objs.GroSink,
+		bpf.WeftProgFromGroCell:     d.objs.FromGroCell,
 	}
 }
 

@@ -95,6 +95,13 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 		Port:            nc.Port,
 		MTU:             uint16(mtu),
 	}
+	if nc.Decap == DecapGROCell {
+		idx, err := d.ensureGROCell(mtu)
+		if err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
+		}
+		cfg.GROCellIfIndex = uint32(idx)
+	}
 	// Config before programs: a program attached to an empty config passes
 	// everything to the kernel, which is harmless but not what we want.
 	if err := d.Maps.Config.Set(cfg); err != nil {
@@ -113,6 +120,12 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 		}
 	} else if err := removeGRODevice(d.PinPath); err != nil {
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
+	}
+	// After the config stopped pointing at it.
+	if nc.Decap != DecapGROCell {
+		if err := removeGROCell(d.PinPath); err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
+		}
 	}
 	if err := d.Upgrade(); err != nil { // pods attached by an older version
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
@@ -235,6 +248,7 @@ func TeardownNode(pinPath, hostDevice string) error {
 		}
 	}
 	errs = append(errs, removeGRODevice(pinPath))
+	errs = append(errs, removeGROCell(pinPath))
 	errs = append(errs, Remove(pinPath))
 	return errors.Join(errs...)
 }

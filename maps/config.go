@@ -41,6 +41,9 @@ type Config struct {
 	SrcPortMin      uint16           `json:"src_port_min"`
 	SrcPortMax      uint16           `json:"src_port_max"`
 	Layout          uint32           `json:"layout"`
+	// GROCellIfIndex is weftgc0 on nodes that aggregate after decap
+	// (loader.DecapGROCell); 0 delivers directly.
+	GROCellIfIndex uint32 `json:"gro_cell_ifindex,omitempty"`
 }
 
 // Validate checks what the data plane relies on.
@@ -102,6 +105,7 @@ func (cm *ConfigMap) Set(c Config) error {
 		SrcPortMin:      c.SrcPortMin,
 		SrcPortMax:      c.SrcPortMax,
 		Layout:          PinLayout,
+		GroCellIfindex:  c.GROCellIfIndex,
 	}
 	if err := cm.m.Put(uint32(0), &val); err != nil {
 		return fmt.Errorf("set config: %w", err)
@@ -131,6 +135,7 @@ func (cm *ConfigMap) Get() (Config, error) {
 		SrcPortMin:      v.SrcPortMin,
 		SrcPortMax:      v.SrcPortMax,
 		Layout:          v.Layout,
+		GROCellIfIndex:  v.GroCellIfindex,
 	}, nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/weftnet/weft/loader"
@@ -41,27 +42,35 @@ const (
 	WeftTC          DataPlane = "weft-tc"
 	WeftXDP         DataPlane = "weft-xdp"
 	WeftDirect      DataPlane = "weft-direct"
+	// WeftGROCell is weft-tc with aggregation after decap (loader.DecapGROCell).
+	WeftGROCell DataPlane = "weft-gro-cell"
 )
 
 // DataPlanes lists every data plane, baselines first.
 var DataPlanes = []DataPlane{HostGW, KernelVXLAN, KernelCollectMD, WeftTC, WeftXDP, WeftDirect}
 
-// ParseDataPlane accepts one of DataPlanes' names.
+// MoreDataPlanes are built on request only (bench --dataplanes), for A/B runs.
+var MoreDataPlanes = []DataPlane{WeftGROCell}
+
+// ParseDataPlane accepts one of DataPlanes' or MoreDataPlanes' names.
 func ParseDataPlane(s string) (DataPlane, error) {
-	for _, d := range DataPlanes {
+	all := append(slices.Clone(DataPlanes), MoreDataPlanes...)
+	for _, d := range all {
 		if string(d) == s {
 			return d, nil
 		}
 	}
-	names := make([]string, len(DataPlanes))
-	for i, d := range DataPlanes {
+	names := make([]string, len(all))
+	for i, d := range all {
 		names[i] = string(d)
 	}
 	return "", fmt.Errorf("data plane %q: want one of %s", s, strings.Join(names, ", "))
 }
 
 // Weft reports whether d is one of Weft's flavours.
-func (d DataPlane) Weft() bool { return d == WeftTC || d == WeftXDP || d == WeftDirect }
+func (d DataPlane) Weft() bool {
+	return d == WeftTC || d == WeftXDP || d == WeftDirect || d == WeftGROCell
+}
 
 // Encap reports whether d encapsulates (every data plane but host-gw and weft-direct).
 func (d DataPlane) Encap() bool { return d != HostGW && d != WeftDirect }
@@ -235,7 +244,7 @@ func (c *Cluster) addPods(n *Node, count int) error {
 		switch c.DataPlane {
 		case KernelVXLAN:
 			po = n.Topo.Flannel.PodOptions(ip)
-		case WeftTC, WeftXDP, WeftDirect:
+		case WeftTC, WeftXDP, WeftDirect, WeftGROCell:
 			// Weft's from_pod answers the pod's ARP for its gateway, as with weft-cni.
 			po = topo.PodOptions{IP: netip.PrefixFrom(ip, n.Subnet.Bits()), Gateway: gw, MTU: c.PodMTU(), GatewayByARP: true}
 		default:
@@ -315,8 +324,11 @@ func (c *Cluster) program(n *Node) error {
 // This process keeps no handle: the data plane runs on its pins.
 func (c *Cluster) loadWeft(n *Node) error {
 	decap := loader.DecapTC
-	if c.DataPlane == WeftXDP {
+	switch c.DataPlane {
+	case WeftXDP:
 		decap = loader.DecapXDP
+	case WeftGROCell:
+		decap = loader.DecapGROCell
 	}
 	return n.Topo.Do(func() error {
 		d, err := loader.Load(loader.Options{PinPath: n.PinPath})

@@ -57,7 +57,8 @@ type CollectmdNodeConfig struct {
 	SrcPortMax      uint16
 	Flags           uint32
 	Layout          uint32
-	Reserved        [4]uint32
+	GroCellIfindex  uint32
+	Reserved        [3]uint32
 }
 
 type CollectmdPeerKey struct {
