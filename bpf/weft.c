@@ -483,18 +483,49 @@ pass:
 }
 
 /*
+ * Set once this program has decapsulated an aggregated (GSO) VXLAN skb: the
+ * underlay runs GRO before tc (NAPI + weftgro0's tunnel GRO), so the GRO
+ * cell is not needed. A global, not a pinned map: it lives as long as this
+ * program, and a reloaded program learns it again from the first train.
+ */
+__u32 underlay_aggregates = 0;
+
+/*
  * The GRO cell (loader/grocell.go) is a veth pair, weftgc0 -> weftgc1, made
  * so that the kernel's veth NAPI runs GRO on what we transmit into weftgc0:
  * the kernel vxlan driver's gro_cells, built from stock parts. A node whose
  * underlay hands tc one 1.5 KB segment at a time (a veth whose peer has TSO
- * on, a NIC with GRO off) would otherwise push every segment through the
- * pod's stack alone. Only single segments go in: a GSO skb is already
- * aggregated, and segmenting it again on weftgc0 (TSO off) would undo that
- * and trip over the tunnel GSO bits a tc decap leaves behind.
+ * on, a NIC with GRO off) would otherwise push every TCP segment through
+ * the pod's stack alone.
+ *
+ * The choice is per node and sticky: decapsulated TCP segments go through
+ * the cell until the first aggregated skb shows that the underlay does GRO
+ * itself; from then on everything is delivered directly, as before the cell
+ * existed. So a flow is never split between the two paths for longer than
+ * that one switch (which could reorder a few segments once), a GRO underlay
+ * keeps its direct path, and GSO skbs never enter the cell (weftgc0 has TSO
+ * off: it would segment them again, tripping over the tunnel GSO bits a tc
+ * decap leaves). Only TCP: GRO does not aggregate plain UDP, and small
+ * datagrams would pay the extra hop for nothing.
  */
 static __always_inline int to_gro_cell(struct __sk_buff *skb, const struct node_config *cfg)
 {
-	return cfg->gro_cell_ifindex && !skb->gso_size;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+
+	if (!cfg->gro_cell_ifindex)
+		return 0;
+	if (skb->gso_size) {
+		if (!underlay_aggregates)
+			underlay_aggregates = 1;
+		return 0;
+	}
+	if (underlay_aggregates)
+		return 0;
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	return ip->protocol == IPPROTO_TCP;
 }
 
 SEC("tc")

@@ -134,20 +134,21 @@ type WeftXdpMeta struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	WeftMapConfig           = "config"
-	WeftMapEndpoints        = "endpoints"
-	WeftMapStats            = "stats"
-	WeftMapTunnelStats      = "tunnel_stats"
-	WeftMapTunnels          = "tunnels"
-	WeftProgFromGroCell     = "from_gro_cell"
-	WeftProgFromHost        = "from_host"
-	WeftProgFromPod         = "from_pod"
-	WeftProgFromUnderlay    = "from_underlay"
-	WeftProgFromUnderlayXdp = "from_underlay_xdp"
-	WeftProgGroSink         = "gro_sink"
-	WeftVarUnusedCounter    = "unused_counter"
-	WeftVarUnusedTunnelMode = "unused_tunnel_mode"
-	WeftVarUnusedXdpMeta    = "unused_xdp_meta"
+	WeftMapConfig             = "config"
+	WeftMapEndpoints          = "endpoints"
+	WeftMapStats              = "stats"
+	WeftMapTunnelStats        = "tunnel_stats"
+	WeftMapTunnels            = "tunnels"
+	WeftProgFromGroCell       = "from_gro_cell"
+	WeftProgFromHost          = "from_host"
+	WeftProgFromPod           = "from_pod"
+	WeftProgFromUnderlay      = "from_underlay"
+	WeftProgFromUnderlayXdp   = "from_underlay_xdp"
+	WeftProgGroSink           = "gro_sink"
+	WeftVarUnderlayAggregates = "underlay_aggregates"
+	WeftVarUnusedCounter      = "unused_counter"
+	WeftVarUnusedTunnelMode   = "unused_tunnel_mode"
+	WeftVarUnusedXdpMeta      = "unused_xdp_meta"
 )
 
 // LoadWeft returns the embedded CollectionSpec for Weft.
@@ -215,9 +216,10 @@ type WeftMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WeftVariableSpecs struct {
-	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedTunnelMode *ebpf.VariableSpec `ebpf:"unused_tunnel_mode"`
-	UnusedXdpMeta    *ebpf.VariableSpec `ebpf:"unused_xdp_meta"`
+	UnderlayAggregates *ebpf.VariableSpec `ebpf:"underlay_aggregates"`
+	UnusedCounter      *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedTunnelMode   *ebpf.VariableSpec `ebpf:"unused_tunnel_mode"`
+	UnusedXdpMeta      *ebpf.VariableSpec `ebpf:"unused_xdp_meta"`
 }
 
 // WeftObjects contains all objects after they have been loaded into the kernel.
@@ -261,9 +263,10 @@ func (m *WeftMaps) Close() error {
 //
 // It can be passed to LoadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WeftVariables struct {
-	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedTunnelMode *ebpf.Variable `ebpf:"unused_tunnel_mode"`
-	UnusedXdpMeta    *ebpf.Variable `ebpf:"unused_xdp_meta"`
+	UnderlayAggregates *ebpf.Variable `ebpf:"underlay_aggregates"`
+	UnusedCounter      *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedTunnelMode   *ebpf.Variable `ebpf:"unused_tunnel_mode"`
+	UnusedXdpMeta      *ebpf.Variable `ebpf:"unused_xdp_meta"`
 }
 
 // WeftPrograms contains all programs after they have been loaded into the kernel.

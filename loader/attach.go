@@ -23,20 +23,19 @@ const (
 	// DecapXDP validates and decapsulates in XDP (native, generic as
 	// fallback) and lets GRO coalesce the inner flow; tc delivers.
 	DecapXDP DecapMode = "xdp"
-	// DecapTC does everything at tc ingress, after the underlay's GRO.
+	// DecapTC does everything at tc ingress: after the underlay's GRO where
+	// it runs one (weftgro0), else with aggregation after decap (the GRO
+	// cell, grocell.go).
 	DecapTC DecapMode = "tc"
-	// DecapGROCell decapsulates at tc ingress and aggregates afterwards in
-	// the GRO cell (grocell.go): for underlays that do not GRO before tc.
-	DecapGROCell DecapMode = "tc-gro-cell"
 )
 
-// ParseDecapMode accepts "xdp", "tc" or "tc-gro-cell".
+// ParseDecapMode accepts "xdp" or "tc".
 func ParseDecapMode(s string) (DecapMode, error) {
 	switch DecapMode(s) {
-	case DecapXDP, DecapTC, DecapGROCell:
+	case DecapXDP, DecapTC:
 		return DecapMode(s), nil
 	}
-	return "", fmt.Errorf("decap mode %q: want xdp, tc or tc-gro-cell", s)
+	return "", fmt.Errorf("decap mode %q: want xdp or tc", s)
 }
 
 // Link pin names under <pin path>/links.

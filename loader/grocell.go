@@ -24,13 +24,15 @@ import (
 // decap, TCP below kernel vxlan, which re-aggregates after decapsulation in
 // its gro_cells.
 //
-// DecapGROCell builds the same thing from stock parts: a veth pair in the
+// The GRO cell builds the same thing from stock parts: a veth pair in the
 // node, weftgc0 -> weftgc1, no address, no route. from_underlay decapsulates
-// each segment and transmits it into weftgc0 (TSO off there, so the kernel
-// takes weftgc1's NAPI path); weftgc1's GRO coalesces the inner flow;
+// each TCP segment and transmits it into weftgc0 (TSO off there, so the
+// kernel takes weftgc1's NAPI path); weftgc1's GRO coalesces the inner flow;
 // from_gro_cell on weftgc1's tc ingress delivers the train into the pod.
-// GSO skbs (an underlay that did aggregate) skip the cell. weftgro0 is not
-// made in this mode: it would hand the cell trains it must not segment.
+// Every tc-decap node has both weftgro0 and the cell; from_underlay uses the
+// cell only until it sees the first aggregated skb, the sign that the
+// underlay runs GRO itself (see to_gro_cell in bpf/weft.c): the choice is
+// made per node, by the traffic, once.
 const (
 	GROCellTx = "weftgc0" // from_underlay transmits into it
 	GROCellRx = "weftgc1" // its GRO aggregates; from_gro_cell delivers

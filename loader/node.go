@@ -31,6 +31,11 @@ type NodeConfig struct {
 	// NoGRODevice skips weftgro0 (see gro.go) on tc-decap nodes, e.g. when
 	// another kernel vxlan device must bind the same port.
 	NoGRODevice bool
+	// NoGROCell skips the GRO cell (see grocell.go) on tc-decap nodes:
+	// decapsulated segments are then delivered one by one where the
+	// underlay does not aggregate (the behaviour before the cell; for A/B
+	// measurements).
+	NoGROCell bool
 }
 
 // HostIP is the node's own address in its subnet: <subnet>.0, on weft0,
@@ -95,7 +100,8 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 		Port:            nc.Port,
 		MTU:             uint16(mtu),
 	}
-	if nc.Decap == DecapGROCell {
+	useCell := nc.Decap == DecapTC && !nc.NoGROCell
+	if useCell {
 		idx, err := d.ensureGROCell(mtu)
 		if err != nil {
 			return NodeState{}, fmt.Errorf("setup node: %w", err)
@@ -122,7 +128,7 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
 	}
 	// After the config stopped pointing at it.
-	if nc.Decap != DecapGROCell {
+	if !useCell {
 		if err := removeGROCell(d.PinPath); err != nil {
 			return NodeState{}, fmt.Errorf("setup node: %w", err)
 		}

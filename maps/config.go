@@ -42,7 +42,7 @@ type Config struct {
 	SrcPortMax      uint16           `json:"src_port_max"`
 	Layout          uint32           `json:"layout"`
 	// GROCellIfIndex is weftgc0 on nodes that aggregate after decap
-	// (loader.DecapGROCell); 0 delivers directly.
+	// (loader/grocell.go: tc-decap nodes); 0 delivers directly.
 	GROCellIfIndex uint32 `json:"gro_cell_ifindex,omitempty"`
 }
 

@@ -42,15 +42,16 @@ const (
 	WeftTC          DataPlane = "weft-tc"
 	WeftXDP         DataPlane = "weft-xdp"
 	WeftDirect      DataPlane = "weft-direct"
-	// WeftGROCell is weft-tc with aggregation after decap (loader.DecapGROCell).
-	WeftGROCell DataPlane = "weft-gro-cell"
+	// WeftTCNoCell is weft-tc without the GRO cell (loader.NodeConfig.NoGROCell):
+	// the receive path before aggregation after decap existed, for A/B runs.
+	WeftTCNoCell DataPlane = "weft-tc-nocell"
 )
 
 // DataPlanes lists every data plane, baselines first.
 var DataPlanes = []DataPlane{HostGW, KernelVXLAN, KernelCollectMD, WeftTC, WeftXDP, WeftDirect}
 
 // MoreDataPlanes are built on request only (bench --dataplanes), for A/B runs.
-var MoreDataPlanes = []DataPlane{WeftGROCell}
+var MoreDataPlanes = []DataPlane{WeftTCNoCell}
 
 // ParseDataPlane accepts one of DataPlanes' or MoreDataPlanes' names.
 func ParseDataPlane(s string) (DataPlane, error) {
@@ -69,7 +70,7 @@ func ParseDataPlane(s string) (DataPlane, error) {
 
 // Weft reports whether d is one of Weft's flavours.
 func (d DataPlane) Weft() bool {
-	return d == WeftTC || d == WeftXDP || d == WeftDirect || d == WeftGROCell
+	return d == WeftTC || d == WeftXDP || d == WeftDirect || d == WeftTCNoCell
 }
 
 // Encap reports whether d encapsulates (every data plane but host-gw and weft-direct).
@@ -244,7 +245,7 @@ func (c *Cluster) addPods(n *Node, count int) error {
 		switch c.DataPlane {
 		case KernelVXLAN:
 			po = n.Topo.Flannel.PodOptions(ip)
-		case WeftTC, WeftXDP, WeftDirect, WeftGROCell:
+		case WeftTC, WeftXDP, WeftDirect, WeftTCNoCell:
 			// Weft's from_pod answers the pod's ARP for its gateway, as with weft-cni.
 			po = topo.PodOptions{IP: netip.PrefixFrom(ip, n.Subnet.Bits()), Gateway: gw, MTU: c.PodMTU(), GatewayByARP: true}
 		default:
@@ -327,8 +328,6 @@ func (c *Cluster) loadWeft(n *Node) error {
 	switch c.DataPlane {
 	case WeftXDP:
 		decap = loader.DecapXDP
-	case WeftGROCell:
-		decap = loader.DecapGROCell
 	}
 	return n.Topo.Do(func() error {
 		d, err := loader.Load(loader.Options{PinPath: n.PinPath})
@@ -344,6 +343,8 @@ func (c *Cluster) loadWeft(n *Node) error {
 			VNI:      c.VNI,
 			Port:     c.Port,
 			Decap:    decap,
+			// weft-direct has nothing to decapsulate.
+			NoGROCell: c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirect,
 		}); err != nil {
 			return err
 		}

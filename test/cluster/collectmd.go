@@ -8,8 +8,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
-	"github.com/weftnet/weft/test/cluster/collectmd"
 	"github.com/weftnet/weft/maps"
+	"github.com/weftnet/weft/test/cluster/collectmd"
 )
 
 // collectMD is a kernel-collect-md node's data plane: test/cluster/collectmd/collectmd.c
