@@ -65,7 +65,7 @@ func writeChart(path string, env machineEnv, rounds int, panels []chartPanel) er
 
 func ratioPlot(pn chartPanel, env machineEnv, rounds int) (*plot.Plot, error) {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s underlay: median / host-gw median (Gbit/s, pkt/s: higher is better; rr latency, CPU/pkt: lower is better)\n%s, kernel %s, %d rounds",
+	p.Title.Text = fmt.Sprintf("%s underlay: median / host-gw median (Gbit/s, pkt/s: higher is better; rr latency, CPU/pkt, CPU/GB: lower is better)\n%s, kernel %s, %d rounds",
 		pn.config, env.machine, env.kernel, rounds)
 	p.Title.TextStyle.Font.Size = vg.Points(11)
 	p.Y.Label.Text = "ratio to host-gw"

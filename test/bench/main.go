@@ -280,7 +280,7 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 		metric  string
 		streams int
 	}{{mTCP1, 1}, {mTCP4, 4}} {
-		if !o.metrics[t.metric] {
+		if !o.metrics[t.metric] && !(t.streams == 1 && o.metrics[mTCPCPU]) {
 			continue
 		}
 		before := rxStats(c)
@@ -291,7 +291,12 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 			errs = append(errs, fmt.Errorf("%s: %w", t.metric, err))
 			continue
 		}
-		report(t.metric, v)
+		if o.metrics[t.metric] {
+			report(t.metric, v.gbps)
+		}
+		if t.streams == 1 && o.metrics[mTCPCPU] && v.cpuSPerGB > 0 {
+			report(mTCPCPU, v.cpuSPerGB)
+		}
 		if line := rxSummary(before, rxStats(c)); line != "" {
 			fmt.Printf("%s   (%s: %s)\n", tag, t.metric, line)
 		}
