@@ -74,10 +74,14 @@ type options struct {
 	out        string
 	hold       string
 	only       bool // --only: announce the measured window
+	pin        bool // --pin
 }
 
 func main() {
-	o, err := parseFlags()
+	o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
@@ -90,6 +94,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+	pinCPUs = o.pin
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	run := run
@@ -102,19 +107,22 @@ func main() {
 	}
 }
 
-func parseFlags() (options, error) {
+func parseFlags(args []string) (options, error) {
 	var o options
 	var config, dps, metrics, only string
+	flag := flag.NewFlagSet("bench", flag.ContinueOnError)
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; data planes are interleaved within each round")
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each measurement")
 	flag.StringVar(&config, "config", "all", "underlays, comma-separated: wire (2 nodes, wire-like offloads), bridged (3 nodes, wire-like at the node end, bridge ports with TSO on), veth (veth defaults); all; both = wire,veth")
 	flag.StringVar(&dps, "dataplanes", joinDP(cluster.DataPlanes), "comma-separated data planes")
 	flag.StringVar(&metrics, "metrics", strings.Join(allMetrics, ","), "comma-separated metrics (rr_* and cpu_* come with their test)")
 	flag.StringVar(&o.out, "out", filepath.Join("test", "bench", "out"), "output directory")
-	flag.BoolVar(&pinCPUs, "pin", false, "pin senders to CPU 0 and receivers to CPU 1 (iperf3 -A, taskset, sched_setaffinity): steadier on an idle machine, worse on a shared one")
+	flag.BoolVar(&o.pin, "pin", false, "pin senders to CPU 0 and receivers to CPU 1 (iperf3 -A, taskset, sched_setaffinity): steadier on an idle machine, worse on a shared one")
 	flag.StringVar(&only, "only", "", "PLANE:METRIC: run one data plane and one metric (1 round unless --rounds is given), for profiling")
 	flag.StringVar(&o.hold, "hold", "", "build one cluster of this data plane (first --config), print its namespaces and keep it until Ctrl-C: for profiling by hand")
-	flag.Parse()
+	if err := flag.Parse(args); err != nil {
+		return o, err
+	}
 	if flag.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", flag.Args())
 	}
@@ -144,7 +152,7 @@ func parseFlags() (options, error) {
 			return o, fmt.Errorf("--only %q: want PLANE:METRIC, e.g. weft-tc:tcp_1_gbps", only)
 		}
 		dps, metrics = dp, m
-		if !flag.CommandLine.Changed("rounds") {
+		if !flag.Changed("rounds") {
 			o.rounds = 1
 		}
 		o.only = true
