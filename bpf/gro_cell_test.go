@@ -2,6 +2,7 @@ package bpf_test
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
@@ -82,4 +83,26 @@ func TestFromGROCell(t *testing.T) {
 	bare := newBareEnv(t) // no config: nothing can be delivered
 	r = bare.run("from_gro_cell", frame)
 	r.check(t, tcActShot, counters("pass_no_config"))
+}
+
+// TestGROCellTakesDirectRoutingTCP: plain TCP from a DirectRouting peer's
+// pod takes the cell too, untouched (from_gro_cell does the delivery); UDP
+// is delivered directly.
+func TestGROCellTakesDirectRoutingTCP(t *testing.T) {
+	e := newCellEnv(t)
+	plainFromC := func(p pkt) []byte { // a packet from a pod on peer C to pod2
+		p.src, p.dst = remoteSrcC, pod2.IP
+		return ether(t, underlayMAC, peerCMAC, layers.EthernetTypeIPv4, ipv4(t, p))
+	}
+	in := plainFromC(pkt{})
+	r := e.run("from_underlay", in)
+	r.check(t, tcActRedirect, counters("direct_rx"))
+	hexDiff(t, "frame into the cell", r.out, in)
+
+	r = e.run("from_underlay", plainFromC(pkt{proto: layers.IPProtocolUDP}))
+	r.check(t, tcActRedirect, counters("direct_rx"))
+	ep, _ := endpointFor(netip.AddrFrom4([4]byte(r.out[14+16 : 14+20])))
+	if !slices.Equal(r.out[:6], ep.MAC) {
+		t.Errorf("UDP from a direct peer: destination MAC %x, want the pod's %s (delivered directly)", r.out[:6], ep.MAC)
+	}
 }

@@ -448,44 +448,9 @@ drop:
 }
 
 /*
- * Unencapsulated IPv4 from a DirectRouting peer to a local pod: deliver it
- * directly. Anything else goes to the kernel untouched.
- */
-static __always_inline int from_underlay_plain(struct __sk_buff *skb)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	const struct endpoint_info *ep;
-	const struct tunnel_info *tun;
-
-	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		goto pass;
-	if (!ipv4_header_ok(ip, skb->len - ETH_HLEN))
-		goto pass;
-	ep = endpoint_for_v4(ip->daddr);
-	if (!ep)
-		goto pass;
-	tun = tunnel_for_v4(ip->saddr);
-	if (!tun || tun->mode != TUNNEL_MODE_DIRECT)
-		goto pass;
-	count_peer_rx(tun->remote, skb->len);
-	{
-		int ret = deliver_to_pod(skb, ep, CNT_DIRECT_RX);
-
-		if (ret >= 0)
-			return ret;
-	}
-pass:
-	count(CNT_PASS_UNDERLAY, skb->len);
-	return TC_ACT_OK;
-}
-
-/*
- * Set once this program has decapsulated an aggregated (GSO) VXLAN skb: the
- * underlay runs GRO before tc (NAPI + weftgro0's tunnel GRO), so the GRO
- * cell is not needed. A global, not a pinned map: it lives as long as this
+ * Set once from_underlay has seen an aggregated (GSO) skb, decapsulated or
+ * from a DirectRouting peer: the underlay runs GRO before tc (NAPI, with
+ * weftgro0's tunnel GRO for VXLAN), so the GRO cell is not needed. A global, not a pinned map: it lives as long as this
  * program, and a reloaded program learns it again from the first train.
  */
 __u32 underlay_aggregates = 0;
@@ -506,7 +471,8 @@ __u32 underlay_aggregates = 0;
  * keeps its direct path, and GSO skbs never enter the cell (weftgc0 has TSO
  * off: it would segment them again, tripping over the tunnel GSO bits a tc
  * decap leaves). Only TCP: GRO does not aggregate plain UDP, and small
- * datagrams would pay the extra hop for nothing.
+ * datagrams would pay the extra hop for nothing. DirectRouting traffic
+ * (not encapsulated, same underlay) takes the same way.
  */
 static __always_inline int to_gro_cell(struct __sk_buff *skb, const struct node_config *cfg)
 {
@@ -526,6 +492,46 @@ static __always_inline int to_gro_cell(struct __sk_buff *skb, const struct node_
 	if ((void *)(ip + 1) > data_end)
 		return 0;
 	return ip->protocol == IPPROTO_TCP;
+}
+
+/*
+ * Unencapsulated IPv4 from a DirectRouting peer to a local pod: deliver it
+ * directly. Anything else goes to the kernel untouched.
+ */
+static __always_inline int from_underlay_plain(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	const struct endpoint_info *ep;
+	const struct tunnel_info *tun;
+
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		goto pass;
+	if (!ipv4_header_ok(ip, skb->len - ETH_HLEN))
+		goto pass;
+	ep = endpoint_for_v4(ip->daddr);
+	if (!ep)
+		goto pass;
+	tun = tunnel_for_v4(ip->saddr);
+	if (!tun || tun->mode != TUNNEL_MODE_DIRECT)
+		goto pass;
+	count_peer_rx(tun->remote, skb->len);
+	if (to_gro_cell(skb, cfg)) {
+		/* Counted here per segment; from_gro_cell counts the delivery. */
+		count(CNT_DIRECT_RX, skb->len);
+		return bpf_redirect(cfg->gro_cell_ifindex, 0);
+	}
+	{
+		int ret = deliver_to_pod(skb, ep, CNT_DIRECT_RX);
+
+		if (ret >= 0)
+			return ret;
+	}
+pass:
+	count(CNT_PASS_UNDERLAY, skb->len);
+	return TC_ACT_OK;
 }
 
 SEC("tc")
@@ -563,7 +569,7 @@ int from_underlay(struct __sk_buff *skb)
 
 	c = classify_underlay(data, data_end, skb->len, cfg, &f);
 	if (c == CNT_PASS_UNDERLAY)
-		return from_underlay_plain(skb);
+		return from_underlay_plain(skb, cfg);
 	if (c != CNT_DECAP) {
 		count(c, skb->len);
 		return counter_is_drop(c) ? TC_ACT_SHOT : TC_ACT_OK;
@@ -652,8 +658,8 @@ int gro_sink(struct __sk_buff *skb)
 
 /*
  * tc ingress on weftgc1, the receiving end of the GRO cell: what arrives is
- * what from_underlay decapsulated and sent into weftgc0, now coalesced by
- * the veth's GRO. Nothing else can reach it (no address, no route, no
+ * what from_underlay decapsulated (or took from a DirectRouting peer) and
+ * sent into weftgc0, now coalesced by the veth's GRO. Nothing else can reach it (no address, no route, no
  * other sender in the node), so it is delivered as from_underlay would have.
  */
 SEC("tc")

@@ -11,6 +11,9 @@
 //	                   (what the tunnel costs, against what skipping the
 //	                   node stacks saves; host-gw's counterpart)
 //
+// and, for A/B runs only (MoreDataPlanes), weft-tc-nocell and
+// weft-direct-nocell: the same without the GRO cell (loader/grocell.go).
+//
 // Node i (0-based) is named "a", "b", ..., owns pod subnet 10.244.<i+1>.0/24
 // and VtepMAC 0e:77:00:00:00:<i+1>; its pods get <subnet>.2, .3, ... Every
 // node knows every other node before New returns. Everything lives in the
@@ -45,13 +48,15 @@ const (
 	// WeftTCNoCell is weft-tc without the GRO cell (loader.NodeConfig.NoGROCell):
 	// the receive path before aggregation after decap existed, for A/B runs.
 	WeftTCNoCell DataPlane = "weft-tc-nocell"
+	// WeftDirectNoCell is weft-direct without the GRO cell, for A/B runs.
+	WeftDirectNoCell DataPlane = "weft-direct-nocell"
 )
 
 // DataPlanes lists every data plane, baselines first.
 var DataPlanes = []DataPlane{HostGW, KernelVXLAN, KernelCollectMD, WeftTC, WeftXDP, WeftDirect}
 
 // MoreDataPlanes are built on request only (bench --dataplanes), for A/B runs.
-var MoreDataPlanes = []DataPlane{WeftTCNoCell}
+var MoreDataPlanes = []DataPlane{WeftTCNoCell, WeftDirectNoCell}
 
 // ParseDataPlane accepts one of DataPlanes' or MoreDataPlanes' names.
 func ParseDataPlane(s string) (DataPlane, error) {
@@ -70,11 +75,14 @@ func ParseDataPlane(s string) (DataPlane, error) {
 
 // Weft reports whether d is one of Weft's flavours.
 func (d DataPlane) Weft() bool {
-	return d == WeftTC || d == WeftXDP || d == WeftDirect || d == WeftTCNoCell
+	return d == WeftTC || d == WeftXDP || d == WeftDirect || d == WeftTCNoCell || d == WeftDirectNoCell
 }
 
+// direct reports whether d routes between nodes without encapsulation.
+func (d DataPlane) direct() bool { return d == WeftDirect || d == WeftDirectNoCell }
+
 // Encap reports whether d encapsulates (every data plane but host-gw and weft-direct).
-func (d DataPlane) Encap() bool { return d != HostGW && d != WeftDirect }
+func (d DataPlane) Encap() bool { return d != HostGW && !d.direct() }
 
 // Defaults for Options.
 var (
@@ -245,7 +253,7 @@ func (c *Cluster) addPods(n *Node, count int) error {
 		switch c.DataPlane {
 		case KernelVXLAN:
 			po = n.Topo.Flannel.PodOptions(ip)
-		case WeftTC, WeftXDP, WeftDirect, WeftTCNoCell:
+		case WeftTC, WeftXDP, WeftDirect, WeftTCNoCell, WeftDirectNoCell:
 			// Weft's from_pod answers the pod's ARP for its gateway, as with weft-cni.
 			po = topo.PodOptions{IP: netip.PrefixFrom(ip, n.Subnet.Bits()), Gateway: gw, MTU: c.PodMTU(), GatewayByARP: true}
 		default:
@@ -274,7 +282,7 @@ func (c *Cluster) peers(n *Node) []*Node {
 
 func (c *Cluster) tunnels(n *Node) []maps.Tunnel {
 	mode := maps.ModeVXLAN
-	if c.DataPlane == WeftDirect {
+	if c.DataPlane.direct() {
 		mode = maps.ModeDirect
 	}
 	var ts []maps.Tunnel
@@ -336,15 +344,14 @@ func (c *Cluster) loadWeft(n *Node) error {
 		}
 		defer d.Close()
 		if _, err := loader.SetupNode(d, loader.NodeConfig{
-			Underlay: n.Topo.UnderlayIf,
-			Network:  c.Network,
-			Subnet:   n.Subnet,
-			VtepMAC:  n.VtepMAC,
-			VNI:      c.VNI,
-			Port:     c.Port,
-			Decap:    decap,
-			// weft-direct has nothing to decapsulate.
-			NoGROCell: c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirect,
+			Underlay:  n.Topo.UnderlayIf,
+			Network:   c.Network,
+			Subnet:    n.Subnet,
+			VtepMAC:   n.VtepMAC,
+			VNI:       c.VNI,
+			Port:      c.Port,
+			Decap:     decap,
+			NoGROCell: c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirectNoCell,
 		}); err != nil {
 			return err
 		}

@@ -11,27 +11,29 @@ import (
 	"github.com/weftnet/weft/test/topo"
 )
 
-// TestGROCellFollowsTheUnderlay: weft-tc's receive path aggregates whether
-// or not the underlay did. On the bridged underlay (bridge ports with TSO
-// on: no GRO before tc) every decap carries one segment and the GRO cell
-// must coalesce them before delivery; on the wire-like underlay the
-// underlay's GRO already delivers trains and the cell stays unused. Either
-// way a TCP transfer arrives intact.
+// TestGROCellFollowsTheUnderlay: Weft's receive path aggregates whether or
+// not the underlay did. On the bridged underlay (bridge ports with TSO on:
+// no GRO before tc) every decap (or DirectRouting receive) carries one
+// segment and the GRO cell must coalesce them before delivery; on the
+// wire-like underlay the underlay's GRO already delivers trains and the
+// cell stays unused. Either way a TCP transfer arrives intact.
 func TestGROCellFollowsTheUnderlay(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, BPF)")
 	}
 	for _, tc := range []struct {
 		name       string
+		dp         cluster.DataPlane
 		nodes      int
 		off        topo.Offloads
 		aggregated bool // by the underlay, before tc
 	}{
-		{"bridged", 3, topo.NodeEndWireLike, false},
-		{"wire-like", 2, topo.WireLike, true},
+		{"weft-tc/bridged", cluster.WeftTC, 3, topo.NodeEndWireLike, false},
+		{"weft-tc/wire-like", cluster.WeftTC, 2, topo.WireLike, true},
+		{"weft-direct/bridged", cluster.WeftDirect, 3, topo.NodeEndWireLike, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := cluster.New(cluster.Options{DataPlane: cluster.WeftTC, Nodes: tc.nodes, Offloads: tc.off})
+			c, err := cluster.New(cluster.Options{DataPlane: tc.dp, Nodes: tc.nodes, Offloads: tc.off})
 			if err != nil {
 				t.Fatalf("build: %v", err)
 			}
@@ -53,12 +55,16 @@ func TestGROCellFollowsTheUnderlay(t *testing.T) {
 				t.Fatalf("received %d of %d bytes, sha256 %s, sent %s", res.Bytes, size, res.RecvSum, res.SentSum)
 			}
 			after := counters(t, c, c.Nodes[1])
-			perDecap := perRun(before, after, "decap")
+			rx := "decap"
+			if tc.dp == cluster.WeftDirect {
+				rx = "direct_rx"
+			}
+			perDecap := perRun(before, after, rx)
 			perDeliver := perRun(before, after, "deliver")
-			t.Logf("%d MB intact at %.2f Gbit/s; %.1f KB per decap, %.1f KB per delivery",
-				res.Bytes>>20, res.Gbps(), perDecap/1e3, perDeliver/1e3)
+			t.Logf("%d MB intact at %.2f Gbit/s; %.1f KB per %s, %.1f KB per delivery",
+				res.Bytes>>20, res.Gbps(), perDecap/1e3, rx, perDeliver/1e3)
 			if aggregatedBefore := perDecap > 4000; aggregatedBefore != tc.aggregated {
-				t.Errorf("%.0f bytes per decap: underlay aggregated = %v, the test expects %v", perDecap, aggregatedBefore, tc.aggregated)
+				t.Errorf("%.0f bytes per %s: underlay aggregated = %v, the test expects %v", perDecap, rx, aggregatedBefore, tc.aggregated)
 			}
 			// A pure-ACK or push here and there is delivered alone; a working
 			// aggregation still averages many segments per delivery.
