@@ -106,3 +106,12 @@ func TestGROCellTakesDirectRoutingTCP(t *testing.T) {
 		t.Errorf("UDP from a direct peer: destination MAC %x, want the pod's %s (delivered directly)", r.out[:6], ep.MAC)
 	}
 }
+
+// TestGROCellSkipsPureACKs: a TCP segment without payload is never merged
+// by GRO, so it is delivered directly.
+func TestGROCellSkipsPureACKs(t *testing.T) {
+	e := newCellEnv(t)
+	ack := validVX(t, pkt{proto: layers.IPProtocolTCP, size: 20 + 20})
+	r := e.run("from_underlay", ack)
+	r.check(t, tcActRedirect, counters("decap", "deliver"))
+}

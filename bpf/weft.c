@@ -470,8 +470,8 @@ __u32 underlay_aggregates = 0;
  * that one switch (which could reorder a few segments once), a GRO underlay
  * keeps its direct path, and GSO skbs never enter the cell (weftgc0 has TSO
  * off: it would segment them again, tripping over the tunnel GSO bits a tc
- * decap leaves). Only TCP: GRO does not aggregate plain UDP, and small
- * datagrams would pay the extra hop for nothing. DirectRouting traffic
+ * decap leaves). Only TCP segments with payload: GRO does not aggregate
+ * plain UDP or pure ACKs, which would pay the extra hop for nothing. DirectRouting traffic
  * (not encapsulated, same underlay) takes the same way.
  */
 static __always_inline int to_gro_cell(struct __sk_buff *skb, const struct node_config *cfg)
@@ -489,9 +489,22 @@ static __always_inline int to_gro_cell(struct __sk_buff *skb, const struct node_
 	}
 	if (underlay_aggregates)
 		return 0;
-	if ((void *)(ip + 1) > data_end)
+	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP)
 		return 0;
-	return ip->protocol == IPPROTO_TCP;
+	if (ip->ihl == 5) {
+		/*
+		 * A segment without payload (a pure ACK) is never merged by GRO: it
+		 * would pay the hop for nothing. Letting it overtake data still in
+		 * the cell is harmless: an older ACK is ignored, data stays in order.
+		 */
+		struct tcphdr *tcp = (void *)(ip + 1);
+
+		if ((void *)(tcp + 1) > data_end)
+			return 0;
+		if (bpf_ntohs(ip->tot_len) <= sizeof(*ip) + tcp->doff * 4)
+			return 0;
+	}
+	return 1;
 }
 
 /*
