@@ -45,3 +45,13 @@ func TestParseFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestKsoftirqdTime: the threads' time is read and never goes backwards
+// (a freshly booted idle machine may well show zero).
+func TestKsoftirqdTime(t *testing.T) {
+	a := ksoftirqdTime()
+	b := ksoftirqdTime()
+	if a < 0 || b < a {
+		t.Errorf("ksoftirqd time %v then %v", a, b)
+	}
+}
