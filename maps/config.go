@@ -40,11 +40,18 @@ type Config struct {
 	MTU             uint16           `json:"mtu"` // underlay MTU
 	SrcPortMin      uint16           `json:"src_port_min"`
 	SrcPortMax      uint16           `json:"src_port_max"`
+	Flags           uint32           `json:"flags"` // NodeFlag* bits
 	Layout          uint32           `json:"layout"`
+	GROIfIndex      uint32           `json:"gro_ifindex"` // weftgro0, 0: none
 	// GROCellIfIndex is weftgc0 on nodes that aggregate after decap
 	// (loader/grocell.go: tc-decap nodes); 0 delivers directly.
 	GROCellIfIndex uint32 `json:"gro_cell_ifindex,omitempty"`
 }
+
+// NodeFlagXDPDecap says Weft's XDP program is attached to the underlay and
+// can hand decapsulated frames to tc; only then does from_underlay trust an
+// XDP metadata tag.
+const NodeFlagXDPDecap = uint32(bpf.WeftNodeFlagsNODE_F_XDP_DECAP)
 
 // Validate checks what the data plane relies on.
 func (c Config) Validate() error {
@@ -104,7 +111,9 @@ func (cm *ConfigMap) Set(c Config) error {
 		Mtu:             c.MTU,
 		SrcPortMin:      c.SrcPortMin,
 		SrcPortMax:      c.SrcPortMax,
+		Flags:           c.Flags,
 		Layout:          PinLayout,
+		GroIfindex:      c.GROIfIndex,
 		GroCellIfindex:  c.GROCellIfIndex,
 	}
 	if err := cm.m.Put(uint32(0), &val); err != nil {
@@ -134,7 +143,9 @@ func (cm *ConfigMap) Get() (Config, error) {
 		MTU:             v.Mtu,
 		SrcPortMin:      v.SrcPortMin,
 		SrcPortMax:      v.SrcPortMax,
+		Flags:           v.Flags,
 		Layout:          v.Layout,
+		GROIfIndex:      v.GroIfindex,
 		GROCellIfIndex:  v.GroCellIfindex,
 	}, nil
 }

@@ -24,6 +24,8 @@ type Metrics struct {
 	InvalidLeases       atomic.Int64  // leases failing validation in the latest snapshot
 	InvalidLeaseReports atomic.Uint64 // distinct bad values seen (key + revision)
 	LastKnownGood       atomic.Int64  // map entries kept from a lease whose key now holds a bad value
+	InvalidNodeReports  atomic.Uint64 // kube mode: bad Node states seen (one per change of a Node)
+	UnmanagedNodes      atomic.Int64  // kube mode: Nodes without kube-subnet-manager="true", not peers
 	ReconcileRuns       atomic.Uint64
 	ReconcileErrors     atomic.Uint64 // entries that could not be written or deleted
 	LastReconcileNanos  atomic.Int64
@@ -52,6 +54,8 @@ func (m *Metrics) WritePrometheus(w io.Writer) error {
 	metric("weft_store_resyncs_total", "counter", "Full lease re-lists after a watch ended (compaction or disconnect).", u(m.Resyncs.Load()))
 	metric("weft_invalid_leases", "gauge", "Leases in etcd that fail validation and are not programmed from their current value.", i(m.InvalidLeases.Load()))
 	metric("weft_invalid_lease_reports_total", "counter", "Distinct invalid lease values seen (key and revision).", u(m.InvalidLeaseReports.Load()))
+	metric("weft_invalid_node_reports_total", "counter", "Kubernetes mode: Node states that are not usable peers (no podCIDR, bad annotations, overlap), one per change.", u(m.InvalidNodeReports.Load()))
+	metric("weft_unmanaged_nodes", "gauge", "Kubernetes mode: Nodes without the kube-subnet-manager annotation, which are not peers.", i(m.UnmanagedNodes.Load()))
 	metric("weft_tunnels_last_known_good", "gauge", "Tunnels kept from the last valid value of a lease whose key now holds an invalid one.", i(m.LastKnownGood.Load()))
 	metric("weft_reconcile_runs_total", "counter", "Reconciliations of the tunnels map.", u(m.ReconcileRuns.Load()))
 	metric("weft_reconcile_errors_total", "counter", "Tunnel entries that could not be written or deleted.", u(m.ReconcileErrors.Load()))

@@ -83,9 +83,13 @@ func (l *Lab) SetOffloads(o Offloads) error {
 }
 
 func (n *Node) setOffloads(o Offloads) error {
+	peerNS := n.Lab.UnderlayPath
+	if n.Segment != nil {
+		peerNS = netnsPath(n.Segment.Router2NS)
+	}
 	return errors.Join(
 		setFeatures(n.NSPath, n.UnderlayIf, o != VethDefaults),
-		setFeatures(n.Lab.UnderlayPath, n.UnderlayPeer, o == WireLike),
+		setFeatures(peerNS, n.UnderlayPeer, o == WireLike),
 	)
 }
 

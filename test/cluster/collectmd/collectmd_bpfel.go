@@ -57,8 +57,9 @@ type CollectmdNodeConfig struct {
 	SrcPortMax      uint16
 	Flags           uint32
 	Layout          uint32
+	GroIfindex      uint32
 	GroCellIfindex  uint32
-	Reserved        [3]uint32
+	Reserved        [2]uint32
 }
 
 type CollectmdPeerKey struct {
@@ -97,6 +98,7 @@ const (
 	CollectmdMapCmdConfig       = "cmd_config"
 	CollectmdMapConfig          = "config"
 	CollectmdMapEndpoints       = "endpoints"
+	CollectmdMapFragNeededRate  = "frag_needed_rate"
 	CollectmdMapStats           = "stats"
 	CollectmdMapTunnelStats     = "tunnel_stats"
 	CollectmdMapTunnels         = "tunnels"
@@ -154,12 +156,13 @@ type CollectmdProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CollectmdMapSpecs struct {
-	CmdConfig   *ebpf.MapSpec `ebpf:"cmd_config"`
-	Config      *ebpf.MapSpec `ebpf:"config"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	Stats       *ebpf.MapSpec `ebpf:"stats"`
-	TunnelStats *ebpf.MapSpec `ebpf:"tunnel_stats"`
-	Tunnels     *ebpf.MapSpec `ebpf:"tunnels"`
+	CmdConfig      *ebpf.MapSpec `ebpf:"cmd_config"`
+	Config         *ebpf.MapSpec `ebpf:"config"`
+	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
+	FragNeededRate *ebpf.MapSpec `ebpf:"frag_needed_rate"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	TunnelStats    *ebpf.MapSpec `ebpf:"tunnel_stats"`
+	Tunnels        *ebpf.MapSpec `ebpf:"tunnels"`
 }
 
 // CollectmdVariableSpecs contains global variables before they are loaded into the kernel.
@@ -188,12 +191,13 @@ func (o *CollectmdObjects) Close() error {
 //
 // It can be passed to LoadCollectmdObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CollectmdMaps struct {
-	CmdConfig   *ebpf.Map `ebpf:"cmd_config"`
-	Config      *ebpf.Map `ebpf:"config"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	Stats       *ebpf.Map `ebpf:"stats"`
-	TunnelStats *ebpf.Map `ebpf:"tunnel_stats"`
-	Tunnels     *ebpf.Map `ebpf:"tunnels"`
+	CmdConfig      *ebpf.Map `ebpf:"cmd_config"`
+	Config         *ebpf.Map `ebpf:"config"`
+	Endpoints      *ebpf.Map `ebpf:"endpoints"`
+	FragNeededRate *ebpf.Map `ebpf:"frag_needed_rate"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	TunnelStats    *ebpf.Map `ebpf:"tunnel_stats"`
+	Tunnels        *ebpf.Map `ebpf:"tunnels"`
 }
 
 func (m *CollectmdMaps) Close() error {
@@ -201,6 +205,7 @@ func (m *CollectmdMaps) Close() error {
 		m.CmdConfig,
 		m.Config,
 		m.Endpoints,
+		m.FragNeededRate,
 		m.Stats,
 		m.TunnelStats,
 		m.Tunnels,
