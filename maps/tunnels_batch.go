@@ -55,9 +55,9 @@ func tunnelKV(t Tunnel) (bpf.WeftTunnelKey, bpf.WeftTunnelInfo, error) {
 }
 
 // PutBatch adds or replaces every tunnel. Invalid tunnels are skipped and
-// reported; the rest are written in batches. The error joins one error per
-// tunnel that was not written, each naming its subnet.
-func (tm *TunnelMap) PutBatch(ts []Tunnel) error {
+// reported; the rest are written in batches. failed lists the subnets not
+// written; the error joins one error for each, naming its subnet.
+func (tm *TunnelMap) PutBatch(ts []Tunnel) (failed []netip.Prefix, err error) {
 	var (
 		errs []error
 		keys = make([]bpf.WeftTunnelKey, 0, min(len(ts), batchChunk))
@@ -81,7 +81,7 @@ func (tm *TunnelMap) PutBatch(ts []Tunnel) error {
 		}
 		for _, t := range todo[n:] {
 			if err := tm.Put(t); err != nil {
-				errs = append(errs, err)
+				errs, failed = append(errs, err), append(failed, t.Subnet)
 			}
 		}
 		keys, vals, todo = keys[:0], vals[:0], todo[:0]
@@ -89,7 +89,7 @@ func (tm *TunnelMap) PutBatch(ts []Tunnel) error {
 	for _, t := range ts {
 		k, v, err := tunnelKV(t)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("put tunnel %s: %w", t.Subnet, err))
+			errs, failed = append(errs, fmt.Errorf("put tunnel %s: %w", t.Subnet, err)), append(failed, t.Subnet)
 			continue
 		}
 		keys, vals, todo = append(keys, k), append(vals, v), append(todo, t)
@@ -98,13 +98,13 @@ func (tm *TunnelMap) PutBatch(ts []Tunnel) error {
 		}
 	}
 	flush()
-	return errors.Join(errs...)
+	return failed, errors.Join(errs...)
 }
 
 // DeleteBatch removes the entries for subnets. Subnets that have no entry
-// are not errors (the goal, no entry, holds). The error joins one error per
-// subnet that could not be deleted.
-func (tm *TunnelMap) DeleteBatch(subnets []netip.Prefix) error {
+// are not errors (the goal, no entry, holds). failed lists the subnets
+// whose entry could not be deleted; the error joins one error for each.
+func (tm *TunnelMap) DeleteBatch(subnets []netip.Prefix) (failed []netip.Prefix, err error) {
 	var errs []error
 	keys := make([]bpf.WeftTunnelKey, 0, min(len(subnets), batchChunk))
 	todo := make([]netip.Prefix, 0, min(len(subnets), batchChunk))
@@ -125,7 +125,7 @@ func (tm *TunnelMap) DeleteBatch(subnets []netip.Prefix) error {
 		}
 		for _, p := range todo[n:] {
 			if err := tm.Delete(p); err != nil && !errors.Is(err, ErrNotFound) {
-				errs = append(errs, err)
+				errs, failed = append(errs, err), append(failed, p)
 			}
 		}
 		keys, todo = keys[:0], todo[:0]
@@ -133,7 +133,7 @@ func (tm *TunnelMap) DeleteBatch(subnets []netip.Prefix) error {
 	for _, p := range subnets {
 		k, err := tunnelKey(p)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("delete tunnel %s: %w", p, err))
+			errs, failed = append(errs, fmt.Errorf("delete tunnel %s: %w", p, err)), append(failed, p)
 			continue
 		}
 		keys, todo = append(keys, k), append(todo, p)
@@ -142,7 +142,7 @@ func (tm *TunnelMap) DeleteBatch(subnets []netip.Prefix) error {
 		}
 	}
 	flush()
-	return errors.Join(errs...)
+	return failed, errors.Join(errs...)
 }
 
 // allBatch reads every entry with BPF_MAP_LOOKUP_BATCH. ok is false when

@@ -26,8 +26,8 @@ func TestTunnelsBatch(t *testing.T) {
 		ts[i] = nthTunnel(i)
 	}
 	bad := maps.Tunnel{Subnet: netip.MustParsePrefix("10.255.0.0/24")} // no remote, no MAC
-	if err := s.Tunnels.PutBatch(append(ts, bad)); err == nil {
-		t.Fatal("an invalid tunnel in a batch was not reported")
+	if failed, err := s.Tunnels.PutBatch(append(ts, bad)); err == nil || len(failed) != 1 || failed[0] != bad.Subnet {
+		t.Fatalf("an invalid tunnel in a batch: failed %v, err %v; want it named", failed, err)
 	}
 	all, err := s.Tunnels.All()
 	if err != nil {
@@ -53,7 +53,7 @@ func TestTunnelsBatch(t *testing.T) {
 		del = append(del, tun.Subnet)
 	}
 	del = append(del, netip.MustParsePrefix("10.253.0.0/24"))
-	if err := s.Tunnels.DeleteBatch(del); err != nil {
+	if _, err := s.Tunnels.DeleteBatch(del); err != nil {
 		t.Fatal(err)
 	}
 	if all, err = s.Tunnels.All(); err != nil || len(all) != n-n/2 {
@@ -85,14 +85,14 @@ func BenchmarkTunnels(b *testing.B) {
 	b.Run("batch", func(b *testing.B) {
 		_, s := load(b)
 		for b.Loop() {
-			if err := s.Tunnels.PutBatch(ts); err != nil {
+			if _, err := s.Tunnels.PutBatch(ts); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
 	b.Run("read-all", func(b *testing.B) {
 		_, s := load(b)
-		if err := s.Tunnels.PutBatch(ts); err != nil {
+		if _, err := s.Tunnels.PutBatch(ts); err != nil {
 			b.Fatal(err)
 		}
 		for b.Loop() {

@@ -27,7 +27,9 @@ type Metrics struct {
 	ReconcileRuns       atomic.Uint64
 	ReconcileErrors     atomic.Uint64 // entries that could not be written or deleted
 	LastReconcileNanos  atomic.Int64
-	Tunnels             atomic.Int64 // entries in the tunnels map after the last reconcile
+	Tunnels             atomic.Int64  // entries in the tunnels map after the last reconcile
+	AuditRuns           atomic.Uint64 // audits of the tunnels map against the reconciler's mirror
+	AuditRepairs        atomic.Uint64 // entries found drifted (changed behind weftd's back) and repaired
 }
 
 // ObserveReconcile records one reconcile run.
@@ -58,5 +60,7 @@ func (m *Metrics) WritePrometheus(w io.Writer) error {
 	metric("weft_reconcile_last_duration_seconds", "gauge", "Duration of the last reconciliation.",
 		strconv.FormatFloat(time.Duration(m.LastReconcileNanos.Load()).Seconds(), 'g', -1, 64))
 	metric("weft_tunnels", "gauge", "Entries in the tunnels map after the last reconciliation.", i(m.Tunnels.Load()))
+	metric("weft_tunnel_audits_total", "counter", "Audits comparing the tunnels map with what weftd wrote.", u(m.AuditRuns.Load()))
+	metric("weft_tunnel_audit_repairs_total", "counter", "Tunnel entries found changed behind weftd's back and repaired.", u(m.AuditRepairs.Load()))
 	return bw.Flush()
 }
