@@ -17,6 +17,7 @@ import (
 
 	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/control/metrics"
+	"github.com/weftnet/weft/control/peers"
 	"github.com/weftnet/weft/control/reconcile"
 	"github.com/weftnet/weft/control/store"
 	"github.com/weftnet/weft/loader"
@@ -141,24 +142,8 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 
 	errc := make(chan error, 2)
 	go func() { errc <- own.KeepAlive(ctx) }()
-	go func() {
-		errc <- st.Sync(ctx, netCfg, func(s store.Snapshot) {
-			start := time.Now()
-			res, err := rec.Apply(s.Leases, s.Invalid)
-			if err != nil {
-				log.Warn("reconcile tunnels", zap.Error(err))
-			}
-			if res.Added+res.Updated+res.Removed > 0 || !d.ready.Load() {
-				log.Info("tunnels reconciled", zap.Int64("revision", s.Revision), zap.Int("added", res.Added),
-					zap.Int("updated", res.Updated), zap.Int("removed", res.Removed), zap.Int("unchanged", res.Unchanged),
-					zap.Int("invalid_leases", len(s.Invalid)), zap.Duration("took", time.Since(start)))
-			}
-			d.lastSnapshot.Store(time.Now().UnixNano())
-			if !d.ready.Swap(true) {
-				log.Info("ready")
-			}
-		})
-	}()
+	go func() { errc <- st.SyncBatches(ctx, netCfg, func(b peers.Batch) { d.applyBatch(rec, b) }) }()
+	go rec.RunAudit(ctx, auditInterval)
 
 	select {
 	case <-ctx.Done():

@@ -13,12 +13,15 @@
 //     unreachable for longer than the TTL, or the lease was revoked)
 //     re-acquires the same subnet; it never silently moves the node, whose
 //     pods already have addresses in that subnet.
-//   - Sync lists the subnets, watches from the listed revision and hands the
-//     consumer the full, validated set after every change. Any watch failure
-//     (compaction, a closed channel, a cancelled watch) ends in a full
-//     re-list, the same recovery flannel's watchSubnets does on compaction,
-//     applied to every failure: the consumer diffs full sets, so a resync
-//     costs one list and can never leave it with a stale partial view.
+//   - SyncBatches (Peers, a peers.Source) lists the subnets, hands the
+//     consumer the validated set as one Full batch, then watches from the
+//     listed revision and hands over only the keys each change affected,
+//     validated and overlap-checked in O(change) by an index of owners per
+//     subnet (index.go). Any watch failure (compaction, a closed channel, a
+//     cancelled watch) ends in a full re-list and a Full batch, the same
+//     recovery flannel's watchSubnets does on compaction, applied to every
+//     failure, so the consumer can never keep a stale partial view. Sync
+//     folds the batches into whole snapshots for consumers that want them.
 //
 // Every etcd failure is counted in metrics.Metrics.StoreErrors.
 package store
