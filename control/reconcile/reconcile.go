@@ -239,6 +239,7 @@ func (r *Reconciler) write(start time.Time, dirty map[netip.Prefix]struct{},
 
 	failed := map[netip.Prefix]bool{}
 	var errs []error
+	wstart := time.Now()
 	bt, batched := r.table.(BatchTable)
 	batched = batched && len(puts)+len(dels) >= batchMin
 	if batched {
@@ -271,6 +272,7 @@ func (r *Reconciler) write(start time.Time, dirty map[netip.Prefix]struct{},
 		}
 	}
 
+	wrote := time.Since(wstart)
 	each := len(puts)+len(dels) <= logEach
 	for _, t := range puts {
 		if failed[t.Subnet] {
@@ -308,7 +310,8 @@ func (r *Reconciler) write(start time.Time, dirty map[netip.Prefix]struct{},
 	}
 	if !each {
 		r.log.Info("tunnels written in bulk", zap.Int("added", res.Added), zap.Int("updated", res.Updated),
-			zap.Int("removed", res.Removed), zap.Bool("batch_syscalls", batched), zap.Int("failed", len(failed)))
+			zap.Int("removed", res.Removed), zap.Bool("batch_syscalls", batched), zap.Int("failed", len(failed)),
+			zap.Duration("write_took", wrote))
 	}
 	r.metrics.LastKnownGood.Store(int64(len(r.lkg)))
 	r.metrics.ObserveReconcile(time.Since(start), len(r.mirror), len(failed))
