@@ -28,6 +28,9 @@ func (d *daemon) applyBatch(rec *reconcile.Reconciler, b peers.Batch) {
 			zap.Int("removed", res.Removed), zap.Int("unchanged", res.Unchanged),
 			zap.Int64("invalid_leases", d.metrics.InvalidLeases.Load()), zap.Duration("took", time.Since(start)))
 	}
+	if b.Full {
+		releaseMemory()
+	}
 	d.lastSnapshot.Store(time.Now().UnixNano())
 	if !d.ready.Swap(true) {
 		d.log.Info("ready")

@@ -3,7 +3,6 @@ package reconcile
 import (
 	"context"
 	"net/netip"
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -54,9 +53,7 @@ func (r *Reconciler) ApplyBatch(b peers.Batch) (Result, error) {
 		for sn := range r.mirror {
 			dirty[sn] = struct{}{}
 		}
-		for sn := range r.claims {
-			dirty[sn] = struct{}{}
-		}
+		r.claims.Subnets(func(sn netip.Prefix) { dirty[sn] = struct{}{} })
 	}
 	r.metrics.InvalidLeases.Store(int64(r.invalid))
 	return r.write(start, dirty, r.desired)
@@ -81,7 +78,7 @@ func (r *Reconciler) change(c peers.Change, dirty map[netip.Prefix]struct{}) {
 	old := r.records[c.Key]
 	if old != nil {
 		if old.usable {
-			r.unclaim(c.Key, old.tunnel.Subnet)
+			r.claims.Remove(old.tunnel.Subnet, c.Key)
 			dirty[old.tunnel.Subnet] = struct{}{}
 		}
 		if !old.valid {
@@ -121,7 +118,7 @@ func (r *Reconciler) change(c peers.Change, dirty map[netip.Prefix]struct{}) {
 	}
 	r.records[c.Key] = rec
 	if rec.usable {
-		r.claims[rec.tunnel.Subnet] = append(r.claims[rec.tunnel.Subnet], c.Key)
+		r.claims.Add(rec.tunnel.Subnet, c.Key)
 		dirty[rec.tunnel.Subnet] = struct{}{}
 	}
 	if c.Invalid != nil {
@@ -129,27 +126,20 @@ func (r *Reconciler) change(c peers.Change, dirty map[netip.Prefix]struct{}) {
 	}
 }
 
-func (r *Reconciler) unclaim(key string, sn netip.Prefix) {
-	keys := slices.DeleteFunc(r.claims[sn], func(k string) bool { return k == key })
-	if len(keys) == 0 {
-		delete(r.claims, sn)
-		return
-	}
-	r.claims[sn] = keys
-}
-
 // desired is the entry a subnet should hold: the valid lease claiming it,
 // else the last known good tunnel of the smallest invalid key claiming it.
 func (r *Reconciler) desired(sn netip.Prefix) (t maps.Tunnel, ok, fromLKG bool) {
-	var lkgKey string
-	for _, k := range r.claims[sn] {
-		rec := r.records[k]
-		if rec.valid {
-			return rec.tunnel, true, false
-		}
-		if lkgKey == "" || k < lkgKey {
+	var validKey, lkgKey string
+	r.claims.Each(sn, func(k string) {
+		switch {
+		case r.records[k].valid:
+			validKey = k
+		case lkgKey == "" || k < lkgKey:
 			lkgKey = k
 		}
+	})
+	if validKey != "" {
+		return r.records[validKey].tunnel, true, false
 	}
 	if lkgKey == "" {
 		return maps.Tunnel{}, false, false
@@ -159,12 +149,9 @@ func (r *Reconciler) desired(sn netip.Prefix) (t maps.Tunnel, ok, fromLKG bool) 
 
 // validClaim reports whether a valid lease claims sn.
 func (r *Reconciler) validClaim(sn netip.Prefix) bool {
-	for _, k := range r.claims[sn] {
-		if r.records[k].valid {
-			return true
-		}
-	}
-	return false
+	valid := false
+	r.claims.Each(sn, func(k string) { valid = valid || r.records[k].valid })
+	return valid
 }
 
 // report logs a bad lease once per value: a resync hands over the same bad

@@ -51,6 +51,7 @@ import (
 
 	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/control/metrics"
+	"github.com/weftnet/weft/control/subnetkeys"
 	"github.com/weftnet/weft/maps"
 )
 
@@ -117,7 +118,7 @@ type Reconciler struct {
 	loaded  bool                         // mirror was read from the kernel
 	mirror  map[netip.Prefix]maps.Tunnel // the map as the kernel holds it, as far as we know
 	records map[string]*record           // store key -> what it says
-	claims  map[netip.Prefix][]string    // subnet -> keys whose usable tunnel is for it
+	claims  *subnetkeys.Map              // subnet -> keys whose usable tunnel is for it
 	pending map[netip.Prefix]struct{}    // subnets whose last write failed
 	lkg     map[netip.Prefix]struct{}    // subnets programmed from a last known good value
 	invalid int                          // records whose current value is invalid
@@ -133,7 +134,7 @@ func New(table TunnelTable, cfg *flannel.NetworkConfig, self Self, log *zap.Logg
 	}
 	return &Reconciler{table: table, cfg: cfg, self: self, log: log, metrics: m,
 		mirror: map[netip.Prefix]maps.Tunnel{}, records: map[string]*record{},
-		claims: map[netip.Prefix][]string{}, pending: map[netip.Prefix]struct{}{}, lkg: map[netip.Prefix]struct{}{}}
+		claims: subnetkeys.New(0), pending: map[netip.Prefix]struct{}{}, lkg: map[netip.Prefix]struct{}{}}
 }
 
 // TunnelFor is the map entry for a remote node's lease. The VNI is the

@@ -8,6 +8,7 @@ import (
 
 	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/control/peers"
+	"github.com/weftnet/weft/control/subnetkeys"
 )
 
 // index is the validated view of the subnets prefix, kept up to date event
@@ -30,7 +31,7 @@ type index struct {
 	cfg    *flannel.NetworkConfig
 	prefix string
 	recs   map[string]*indexed
-	owners map[netip.Prefix][]string // subnet -> keys of leases valid on their own naming it
+	owners *subnetkeys.Map           // subnet -> keys of leases valid on their own naming it
 	cover  map[netip.Prefix][]string // cover(subnet) -> keys of invalid records with that subnet
 }
 
@@ -42,7 +43,7 @@ type indexed struct {
 
 func newIndex(cfg *flannel.NetworkConfig, prefix string, size int) *index {
 	return &index{cfg: cfg, prefix: prefix, recs: make(map[string]*indexed, size),
-		owners: make(map[netip.Prefix][]string, size), cover: map[netip.Prefix][]string{}}
+		owners: subnetkeys.New(size), cover: map[netip.Prefix][]string{}}
 }
 
 // coverOf is the prefix under which an invalid record with subnet p is
@@ -77,9 +78,7 @@ func (ix *index) update(evs []Event, track bool) []string {
 		if !track {
 			return
 		}
-		for _, k := range ix.owners[sn] {
-			mark(k)
-		}
+		ix.owners.Each(sn, mark)
 		// Invalid records overlapping sn: their annotation names its owner.
 		for b := 0; b <= ix.cfg.SubnetLen; b++ {
 			for _, k := range ix.cover[netip.PrefixFrom(sn.Addr(), b).Masked()] {
@@ -92,10 +91,7 @@ func (ix *index) update(evs []Event, track bool) []string {
 		mark(key)
 		if old := ix.recs[key]; old != nil {
 			if old.err == nil {
-				ix.owners[old.lease.Subnet] = remove(ix.owners[old.lease.Subnet], key)
-				if len(ix.owners[old.lease.Subnet]) == 0 {
-					delete(ix.owners, old.lease.Subnet)
-				}
+				ix.owners.Remove(old.lease.Subnet, key)
 				touchSubnet(old.lease.Subnet)
 			} else if c, ok := ix.coverOf(old.err.Subnet); ok {
 				ix.cover[c] = remove(ix.cover[c], key)
@@ -117,8 +113,11 @@ func (ix *index) update(evs []Event, track bool) []string {
 			}
 			continue
 		}
+		// The raw value is not needed once parsed; at 50,000 leases it
+		// was a third of the index's memory.
+		l.Value, l.Attrs.BackendData, l.Attrs.BackendV6Data = nil, nil, nil
 		ix.recs[key] = &indexed{lease: l}
-		ix.owners[l.Subnet] = append(ix.owners[l.Subnet], key)
+		ix.owners.Add(l.Subnet, key)
 		touchSubnet(l.Subnet)
 	}
 	return dirty
@@ -137,12 +136,12 @@ func remove(keys []string, key string) []string {
 func (ix *index) owner(sn netip.Prefix) (string, bool) {
 	var best *indexed
 	bestKey := ""
-	for _, k := range ix.owners[sn] {
+	ix.owners.Each(sn, func(k string) {
 		r := ix.recs[k]
 		if best == nil || cmp.Or(cmp.Compare(r.lease.CreateRevision, best.lease.CreateRevision), strings.Compare(k, bestKey)) < 0 {
 			best, bestKey = r, k
 		}
-	}
+	})
 	return bestKey, best != nil
 }
 
@@ -178,13 +177,13 @@ func (ix *index) overlapping(p netip.Prefix) (netip.Prefix, string, bool) {
 		found netip.Prefix
 		key   string
 	)
-	for sn := range ix.owners {
+	ix.owners.Subnets(func(sn netip.Prefix) {
 		if c.Overlaps(sn) && (!found.IsValid() || sn.Addr().Less(found.Addr())) {
 			if k, ok := ix.owner(sn); ok {
 				found, key = sn, k
 			}
 		}
-	}
+	})
 	return found, key, found.IsValid()
 }
 

@@ -173,3 +173,29 @@ func TestSyncBatchesSendsOnlyWhatChanged(t *testing.T) {
 		t.Fatalf("owner gone, subnet handed over: %s", got)
 	}
 }
+
+// TestListPages lists more leases than one page holds, at one revision.
+func TestListPages(t *testing.T) {
+	defer func(n int64) { listPage = n }(listPage)
+	listPage = 3
+	cli := shared.client(t)
+	s := newTestStore(t, cli, bigNet)
+	ctx := testCtx(t)
+	cfg, err := s.GetConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 10; i++ {
+		if _, err := cli.Put(ctx, fmt.Sprintf("%s/subnets/10.244.%d.0-24", s.Prefix(), i), leaseValue(fmt.Sprintf("192.168.8.%d", i), mac(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := s.List(ctx, cfg)
+	if err != nil || len(snap.Leases) != 10 {
+		t.Fatalf("List: %d leases, %v; want 10", len(snap.Leases), err)
+	}
+	ix, _, err := s.listIndex(ctx, cfg)
+	if err != nil || len(ix.all()) != 10 {
+		t.Fatalf("listIndex: %v", err)
+	}
+}

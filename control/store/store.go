@@ -109,21 +109,52 @@ func (s *Store) List(ctx context.Context, cfg *flannel.NetworkConfig) (Snapshot,
 }
 
 func (s *Store) listRaw(ctx context.Context) ([]flannel.KV, int64, error) {
+	var all []flannel.KV
+	rev, err := s.listPages(ctx, func(page []flannel.KV) { all = append(all, page...) })
+	return all, rev, err
+}
+
+// listPage is how many leases one list request returns. Paging bounds the
+// memory a list needs at once: 50,000 leases in one response were ~10 MB
+// of protobuf plus their decoded copies, all live together, and weftd's
+// peak RSS followed.
+var listPage int64 = 2000 // a variable so that a test can page through a few leases
+
+// listPages reads every lease at one revision, a page at a time, handing
+// each page to fn, and returns that revision. A compaction past it in the
+// middle fails the list (the caller lists again).
+func (s *Store) listPages(ctx context.Context, fn func([]flannel.KV)) (int64, error) {
 	// Bounded, so that an unreachable etcd shows up as errors (logged,
 	// counted, retried) rather than as one call blocked for the outage.
 	ctx, cancel := context.WithTimeout(ctx, listTimeout)
 	defer cancel()
-	resp, err := s.cli.Get(ctx, flannel.SubnetsPrefix(s.prefix), clientv3.WithPrefix())
-	if err != nil {
-		s.metrics.StoreErrors.Add(1)
-		return nil, 0, fmt.Errorf("list subnets under %s: %w", flannel.SubnetsPrefix(s.prefix), err)
+	prefix := flannel.SubnetsPrefix(s.prefix)
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	key, rev := prefix, int64(0)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, key, opts...)
+		if err != nil {
+			s.metrics.StoreErrors.Add(1)
+			return 0, fmt.Errorf("list subnets under %s: %w", prefix, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		page := make([]flannel.KV, 0, len(resp.Kvs))
+		for _, kv := range resp.Kvs {
+			page = append(page, flannel.KV{Key: string(kv.Key), Value: kv.Value,
+				CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, EtcdLease: kv.Lease})
+		}
+		fn(page)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	kvs := make([]flannel.KV, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		kvs = append(kvs, flannel.KV{Key: string(kv.Key), Value: kv.Value,
-			CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, EtcdLease: kv.Lease})
-	}
-	return kvs, resp.Header.Revision, nil
 }
 
 // sleep waits d or until ctx is done.

@@ -263,12 +263,11 @@ func dedup(keys []string) []string {
 }
 
 func (s *Store) listIndex(ctx context.Context, cfg *flannel.NetworkConfig) (*index, int64, error) {
-	kvs, rev, err := s.listRaw(ctx)
+	ix := newIndex(cfg, s.prefix, 0)
+	rev, err := s.listPages(ctx, func(page []flannel.KV) { ix.update(putEvents(page), false) })
 	if err != nil {
 		return nil, 0, err
 	}
-	ix := newIndex(cfg, s.prefix, len(kvs))
-	ix.update(putEvents(kvs), false)
 	return ix, rev, nil
 }
 

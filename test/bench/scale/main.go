@@ -27,7 +27,7 @@
 // package-level netlink calls (a socket per request): the comparison
 // favours flannel. Joins are timed the same way on both sides: from the
 // etcd put returning to the entry being visible (Weft: a kernel LPM lookup
-// polled every 200 µs from outside weftd; flannel: in the watch loop, right
+// polled every 50 µs from outside weftd; flannel: in the watch loop, right
 // after the last netlink request returns, so flannel's figure has no
 // polling delay in it).
 //

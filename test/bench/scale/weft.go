@@ -140,7 +140,7 @@ func readLog(c *lab.Cluster, n *lab.Node, start time.Time) (weftResult, error) {
 }
 
 // timeJoins adds leases one at a time and times each until the tunnels map
-// has it (a kernel LPM lookup, polled every 200 µs).
+// has it (a kernel LPM lookup, polled every 50 µs).
 func timeJoins(ctx context.Context, cli *clientv3.Client, c *lab.Cluster, n *lab.Node, from, count int) ([]time.Duration, error) {
 	set, err := n.Maps()
 	if err != nil {
@@ -165,7 +165,7 @@ func timeJoins(ctx context.Context, cli *clientv3.Client, c *lab.Cluster, n *lab
 			if time.Since(start) > 30*time.Second {
 				return nil, fmt.Errorf("lease %s not in the tunnels map after 30s", sn)
 			}
-			time.Sleep(200 * time.Microsecond)
+			time.Sleep(50 * time.Microsecond)
 		}
 		out = append(out, time.Since(start))
 	}
