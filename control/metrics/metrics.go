@@ -28,6 +28,8 @@ type Metrics struct {
 	ReconcileErrors     atomic.Uint64 // entries that could not be written or deleted
 	LastReconcileNanos  atomic.Int64
 	Tunnels             atomic.Int64  // entries in the tunnels map after the last reconcile
+	OwnLeaseRepairs     atomic.Uint64 // own subnet key re-acquired, re-created or put back
+	OwnLeaseLost        atomic.Int64  // 1 when another node took our subnet
 	AuditRuns           atomic.Uint64 // audits of the tunnels map against the reconciler's mirror
 	AuditRepairs        atomic.Uint64 // entries found drifted (changed behind weftd's back) and repaired
 }
@@ -60,6 +62,8 @@ func (m *Metrics) WritePrometheus(w io.Writer) error {
 	metric("weft_reconcile_last_duration_seconds", "gauge", "Duration of the last reconciliation.",
 		strconv.FormatFloat(time.Duration(m.LastReconcileNanos.Load()).Seconds(), 'g', -1, 64))
 	metric("weft_tunnels", "gauge", "Entries in the tunnels map after the last reconciliation.", i(m.Tunnels.Load()))
+	metric("weft_own_lease_repairs_total", "counter", "Times this node's own subnet lease was lost, deleted or overwritten and taken back.", u(m.OwnLeaseRepairs.Load()))
+	metric("weft_own_lease_lost", "gauge", "1 when another node holds this node's subnet.", i(m.OwnLeaseLost.Load()))
 	metric("weft_tunnel_audits_total", "counter", "Audits comparing the tunnels map with what weftd wrote.", u(m.AuditRuns.Load()))
 	metric("weft_tunnel_audit_repairs_total", "counter", "Tunnel entries found changed behind weftd's back and repaired.", u(m.AuditRepairs.Load()))
 	return bw.Flush()
