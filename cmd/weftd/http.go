@@ -38,13 +38,16 @@ func (d *daemon) serveHTTP(addr string) (func(), error) {
 }
 
 // handleHealth answers 200 once the data plane is set up and the first set
-// of leases has been applied, 503 before.
+// of leases has been applied, 503 before and while any health check fails
+// (health.go), listing why.
 func (d *daemon) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	status := struct {
-		Ready        bool   `json:"ready"`
-		Subnet       string `json:"subnet,omitempty"`
-		LastSnapshot string `json:"last_snapshot,omitempty"`
-	}{Ready: d.ready.Load()}
+		Ready        bool     `json:"ready"`
+		Subnet       string   `json:"subnet,omitempty"`
+		LastSnapshot string   `json:"last_snapshot,omitempty"`
+		Failing      []string `json:"failing,omitempty"`
+	}{Failing: d.health.failing()}
+	status.Ready = d.ready.Load() && len(status.Failing) == 0
 	if s := d.subnet.Load(); s != nil {
 		status.Subnet = s.String()
 	}
@@ -71,6 +74,10 @@ func (d *daemon) handleMetrics(w http.ResponseWriter, _ *http.Request) {
 		ready = 1
 	}
 	fmt.Fprintf(&buf, "# HELP weft_ready Whether the data plane is set up and the first lease snapshot applied.\n# TYPE weft_ready gauge\nweft_ready %d\n", ready)
+	storeOK, configChanged, linksMissing, _ := d.health.gauges()
+	fmt.Fprintf(&buf, "# HELP weft_store_reachable Whether etcd answered within the lease renewal deadline.\n# TYPE weft_store_reachable gauge\nweft_store_reachable %d\n", b2i(storeOK))
+	fmt.Fprintf(&buf, "# HELP weft_config_changed Whether the network config in etcd differs from the one weftd runs with (not applied until restart).\n# TYPE weft_config_changed gauge\nweft_config_changed %d\n", b2i(configChanged))
+	fmt.Fprintf(&buf, "# HELP weft_program_links_missing Whether a program link of this node is missing or detached.\n# TYPE weft_program_links_missing gauge\nweft_program_links_missing %d\n", b2i(linksMissing))
 	fmt.Fprintf(&buf, "# HELP weft_config_errors_total Reads of the network config that failed or were invalid.\n# TYPE weft_config_errors_total counter\nweft_config_errors_total %d\n", d.configErrors.Load())
 	if dp := d.dp.Load(); dp != nil && d.ready.Load() {
 		if counters, err := dp.Maps.Stats.All(); err == nil {
@@ -91,4 +98,11 @@ func (d *daemon) handleMetrics(w http.ResponseWriter, _ *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	w.Write(buf.Bytes())
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

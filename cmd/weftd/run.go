@@ -34,6 +34,7 @@ type daemon struct {
 	lastSnapshot atomic.Int64 // unix nanos of the last applied snapshot
 	subnet       atomic.Pointer[netip.Prefix]
 	configErrors atomic.Uint64 // reads of <prefix>/config that failed or were invalid
+	health       health        // why weftd is unready after it was ready (health.go)
 }
 
 // run is weftd from flags to shutdown.
@@ -109,10 +110,11 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	subnet := own.Subnet()
 	d.subnet.Store(&subnet)
 
-	// The data plane: adopt what is pinned, add what is missing.
+	// The data plane: adopt what is pinned, add what is missing. If it
+	// cannot be set up, the lease is given back (releaseOnError).
 	dp, err := loader.Load(loader.Options{PinPath: cfg.PinPath})
 	if err != nil {
-		return err
+		return d.releaseOnError(own, err)
 	}
 	defer dp.Close()
 	d.dp.Store(dp)
@@ -128,7 +130,7 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		NoGRODevice: !cfg.GRODevice,
 	})
 	if err != nil {
-		return err
+		return d.releaseOnError(own, err)
 	}
 	if err := writeSubnetEnv(cfg.SubnetFile, subnetEnv{
 		Network: netCfg.Network, Subnet: subnet, MTU: loader.PodMTU(int(nodeState.Config.MTU)),
@@ -141,7 +143,8 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: subnet, PublicIP: ul.PublicIP, Underlay: ul.Prefix}, log, d.metrics)
 
 	errc := make(chan error, 2)
-	go func() { errc <- own.KeepAlive(ctx) }()
+	go func() { errc <- d.keepLease(ctx, own) }()
+	go d.monitor(ctx, st, own, netCfg, nodeLinks(cfg.PinPath))
 	go func() { errc <- st.SyncBatches(ctx, netCfg, func(b peers.Batch) { d.applyBatch(rec, b) }) }()
 	go rec.RunAudit(ctx, auditInterval)
 

@@ -42,8 +42,13 @@ import (
 // listTimeout bounds one list of all leases (10,000 leases are ~2 MB).
 const listTimeout = 30 * time.Second
 
-// ErrConfigNotFound means <prefix>/config does not exist.
-var ErrConfigNotFound = errors.New("network config not found in etcd")
+var (
+	// ErrConfigNotFound means <prefix>/config does not exist.
+	ErrConfigNotFound = errors.New("network config not found in etcd")
+	// ErrConfigInvalid means <prefix>/config was read but does not parse
+	// or validate; the error also wraps the flannel sentinel saying why.
+	ErrConfigInvalid = errors.New("invalid network config in etcd")
+)
 
 // Store reads and writes one flannel network under one etcd prefix.
 type Store struct {
@@ -73,7 +78,8 @@ func New(cli *clientv3.Client, prefix string, log *zap.Logger, m *metrics.Metric
 func (s *Store) Prefix() string { return s.prefix }
 
 // GetConfig reads and validates <prefix>/config. Errors wrap
-// ErrConfigNotFound, a flannel config sentinel, or the etcd error.
+// ErrConfigNotFound, ErrConfigInvalid and a flannel config sentinel, or
+// the etcd error.
 func (s *Store) GetConfig(ctx context.Context) (*flannel.NetworkConfig, error) {
 	key := flannel.ConfigKey(s.prefix)
 	resp, err := s.cli.Get(ctx, key)
@@ -86,7 +92,7 @@ func (s *Store) GetConfig(ctx context.Context) (*flannel.NetworkConfig, error) {
 	}
 	cfg, err := flannel.ParseConfig(resp.Kvs[0].Value)
 	if err != nil {
-		return nil, fmt.Errorf("get network config %s: %w", key, err)
+		return nil, fmt.Errorf("get network config %s: %w: %w", key, ErrConfigInvalid, err)
 	}
 	return cfg, nil
 }

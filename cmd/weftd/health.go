@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/weftnet/weft/control/flannel"
+	"github.com/weftnet/weft/control/store"
+	"github.com/weftnet/weft/loader"
+)
+
+// checkInterval is how often the monitor looks at the store, the network
+// config and the program links.
+const checkInterval = 2 * time.Second
+
+// health is what keeps weftd unready after it was first ready: each reason
+// is set and cleared by the check that owns it. /healthz answers 503 and
+// lists the reasons while any is set.
+type health struct {
+	mu      sync.Mutex
+	reasons map[string]string // check -> why
+}
+
+func (h *health) set(check, why string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.reasons == nil {
+		h.reasons = map[string]string{}
+	}
+	if why == "" {
+		delete(h.reasons, check)
+	} else {
+		h.reasons[check] = why
+	}
+}
+
+// failing lists the current reasons, in a stable order.
+func (h *health) failing() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, c := range []string{"store", "config", "links", "lease"} {
+		if r, ok := h.reasons[c]; ok {
+			out = append(out, c+": "+r)
+		}
+	}
+	return out
+}
+
+func (h *health) gauges() (storeReachable, configChanged, linksMissing, leaseLost bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, s := h.reasons["store"]
+	_, c := h.reasons["config"]
+	_, l := h.reasons["links"]
+	_, o := h.reasons["lease"]
+	return !s, c, l, o
+}
+
+// renewalDeadline is how long the store may stay silent before weftd says
+// it is unready: the lease TTL (past it the lease is gone anyway), but at
+// most a minute, because with flannel's 24 h default TTL an outage would
+// otherwise stay invisible for a day.
+func renewalDeadline(ttl time.Duration) time.Duration { return min(ttl, time.Minute) }
+
+// monitor runs the checks until ctx is done:
+//   - store: the network config is read every checkInterval; weftd is
+//     unready when neither that read nor a lease renewal has succeeded
+//     within the renewal deadline, and ready again at the next success;
+//   - config: a network config different from the one weftd started with
+//     is logged, counted and makes weftd unready; it is not applied. A
+//     change of Network, SubnetLen, VNI or port re-addresses every node
+//     and needs every node restarted; applying it piecemeal on a running
+//     node would leave half a cluster on each config. flanneld does not
+//     notice a change at all until restarted; weftd keeps forwarding with
+//     the config it has and says so until an operator restarts it.
+//   - links: every program link SetupNode pinned must still be attached.
+func (d *daemon) monitor(ctx context.Context, st *store.Store, own *store.OwnLease, running *flannel.NetworkConfig, links []string) {
+	deadline := renewalDeadline(d.cfg.LeaseTTL)
+	lastContact := time.Now()
+	t := time.NewTicker(checkInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, checkInterval)
+		cfg, err := st.GetConfig(cctx)
+		cancel()
+		if err == nil || errors.Is(err, store.ErrConfigNotFound) || errors.Is(err, store.ErrConfigInvalid) {
+			lastContact = time.Now() // etcd answered
+		}
+		if r := own.Renewed(); r.After(lastContact) {
+			lastContact = r
+		}
+		if silent := time.Since(lastContact); silent > deadline {
+			d.setHealth("store", fmt.Sprintf("no answer from etcd for %v (deadline %v)", silent.Round(time.Second), deadline))
+		} else {
+			d.setHealth("store", "")
+		}
+
+		switch {
+		case err == nil && !sameConfig(cfg, running):
+			d.setHealth("config", "the network config in etcd changed; restart weftd on every node to apply it")
+		case err == nil:
+			d.setHealth("config", "")
+		case errors.Is(err, store.ErrConfigNotFound) || errors.Is(err, store.ErrConfigInvalid):
+			d.setHealth("config", "the network config in etcd is gone or invalid: "+err.Error())
+		}
+
+		if err := loader.CheckLinks(d.cfg.PinPath, links); err != nil {
+			d.setHealth("links", err.Error())
+		} else {
+			d.setHealth("links", "")
+		}
+	}
+}
+
+// setHealth records a check's result and logs each change of it once.
+func (d *daemon) setHealth(check, why string) {
+	d.health.mu.Lock()
+	old := d.health.reasons[check]
+	d.health.mu.Unlock()
+	if old == why {
+		return
+	}
+	d.health.set(check, why)
+	if why == "" {
+		d.log.Info("health check passing again", zap.String("check", check))
+		return
+	}
+	d.log.Error("health check failing; weftd is unready", zap.String("check", check), zap.String("reason", why))
+}
+
+func sameConfig(a, b *flannel.NetworkConfig) bool { return reflect.DeepEqual(a, b) }
+
+// keepLease runs the own lease's KeepAlive. If another node takes our
+// subnet, weftd does not exit: it stays up, unready, with the reason in
+// /healthz, weft_own_lease_lost and the log, and keeps forwarding to the
+// other nodes for the pods still here, while stopping to treat the subnet
+// as its own would need the operator (flanneld exits here; a DaemonSet then
+// restarts it into a new subnet under running pods).
+func (d *daemon) keepLease(ctx context.Context, own *store.OwnLease) error {
+	err := own.KeepAlive(ctx)
+	if !errors.Is(err, store.ErrSubnetTaken) {
+		return err
+	}
+	d.setHealth("lease", err.Error())
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// nodeLinks is the node's own program links as SetupNode pinned them.
+func nodeLinks(pinPath string) []string {
+	links, _ := loader.NodeLinks(pinPath)
+	return links
+}
+
+// releaseOnError gives the subnet lease back when the data plane could not
+// be set up, so that other nodes do not program tunnels to a node that
+// cannot receive, and returns err.
+func (d *daemon) releaseOnError(own *store.OwnLease, err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if rerr := own.Release(ctx); rerr != nil {
+		d.log.Warn("release subnet lease after a failed data plane setup", zap.Error(rerr))
+	} else {
+		d.log.Info("released the subnet lease: the data plane could not be set up", zap.Error(err))
+	}
+	return err
+}
