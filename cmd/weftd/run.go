@@ -141,6 +141,7 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		zap.Int("pod_mtu", loader.PodMTU(int(nodeState.Config.MTU))))
 
 	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: subnet, PublicIP: ul.PublicIP, Underlay: ul.Prefix}, log, d.metrics)
+	rec.PruneCounters(dp.Maps.PeerStats)
 
 	errc := make(chan error, 2)
 	go func() { errc <- d.keepLease(ctx, own) }()

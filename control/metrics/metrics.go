@@ -30,6 +30,7 @@ type Metrics struct {
 	Tunnels             atomic.Int64  // entries in the tunnels map after the last reconcile
 	OwnLeaseRepairs     atomic.Uint64 // own subnet key re-acquired, re-created or put back
 	OwnLeaseLost        atomic.Int64  // 1 when another node took our subnet
+	PrunedPeerCounters  atomic.Uint64 // per-peer counter entries deleted after the peer left
 	AuditRuns           atomic.Uint64 // audits of the tunnels map against the reconciler's mirror
 	AuditRepairs        atomic.Uint64 // entries found drifted (changed behind weftd's back) and repaired
 }
@@ -64,6 +65,7 @@ func (m *Metrics) WritePrometheus(w io.Writer) error {
 	metric("weft_tunnels", "gauge", "Entries in the tunnels map after the last reconciliation.", i(m.Tunnels.Load()))
 	metric("weft_own_lease_repairs_total", "counter", "Times this node's own subnet lease was lost, deleted or overwritten and taken back.", u(m.OwnLeaseRepairs.Load()))
 	metric("weft_own_lease_lost", "gauge", "1 when another node holds this node's subnet.", i(m.OwnLeaseLost.Load()))
+	metric("weft_peer_counters_pruned_total", "counter", "Per-peer traffic counters deleted after the peer's last tunnel went.", u(m.PrunedPeerCounters.Load()))
 	metric("weft_tunnel_audits_total", "counter", "Audits comparing the tunnels map with what weftd wrote.", u(m.AuditRuns.Load()))
 	metric("weft_tunnel_audit_repairs_total", "counter", "Tunnel entries found changed behind weftd's back and repaired.", u(m.AuditRepairs.Load()))
 	return bw.Flush()

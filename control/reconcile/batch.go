@@ -56,7 +56,11 @@ func (r *Reconciler) ApplyBatch(b peers.Batch) (Result, error) {
 		r.claims.Subnets(func(sn netip.Prefix) { dirty[sn] = struct{}{} })
 	}
 	r.metrics.InvalidLeases.Store(int64(r.invalid))
-	return r.write(start, dirty, r.desired)
+	res, err := r.write(start, dirty, r.desired)
+	if full {
+		r.pruneAllCounters()
+	}
+	return res, err
 }
 
 // Apply makes the map match a full lease set (a store.Snapshot's Leases

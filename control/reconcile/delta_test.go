@@ -227,3 +227,41 @@ func TestAuditRepairsPinnedMap(t *testing.T) {
 		t.Fatalf("second audit: drift %d err %v, want none", drift, err)
 	}
 }
+
+// fakeCounters is a per-peer counters map.
+type fakeCounters map[netip.Addr]bool
+
+func (f fakeCounters) All() ([]maps.PeerStats, error) {
+	var out []maps.PeerStats
+	for a := range f {
+		out = append(out, maps.PeerStats{Remote: a})
+	}
+	return out, nil
+}
+func (f fakeCounters) Delete(a netip.Addr) error { delete(f, a); return nil }
+
+func TestDepartedPeersCountersPruned(t *testing.T) {
+	cfg := config(t, false)
+	m := new(metrics.Metrics)
+	r := New(newFake(), cfg, self, nil, m)
+	ip := func(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("192.168.50.%d", 2+i)) }
+	// Counters for two live peers and one that left while weftd was down.
+	counters := fakeCounters{ip(0): true, ip(1): true, netip.MustParseAddr("192.0.2.9"): true}
+	r.PruneCounters(counters)
+	if _, err := r.ApplyBatch(peers.Batch{Full: true, Changes: []peers.Change{change(t, cfg, nth(0, 2)), change(t, cfg, nth(1, 3))}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(counters) != 2 || !counters[ip(0)] || !counters[ip(1)] {
+		t.Fatalf("after the full batch: %v, want the two live peers only", counters)
+	}
+	// Peer 0 moves to a new address: its old counters go. Peer 1 leaves.
+	moved := nth(0, 4)
+	moved.Value = kv("x", "192.168.50.99", 2, 4).Value
+	counters[netip.MustParseAddr("192.168.50.99")] = true
+	if _, err := r.ApplyBatch(peers.Batch{Changes: []peers.Change{change(t, cfg, moved), {Key: nth(1, 0).Key}}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(counters) != 1 || !counters[netip.MustParseAddr("192.168.50.99")] || m.PrunedPeerCounters.Load() != 3 {
+		t.Fatalf("after the delta: %v (pruned %d), want only the moved peer's new address", counters, m.PrunedPeerCounters.Load())
+	}
+}

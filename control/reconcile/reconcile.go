@@ -69,6 +69,14 @@ type BatchTable interface {
 	DeleteBatch([]netip.Prefix) (failed []netip.Prefix, err error)
 }
 
+// PeerCounters is the per-peer traffic counters map (*maps.PeerStatsMap):
+// the data plane adds an entry per remote underlay address it talks to,
+// and only the control plane knows when that peer has gone.
+type PeerCounters interface {
+	All() ([]maps.PeerStats, error)
+	Delete(netip.Addr) error
+}
+
 // batchMin is the number of writes from which a BatchTable's batch calls
 // are used; below it the per-entry calls are as fast and name each entry.
 const batchMin = 16
@@ -122,6 +130,81 @@ type Reconciler struct {
 	pending map[netip.Prefix]struct{}    // subnets whose last write failed
 	lkg     map[netip.Prefix]struct{}    // subnets programmed from a last known good value
 	invalid int                          // records whose current value is invalid
+	remotes map[netip.Addr]int           // mirror entries per remote underlay address
+	peers   PeerCounters                 // nil: counters are not pruned
+}
+
+// PruneCounters makes the reconciler delete a peer's traffic counters when
+// the last tunnel to its underlay address is removed, and on every Full
+// batch those of addresses no tunnel points at (peers that left while
+// weftd was down).
+func (r *Reconciler) PruneCounters(p PeerCounters) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.peers = p
+}
+
+// setMirror and dropMirror keep the mirror and the per-remote counts
+// together; a remote whose count drops to zero is returned as gone.
+func (r *Reconciler) setMirror(t maps.Tunnel) (gone netip.Addr) {
+	if _, ok := r.mirror[t.Subnet]; ok {
+		gone = r.dropMirror(t.Subnet)
+	}
+	r.mirror[t.Subnet] = t
+	r.remotes[t.Remote]++
+	if gone == t.Remote {
+		gone = netip.Addr{}
+	}
+	return gone
+}
+
+func (r *Reconciler) dropMirror(sn netip.Prefix) (gone netip.Addr) {
+	old, ok := r.mirror[sn]
+	if !ok {
+		return netip.Addr{}
+	}
+	delete(r.mirror, sn)
+	if r.remotes[old.Remote]--; r.remotes[old.Remote] <= 0 {
+		delete(r.remotes, old.Remote)
+		return old.Remote
+	}
+	return netip.Addr{}
+}
+
+// pruneCounters deletes the counters of peers no tunnel points at any more.
+func (r *Reconciler) pruneCounters(gone []netip.Addr) {
+	if r.peers == nil {
+		return
+	}
+	for _, a := range gone {
+		if _, back := r.remotes[a]; back || !a.IsValid() {
+			continue
+		}
+		if err := r.peers.Delete(a); err != nil {
+			r.log.Warn("prune counters of a departed peer", zap.Stringer("remote", a), zap.Error(err))
+			continue
+		}
+		r.metrics.PrunedPeerCounters.Add(1)
+	}
+}
+
+// pruneAllCounters deletes every peer entry whose address has no tunnel.
+func (r *Reconciler) pruneAllCounters() {
+	if r.peers == nil {
+		return
+	}
+	all, err := r.peers.All()
+	if err != nil {
+		r.log.Warn("read peer counters", zap.Error(err))
+		return
+	}
+	var gone []netip.Addr
+	for _, ps := range all {
+		if _, ok := r.remotes[ps.Remote]; !ok {
+			gone = append(gone, ps.Remote)
+		}
+	}
+	r.pruneCounters(gone)
 }
 
 // New returns a Reconciler writing to table. log and m may be nil.
@@ -133,7 +216,7 @@ func New(table TunnelTable, cfg *flannel.NetworkConfig, self Self, log *zap.Logg
 		m = new(metrics.Metrics)
 	}
 	return &Reconciler{table: table, cfg: cfg, self: self, log: log, metrics: m,
-		mirror: map[netip.Prefix]maps.Tunnel{}, records: map[string]*record{},
+		mirror: map[netip.Prefix]maps.Tunnel{}, remotes: map[netip.Addr]int{}, records: map[string]*record{},
 		claims: subnetkeys.New(0), pending: map[netip.Prefix]struct{}{}, lkg: map[netip.Prefix]struct{}{}}
 }
 
@@ -163,11 +246,10 @@ func (r *Reconciler) readMirror() error {
 		r.metrics.ReconcileErrors.Add(1)
 		return fmt.Errorf("reconcile tunnels: read map: %w", err)
 	}
-	m := make(map[netip.Prefix]maps.Tunnel, len(actual))
+	r.mirror, r.remotes, r.loaded = make(map[netip.Prefix]maps.Tunnel, len(actual)), make(map[netip.Addr]int), true
 	for _, t := range actual {
-		m[t.Subnet] = t
+		r.setMirror(t)
 	}
-	r.mirror, r.loaded = m, true
 	return nil
 }
 
@@ -275,6 +357,7 @@ func (r *Reconciler) write(start time.Time, dirty map[netip.Prefix]struct{},
 
 	wrote := time.Since(wstart)
 	each := len(puts)+len(dels) <= logEach
+	var gone []netip.Addr
 	for _, t := range puts {
 		if failed[t.Subnet] {
 			r.pending[t.Subnet] = struct{}{}
@@ -282,7 +365,7 @@ func (r *Reconciler) write(start time.Time, dirty map[netip.Prefix]struct{},
 		}
 		delete(r.pending, t.Subnet)
 		old, exists := r.mirror[t.Subnet]
-		r.mirror[t.Subnet] = t
+		gone = append(gone, r.setMirror(t))
 		switch {
 		case exists:
 			res.Updated++
@@ -303,7 +386,7 @@ func (r *Reconciler) write(start time.Time, dirty map[netip.Prefix]struct{},
 		}
 		delete(r.pending, sn)
 		old := r.mirror[sn]
-		delete(r.mirror, sn)
+		gone = append(gone, r.dropMirror(sn))
 		res.Removed++
 		if each {
 			r.log.Info("tunnel removed", zap.Stringer("tunnel", old))
@@ -314,6 +397,7 @@ func (r *Reconciler) write(start time.Time, dirty map[netip.Prefix]struct{},
 			zap.Int("removed", res.Removed), zap.Bool("batch_syscalls", batched), zap.Int("failed", len(failed)),
 			zap.Duration("write_took", wrote))
 	}
+	r.pruneCounters(gone)
 	r.metrics.LastKnownGood.Store(int64(len(r.lkg)))
 	r.metrics.ObserveReconcile(time.Since(start), len(r.mirror), len(failed))
 	if len(errs) > 0 {
