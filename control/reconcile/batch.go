@@ -7,6 +7,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"fmt"
+
 	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/control/peers"
 	"github.com/weftnet/weft/maps"
@@ -181,31 +183,59 @@ func (r *Reconciler) report(key string, rec *record, e *flannel.LeaseError) {
 // there is nothing to compare with, and Audit does nothing.
 func (r *Reconciler) Audit() (drift int, err error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if !r.loaded {
+		r.mu.Unlock()
 		return 0, nil
 	}
+	r.written = map[netip.Prefix]struct{}{}
+	r.mu.Unlock()
+	// Read without the lock: at 50,000 entries the read takes tens of
+	// milliseconds, and a join must not wait for it. Subnets written
+	// meanwhile are left to the next audit.
 	start := time.Now()
-	believed := r.mirror
-	if err := r.readMirror(); err != nil {
-		return 0, err
+	actual, err := r.table.All()
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	written := r.written
+	r.written = nil
+	if err != nil {
+		r.metrics.ReconcileErrors.Add(1)
+		return 0, fmt.Errorf("audit tunnels: read map: %w", err)
+	}
+	kernel := make(map[netip.Prefix]maps.Tunnel, len(actual))
+	for _, t := range actual {
+		kernel[t.Subnet] = t
 	}
 	dirty := make(map[netip.Prefix]struct{}, len(r.pending))
 	for sn := range r.pending {
 		dirty[sn] = struct{}{}
 	}
-	for sn, t := range believed {
-		if k, ok := r.mirror[sn]; !ok || !k.Equal(t) {
-			dirty[sn] = struct{}{}
-			drift++
+	var drifted []netip.Prefix
+	for sn, t := range r.mirror {
+		if _, w := written[sn]; w {
+			continue
+		}
+		if k, ok := kernel[sn]; !ok || !k.Equal(t) {
+			drifted = append(drifted, sn)
 		}
 	}
-	for sn := range r.mirror {
-		if _, ok := believed[sn]; !ok {
-			dirty[sn] = struct{}{}
-			drift++
+	for sn := range kernel {
+		_, w := written[sn]
+		if _, ok := r.mirror[sn]; !ok && !w {
+			drifted = append(drifted, sn)
 		}
 	}
+	for _, sn := range drifted {
+		// The mirror takes the kernel's view, so the write below repairs it.
+		if k, ok := kernel[sn]; ok {
+			r.setMirror(k)
+		} else {
+			r.dropMirror(sn)
+		}
+		dirty[sn] = struct{}{}
+	}
+	drift = len(drifted)
 	r.metrics.AuditRuns.Add(1)
 	r.metrics.AuditRepairs.Add(uint64(drift))
 	if drift > 0 {

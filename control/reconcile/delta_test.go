@@ -265,3 +265,42 @@ func TestDepartedPeersCountersPruned(t *testing.T) {
 		t.Fatalf("after the delta: %v (pruned %d), want only the moved peer's new address", counters, m.PrunedPeerCounters.Load())
 	}
 }
+
+// hookTable runs hook at the start of a full read, as a join arriving while
+// the audit reads the map would.
+type hookTable struct {
+	*fakeTable
+	hook func()
+}
+
+func (h *hookTable) All() ([]maps.Tunnel, error) {
+	out, err := h.fakeTable.All()
+	if h.hook != nil {
+		hook := h.hook
+		h.hook = nil
+		hook() // after the snapshot: the read misses this write
+	}
+	return out, err
+}
+
+func TestAuditDoesNotBlockOrMiscountConcurrentWrites(t *testing.T) {
+	cfg := config(t, false)
+	h := &hookTable{fakeTable: newFake()}
+	m := new(metrics.Metrics)
+	r := New(h, cfg, self, nil, m)
+	if _, err := r.ApplyBatch(peers.Batch{Full: true, Changes: []peers.Change{change(t, cfg, nth(0, 2))}}); err != nil {
+		t.Fatal(err)
+	}
+	h.hook = func() { // runs inside Audit's read; would deadlock if Audit held the lock
+		if _, err := r.ApplyBatch(peers.Batch{Changes: []peers.Change{change(t, cfg, nth(1, 3))}}); err != nil {
+			t.Error(err)
+		}
+	}
+	drift, err := r.Audit()
+	if err != nil || drift != 0 || m.AuditRepairs.Load() != 0 {
+		t.Fatalf("audit during a write: drift %d, err %v; want none", drift, err)
+	}
+	if got := h.String(); got != "10.244.2.0/24>192.168.50.2/vxlan 10.244.3.0/24>192.168.50.3/vxlan" {
+		t.Fatal(got)
+	}
+}

@@ -132,6 +132,7 @@ type Reconciler struct {
 	invalid int                          // records whose current value is invalid
 	remotes map[netip.Addr]int           // mirror entries per remote underlay address
 	peers   PeerCounters                 // nil: counters are not pruned
+	written map[netip.Prefix]struct{}    // while an audit reads the map: subnets written meanwhile
 }
 
 // PruneCounters makes the reconciler delete a peer's traffic counters when
@@ -356,6 +357,14 @@ func (r *Reconciler) write(start time.Time, dirty map[netip.Prefix]struct{},
 	}
 
 	wrote := time.Since(wstart)
+	if r.written != nil {
+		for _, t := range puts {
+			r.written[t.Subnet] = struct{}{}
+		}
+		for _, sn := range dels {
+			r.written[sn] = struct{}{}
+		}
+	}
 	each := len(puts)+len(dels) <= logEach
 	var gone []netip.Addr
 	for _, t := range puts {
