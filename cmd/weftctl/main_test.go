@@ -118,3 +118,29 @@ func TestReadsPinnedMaps(t *testing.T) {
 		t.Errorf("status:\n%s", out)
 	}
 }
+
+func TestGlobalFlagsBeforeTheCommand(t *testing.T) {
+	for _, args := range [][]string{
+		{"--pin-path", "/nonexistent/weft", "tunnels"},
+		{"--pin-path=/nonexistent/weft", "tunnels", "-o", "json"},
+		{"-o", "json", "--pin-path", "/nonexistent/weft", "tunnels"},
+		{"tunnels", "--pin-path", "/nonexistent/weft"},
+	} {
+		_, stderr, code := runCtl(t, args...)
+		if code != 1 || !strings.Contains(stderr, "no Weft data plane pinned at /nonexistent/weft") {
+			t.Errorf("weftctl %v: code %d, stderr %q", args, code, stderr)
+		}
+	}
+	for _, c := range commands {
+		_, stderr, code := runCtl(t, "help", c.name)
+		if code != 0 || !strings.Contains(stderr, "Usage: weftctl "+c.name) {
+			t.Errorf("help %s: code %d, stderr:\n%s", c.name, code, stderr)
+		}
+	}
+}
+
+func TestPermissionErrorSaysRunAsRoot(t *testing.T) {
+	if err := explain(os.ErrPermission); !strings.Contains(err.Error(), "run weftctl with sudo") {
+		t.Errorf("explain(EPERM) = %v", err)
+	}
+}

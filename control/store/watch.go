@@ -7,6 +7,7 @@ import (
 
 	"slices"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -226,6 +227,7 @@ func (s *Store) follow(ctx context.Context, ix *index, from int64, apply func(pe
 		if b.Err != nil {
 			return n, b.Err
 		}
+		received := time.Now()
 		dirty := ix.update(b.Events, true)
 		rev := b.Revision
 		n++
@@ -247,6 +249,8 @@ func (s *Store) follow(ctx context.Context, ix *index, from int64, apply func(pe
 			}
 		}
 		apply(peers.Batch{Revision: rev, Changes: ix.changes(dedup(dirty))})
+		// apply has written the map: the change is forwarding now.
+		s.metrics.ObserveJoin(time.Since(received))
 	}
 }
 

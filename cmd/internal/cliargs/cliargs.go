@@ -1,0 +1,36 @@
+// Package cliargs lets a subcommand CLI take its flags before or after the
+// command, as kubectl, cilium and bpftool users type them
+// ("weftctl --pin-path X tunnels"), and understand "help <command>". Each
+// subcommand parses its own flags, so Normalize only moves the flags
+// written before the command name behind it.
+package cliargs
+
+import "strings"
+
+// Normalize returns args with the command name first. valueFlags names the
+// flags that take their value as the next argument ("--pin-path X");
+// "--flag=value" needs no listing. "help <command>" becomes
+// "<command> -h"; "-h" before any command stays first.
+func Normalize(args []string, valueFlags map[string]bool) []string {
+	var before []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-h" || a == "--help":
+			return append([]string{a}, before...)
+		case a == "--" || a == "-":
+			return args
+		case !strings.HasPrefix(a, "-"):
+			if a == "help" && i+1 < len(args) {
+				return append([]string{args[i+1], "-h"}, before...)
+			}
+			return append(append([]string{a}, before...), args[i+1:]...)
+		}
+		before = append(before, a)
+		if valueFlags[a] && i+1 < len(args) {
+			i++
+			before = append(before, args[i])
+		}
+	}
+	return args
+}
