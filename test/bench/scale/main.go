@@ -179,8 +179,8 @@ func runStore(ctx context.Context, o options, bin, store string) (rows []result,
 			return rows, err
 		}
 		f, err := flannelProgram(ctx, c, cli, fn, nodes)
-		fn.h.Close()
 		if err != nil {
+			fn.h.Close()
 			return rows, err
 		}
 		r.FlannelListMS, r.FlannelProgramMS = ms(f.list), ms(f.program)
@@ -190,19 +190,21 @@ func runStore(ctx context.Context, o options, bin, store string) (rows []result,
 
 		joins, err := timeJoins(ctx, cli, c, n, nodes, o.joins)
 		if err != nil {
+			fn.h.Close()
 			return rows, err
 		}
 		r.JoinP50MS, r.JoinP99MS, r.JoinMaxMS = ms(pct(joins, 50)), ms(pct(joins, 99)), ms(joins[len(joins)-1])
 		mem := readRSS(n.Cmd.Process.Pid)
 		r.RSSMB, r.RSSHWMMB = mem.rss, mem.hwm
 
-		if fn, err = newFlannelNode(c, fmt.Sprintf("g%d", len(rows))); err != nil {
-			return rows, err
-		}
-		// The joining flannel node holds the same N remote hosts first.
-		if _, err := flannelProgram(ctx, c, cli, fn, nodes+o.joins); err != nil {
-			fn.h.Close()
-			return rows, err
+		// The flannel node follows the leases Weft's joins added, as its
+		// watch would have, then times its own joins on top.
+		for i := nodes; i < nodes+o.joins; i++ {
+			sn, ip, mac := remote(i)
+			if err := fn.program(peer{sn: sn, ip: ip.AsSlice(), mac: mac}); err != nil {
+				fn.h.Close()
+				return rows, err
+			}
 		}
 		fjoins, err := flannelJoins(ctx, cli, c, fn, nodes+o.joins, o.joins)
 		fn.h.Close()
