@@ -16,8 +16,8 @@ import (
 type nopTable struct{}
 
 func (nopTable) All() ([]maps.Tunnel, error) { return nil, nil }
-func (nopTable) Put(maps.Tunnel) error        { return nil }
-func (nopTable) Delete(netip.Prefix) error    { return nil }
+func (nopTable) Put(maps.Tunnel) error       { return nil }
+func (nopTable) Delete(netip.Prefix) error   { return nil }
 
 func benchKV(i int, rev int64) flannel.KV {
 	return flannel.KV{Key: fmt.Sprintf("/p/subnets/10.%d.%d.0-24", 1+i/256, i%256),
