@@ -91,3 +91,24 @@ func TestPinWritersShareOneLock(t *testing.T) {
 		t.Fatalf("lock file gone after Remove: %v", err)
 	}
 }
+
+func TestDaemonAlive(t *testing.T) {
+	pin := testPinPath(t)
+	if _, alive, err := DaemonAlive(pin); err != nil || alive {
+		t.Fatalf("before: alive %v, %v", alive, err)
+	}
+	release, err := HoldAlive(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid, alive, err := DaemonAlive(pin); err != nil || !alive || pid != os.Getpid() {
+		t.Fatalf("held: pid %d alive %v, %v; want this process", pid, alive, err)
+	}
+	if _, err := HoldAlive(pin); err == nil || !strings.Contains(err.Error(), "another weftd") {
+		t.Fatalf("second holder: %v, want refused", err)
+	}
+	release()
+	if _, alive, err := DaemonAlive(pin); err != nil || alive {
+		t.Fatalf("released: alive %v, %v", alive, err)
+	}
+}

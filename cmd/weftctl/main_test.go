@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -114,8 +116,19 @@ func TestReadsPinnedMaps(t *testing.T) {
 		t.Errorf("stats --all -o json:\n%s", out)
 	}
 	out, _, code = runCtl(t, "status", "--pin-path", pin)
-	if code != 0 || !strings.Contains(out, "Tunnels:") || !strings.Contains(out, "not set") {
+	if code != 0 || !strings.Contains(out, "Tunnels:") || !strings.Contains(out, "not set") ||
+		!regexp.MustCompile(`weftd: +not running`).MatchString(out) || !regexp.MustCompile(`Decap: +none`).MatchString(out) {
 		t.Errorf("status:\n%s", out)
+	}
+	// A daemon holding the pin path shows as running.
+	release, err := loader.HoldAlive(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	out, _, _ = runCtl(t, "status", "--pin-path", pin)
+	if !strings.Contains(out, fmt.Sprintf("running (pid %d)", os.Getpid())) {
+		t.Errorf("status with weftd alive:\n%s", out)
 	}
 }
 

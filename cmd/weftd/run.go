@@ -110,6 +110,13 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	subnet := own.Subnet()
 	d.subnet.Store(&subnet)
 
+	// One weftd per pin path; weftctl status shows it as running.
+	release, err := loader.HoldAlive(cfg.PinPath)
+	if err != nil {
+		return err
+	}
+	defer release()
+
 	// The data plane: adopt what is pinned, add what is missing. If it
 	// cannot be set up, the lease is given back (releaseOnError).
 	dp, err := loader.Load(loader.Options{PinPath: cfg.PinPath})
