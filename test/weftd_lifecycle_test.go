@@ -2,6 +2,7 @@ package test
 
 import (
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/weftnet/weft/control/flannel"
+	"github.com/weftnet/weft/loader"
 	"github.com/weftnet/weft/test/lab"
 )
 
@@ -130,6 +132,39 @@ func TestWeftdLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitHealth(t, n, http.StatusOK, "", 10*time.Second)
+	})
+
+	t.Run("SetupFailureReleasesLease", func(t *testing.T) {
+		// Pins of another layout make the data plane setup fail after the
+		// lease is held: weftd must give the lease back and say why.
+		if err := stopWeftd(t, c, n, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Topo.Do(func() error { return loader.TeardownNode(n.PinPath, "") }); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(n.PinPath, "layout-99"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		startWeftdNoWait(t, c, n, "--subnet-lease-ttl", "5s")
+		select {
+		case <-c.Lab.Exited(n.Cmd):
+		case <-time.After(20 * time.Second):
+			t.Fatal("weftd kept running over pins of another layout")
+		}
+		if log := n.Log(); !strings.Contains(log, "pin layout 99") || !strings.Contains(log, "released the subnet lease") {
+			t.Fatalf("weftd log does not say why and that it released the lease:\n%s", log)
+		}
+		if v := ownValue(); v != "" {
+			t.Fatalf("lease still published after a failed setup: %q", v)
+		}
+		os.RemoveAll(n.PinPath)
+		if err := c.StartWeftd(n, "--subnet-lease-ttl", "5s"); err != nil {
+			t.Fatal(err)
+		}
+		if got := ownValue(); got != mine {
+			t.Fatalf("lease after restart %q, want %q", got, mine)
+		}
 	})
 
 	t.Run("SubnetTaken", func(t *testing.T) {
