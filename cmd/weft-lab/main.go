@@ -73,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "weft-lab %s: %v\n", c.name, err)
 			return 2
 		default:
-			fmt.Fprintf(stderr, "weft-lab %s: %v\n", c.name, err)
+			fmt.Fprintf(stderr, "weft-lab %s: %v\n", c.name, cliargs.NeedsRoot(err, "weft-lab"))
 			return 1
 		}
 	}

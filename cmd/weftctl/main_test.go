@@ -153,7 +153,7 @@ func TestGlobalFlagsBeforeTheCommand(t *testing.T) {
 }
 
 func TestPermissionErrorSaysRunAsRoot(t *testing.T) {
-	if err := explain(os.ErrPermission); !strings.Contains(err.Error(), "run weftctl with sudo") {
+	if err := explain(os.ErrPermission); !strings.Contains(err.Error(), "run weftctl as root") {
 		t.Errorf("explain(EPERM) = %v", err)
 	}
 }

@@ -1,11 +1,18 @@
-// Package cliargs lets a subcommand CLI take its flags before or after the
+// Package cliargs holds what Weft's command-line tools share. It lets a
+// subcommand CLI take its flags before or after the
 // command, as kubectl, cilium and bpftool users type them
 // ("weftctl --pin-path X tunnels"), and understand "help <command>". Each
 // subcommand parses its own flags, so Normalize only moves the flags
 // written before the command name behind it.
 package cliargs
 
-import "strings"
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+)
 
 // Normalize returns args with the command name first. valueFlags names the
 // flags that take their value as the next argument ("--pin-path X");
@@ -33,4 +40,15 @@ func Normalize(args []string, valueFlags map[string]bool) []string {
 		}
 	}
 	return args
+}
+
+// NeedsRoot adds what to do to a permission error: Weft's programs load
+// BPF, pin under bpffs and change network namespaces, which needs root
+// (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN on most kernels). Other errors
+// are returned unchanged.
+func NeedsRoot(err error, tool string) error {
+	if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+		return fmt.Errorf("%w (permission denied: run %s as root, e.g. with sudo)", err, tool)
+	}
+	return err
 }

@@ -1,7 +1,11 @@
 package cliargs
 
 import (
+	"errors"
+	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -21,5 +25,16 @@ func TestNormalize(t *testing.T) {
 		if got := Normalize(c.in, vf); !slices.Equal(got, c.want) {
 			t.Errorf("Normalize(%q) = %q, want %q", c.in, got, c.want)
 		}
+	}
+}
+
+func TestNeedsRoot(t *testing.T) {
+	err := NeedsRoot(fmt.Errorf("open pins: %w", os.ErrPermission), "weftctl")
+	if !errors.Is(err, os.ErrPermission) || !strings.Contains(err.Error(), "run weftctl as root") {
+		t.Errorf("NeedsRoot(EPERM) = %v", err)
+	}
+	other := errors.New("boom")
+	if NeedsRoot(other, "weftd") != other {
+		t.Error("NeedsRoot changed an unrelated error")
 	}
 }
