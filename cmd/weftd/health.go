@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,9 +16,9 @@ import (
 	"github.com/weftnet/weft/loader"
 )
 
-// checkInterval is how often the monitor looks at the store, the network
-// config and the program links.
-const checkInterval = 2 * time.Second
+// checkInterval is how often the monitor looks at the program links and
+// at how long etcd has been silent.
+const checkInterval = time.Second
 
 // health is what keeps weftd unready after it was first ready: each reason
 // is set and cleared by the check that owns it. /healthz answers 503 and
@@ -70,20 +71,39 @@ func (h *health) gauges() (storeReachable, configChanged, linksMissing, leaseLos
 func renewalDeadline(ttl time.Duration) time.Duration { return min(ttl, time.Minute) }
 
 // monitor runs the checks until ctx is done:
-//   - store: the network config is read every checkInterval; weftd is
-//     unready when neither that read nor a lease renewal has succeeded
-//     within the renewal deadline, and ready again at the next success;
-//   - config: a network config different from the one weftd started with
-//     is logged, counted and makes weftd unready; it is not applied. A
-//     change of Network, SubnetLen, VNI or port re-addresses every node
-//     and needs every node restarted; applying it piecemeal on a running
-//     node would leave half a cluster on each config. flanneld does not
-//     notice a change at all until restarted; weftd keeps forwarding with
-//     the config it has and says so until an operator restarts it.
+//   - store: weftd is unready when etcd has not answered for the renewal
+//     deadline, and ready again at the next answer. Lease renewals and the
+//     config watch count as answers; when neither came for a third of the
+//     deadline, one cheap read asks (at flannel's 24 h TTL that is one
+//     serializable read per node every 20 s, not a poll every second);
+//   - config: the network config is watched (store.WatchConfig); one
+//     different from the one weftd started with is logged, counted and
+//     makes weftd unready, and is not applied. A change of Network,
+//     SubnetLen, VNI or port re-addresses every node and needs every node
+//     restarted; applying it piecemeal on a running node would leave half a
+//     cluster on each config. flanneld reads its config only at start;
+//     weftd keeps forwarding with the config it has and says so until an
+//     operator restarts it;
 //   - links: every program link SetupNode pinned must still be attached.
 func (d *daemon) monitor(ctx context.Context, st *store.Store, own *store.OwnLease, running *flannel.NetworkConfig, links []string) {
 	deadline := renewalDeadline(d.cfg.LeaseTTL)
-	lastContact := time.Now()
+	var lastContact atomic.Int64
+	contact := func() { lastContact.Store(time.Now().UnixNano()) }
+	contact()
+	go st.WatchConfig(ctx, func(cfg *flannel.NetworkConfig, err error) {
+		switch {
+		case err == nil && !sameConfig(cfg, running):
+			contact()
+			d.setHealth("config", "the network config in etcd changed; restart weftd on every node to apply it")
+		case err == nil:
+			contact()
+			d.setHealth("config", "")
+		case errors.Is(err, store.ErrConfigNotFound) || errors.Is(err, store.ErrConfigInvalid):
+			contact()
+			d.setHealth("config", "the network config in etcd is gone or invalid: "+err.Error())
+		}
+	})
+
 	t := time.NewTicker(checkInterval)
 	defer t.Stop()
 	for {
@@ -92,30 +112,19 @@ func (d *daemon) monitor(ctx context.Context, st *store.Store, own *store.OwnLea
 			return
 		case <-t.C:
 		}
-		cctx, cancel := context.WithTimeout(ctx, checkInterval)
-		cfg, err := st.GetConfig(cctx)
-		cancel()
-		if err == nil || errors.Is(err, store.ErrConfigNotFound) || errors.Is(err, store.ErrConfigInvalid) {
-			lastContact = time.Now() // etcd answered
+		if r := own.Renewed(); r.UnixNano() > lastContact.Load() {
+			lastContact.Store(r.UnixNano())
 		}
-		if r := own.Renewed(); r.After(lastContact) {
-			lastContact = r
+		if time.Since(time.Unix(0, lastContact.Load())) > deadline/3 {
+			if err := st.Probe(ctx, checkInterval); err == nil {
+				contact()
+			}
 		}
-		if silent := time.Since(lastContact); silent > deadline {
+		if silent := time.Since(time.Unix(0, lastContact.Load())); silent > deadline {
 			d.setHealth("store", fmt.Sprintf("no answer from etcd for %v (deadline %v)", silent.Round(time.Second), deadline))
 		} else {
 			d.setHealth("store", "")
 		}
-
-		switch {
-		case err == nil && !sameConfig(cfg, running):
-			d.setHealth("config", "the network config in etcd changed; restart weftd on every node to apply it")
-		case err == nil:
-			d.setHealth("config", "")
-		case errors.Is(err, store.ErrConfigNotFound) || errors.Is(err, store.ErrConfigInvalid):
-			d.setHealth("config", "the network config in etcd is gone or invalid: "+err.Error())
-		}
-
 		if err := loader.CheckLinks(d.cfg.PinPath, links); err != nil {
 			d.setHealth("links", err.Error())
 		} else {
