@@ -19,7 +19,10 @@ func TestWatchConfig(t *testing.T) {
 	got := make(chan result, 8)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { s.WatchConfig(ctx, func(c *flannel.NetworkConfig, err error) { got <- result{c, err} }); close(done) }()
+	go func() {
+		s.WatchConfig(ctx, func(c *flannel.NetworkConfig, err error) { got <- result{c, err} })
+		close(done)
+	}()
 	t.Cleanup(func() { cancel(); <-done })
 	next := func() result {
 		t.Helper()
