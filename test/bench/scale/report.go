@@ -33,7 +33,8 @@ type result struct {
 	FlannelJoinP99MS float64 `json:"flannel_join_p99_ms"`
 	RSSHWMMB         float64 `json:"rss_hwm_mb"`
 	Joins            int     `json:"joins"`
-	LoadAvg          float64 `json:"load_avg_1m"` // the machine is shared: its load when the count started
+	Rounds           int     `json:"weft_cold_start_rounds"` // cold_start_ms and weft_program_ms are medians of these
+	LoadAvg          float64 `json:"load_avg_1m"`            // the machine is shared: its load when the count started
 }
 
 func writeJSON(path string, rows []result) error {
