@@ -72,3 +72,17 @@ func readPID(name string) (int, error) {
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
+
+// ForgetPinPath deletes the lock and pid files of a pin path that no
+// process can use any more: a lab or test removing its own throwaway pin
+// directories after stopping every process of the run. A node's pin path
+// must not be forgotten while anything may still lock it (see Lock).
+func ForgetPinPath(pinPath string) error {
+	var errs []error
+	for _, name := range []string{lockPath(pinPath), alivePath(pinPath)} {
+		if err := os.Remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

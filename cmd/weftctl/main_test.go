@@ -61,7 +61,7 @@ func TestReadsPinnedMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.MkdirAll(parent, 0o700)
-	t.Cleanup(func() { loader.Remove(pin); os.RemoveAll(parent) })
+	t.Cleanup(func() { loader.Remove(pin); loader.ForgetPinPath(pin); os.RemoveAll(parent) })
 
 	d, err := loader.Load(loader.Options{PinPath: pin})
 	if err != nil {
