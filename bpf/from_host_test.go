@@ -11,7 +11,7 @@ import (
 )
 
 // hostFrame is what the host stack sends out of weft0 (whose MAC is the local VtepMAC).
-func hostFrame(t *testing.T, p pkt) []byte {
+func hostFrame(t testing.TB, p pkt) []byte {
 	if !p.src.IsValid() {
 		p.src = hostIP
 	}

@@ -423,13 +423,11 @@ func TestFromPodFragNeeded(t *testing.T) {
 		p    pkt
 		mtu  uint16
 	}{
-		{"1500 bytes to a VXLAN peer", pkt{dst: remotePodB, size: 1500}, 1450},
-		{"pod MTU + 1 to a VXLAN peer", pkt{dst: remotePodB, size: 1451}, 1450},
-		{"UDP", pkt{dst: remotePodB, size: 1500, proto: layers.IPProtocolUDP}, 1450},
-		{"ICMP echo", pkt{dst: remotePodB, size: 1480, proto: layers.IPProtocolICMPv4}, 1450},
-		{"TTL 1 oversize", pkt{dst: remotePodB, size: 1500, ttl: 1}, 1450},
+		{"ICMP echo 1500 bytes to a VXLAN peer", pkt{dst: remotePodB, size: 1500, proto: layers.IPProtocolICMPv4}, 1450},
+		{"ICMP echo, pod MTU + 1", pkt{dst: remotePodB, size: 1451, proto: layers.IPProtocolICMPv4}, 1450},
+		{"ICMP echo, TTL 1", pkt{dst: remotePodB, size: 1500, ttl: 1, proto: layers.IPProtocolICMPv4}, 1450},
 		// Toward a direct peer nothing is added: the limit is the underlay's.
-		{"1501 bytes to a direct peer", pkt{dst: remotePodC, size: 1501}, 1500},
+		{"ICMP echo 1501 bytes to a direct peer", pkt{dst: remotePodC, size: 1501, proto: layers.IPProtocolICMPv4}, 1500},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -441,18 +439,37 @@ func TestFromPodFragNeeded(t *testing.T) {
 		})
 	}
 
-	// With options the quote would need more than 28 bytes: counted drop.
-	t.Run("DF oversize with IPv4 options", func(t *testing.T) {
+	// TCP, UDP (and anything with IPv4 options) may be CHECKSUM_PARTIAL:
+	// rewriting them into ICMP would leave stale offload state, so the
+	// kernel's forwarding path answers them (see frag_needed.h).
+	for _, c := range []struct {
+		name string
+		p    pkt
+	}{
+		{"TCP 1500 bytes", pkt{dst: remotePodB, size: 1500}},
+		{"UDP 1500 bytes", pkt{dst: remotePodB, size: 1500, proto: layers.IPProtocolUDP}},
+		{"TCP 1501 bytes to a direct peer", pkt{dst: remotePodC, size: 1501}},
+	} {
+		t.Run(c.name+" goes to the kernel", func(t *testing.T) {
+			e := newEnv(t)
+			c.p.df = true
+			in := podFrame(t, pod1, c.p)
+			r := e.run("from_pod", in)
+			r.check(t, tcActOK, counters("pass_mtu"))
+			r.checkUnchanged(t, in)
+		})
+	}
+	t.Run("DF oversize with IPv4 options goes to the kernel", func(t *testing.T) {
 		e := newEnv(t)
-		ip := &layers.IPv4{Version: 4, TTL: 64, Flags: layers.IPv4DontFragment, Protocol: layers.IPProtocolUDP,
+		ip := &layers.IPv4{Version: 4, TTL: 64, Flags: layers.IPv4DontFragment, Protocol: layers.IPProtocolICMPv4,
 			SrcIP: pod1.IP.AsSlice(), DstIP: remotePodB.AsSlice(),
 			Options: []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}}}
-		udp := &layers.UDP{SrcPort: 1, DstPort: 2}
-		udp.SetNetworkLayerForChecksum(ip)
 		in := serialize(t, &layers.Ethernet{DstMAC: pod1.HostMAC, SrcMAC: pod1.MAC, EthernetType: layers.EthernetTypeIPv4},
-			ip, udp, gopacket.Payload(make([]byte, 1500-24-8)))
+			ip, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0)},
+			gopacket.Payload(make([]byte, 1500-24-8)))
 		r := e.run("from_pod", in)
-		r.check(t, tcActShot, counters("drop_mtu"))
+		r.check(t, tcActOK, counters("pass_mtu"))
+		r.checkUnchanged(t, in)
 	})
 }
 
@@ -469,11 +486,13 @@ func TestFromPodGSO(t *testing.T) {
 	}{
 		// Segments that fit pass the MTU gate and reach bpf_skb_adjust_room, which
 		// refuses to grow a GSO skb that is neither TCP nor UDP_L4 (-ENOTSUPP): with
-		// gso_type 0, only Program.Run can make one. drop_helper here proves the
-		// gate let the packet through; real GSO encap is the netns tests' job.
-		{"TCP segments fit after encap", big, 1410, tcActShot, "drop_helper"},
+		// gso_type 0, only Program.Run can make one. Such a skb goes to weftgro0 for
+		// the kernel to encapsulate; this config has none, so drop_nested_gso here
+		// proves the gate let the packet through (TestFromPodNestedGSO has the
+		// weftgro0 case); real GSO encap is the netns tests' job.
+		{"TCP segments fit after encap", big, 1410, tcActShot, "drop_nested_gso"},
 		{"TCP segments 1 byte too big", big, 1411, tcActOK, "pass_mtu"},
-		{"UDP GSO segments fit", pkt{dst: remotePodB, proto: layers.IPProtocolUDP, size: 20 + 8 + 2*1422}, 1422, tcActShot, "drop_helper"},
+		{"UDP GSO segments fit", pkt{dst: remotePodB, proto: layers.IPProtocolUDP, size: 20 + 8 + 2*1422}, 1422, tcActShot, "drop_nested_gso"},
 		{"UDP GSO segments too big", pkt{dst: remotePodB, proto: layers.IPProtocolUDP, size: 20 + 8 + 2*1423}, 1423, tcActOK, "pass_mtu"},
 		{"GSO of an unknown L4", pkt{dst: remotePodB, proto: layers.IPProtocolICMPv4, size: 2000}, 1000, tcActOK, "pass_mtu"},
 		{"direct peer, segments fit", pkt{dst: remotePodC, size: 20 + 20 + 2*1460}, 1460, tcActRedirect, "direct"},
@@ -488,6 +507,23 @@ func TestFromPodGSO(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFromPodNestedGSO: a GSO skb bpf_skb_adjust_room refuses (here
+// gso_type 0, which only Program.Run can make; in life a pod's own tunnel)
+// goes to weftgro0 with the tunnel key set, Ethernet addressed VTEP to VTEP,
+// for the kernel's vxlan driver to segment and encapsulate.
+func TestFromPodNestedGSO(t *testing.T) {
+	e := newEnv(t)
+	cfg := defaultConfig()
+	cfg.GROIfIndex = 9
+	e.setConfig(cfg)
+	in := podFrame(t, pod1, pkt{dst: remotePodB, df: true, size: 20 + 20 + 2*1410})
+	r := e.run("from_pod", in, withGSO(1410, 2))
+	r.check(t, tcActRedirect, counters("encap_kernel"))
+	want := append(ethHdr(peerB.VtepMAC, localVtep, layers.EthernetTypeIPv4), decremented(t, in[14:])...)
+	hexDiff(t, "frame handed to weftgro0", r.out[:len(want)], want)
+	checkPeerTx(t, e, peerB.Remote, 1)
 }
 
 func TestNoConfig(t *testing.T) {

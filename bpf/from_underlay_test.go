@@ -143,7 +143,7 @@ func underlayCases(t testing.TB) []underlayCase {
 		{"valid, inner frame longer than its IPv4 packet", vxlanFrame(t, defaultVX(append(innerFromB(t, pkt{}), make([]byte, 6)...))), "deliver"},
 		{"valid, outer DF", mutate(valid, true, func(b []byte) { b[offOuterIP+6] = 0x40 }), "deliver"},
 		{"valid, outer TTL 1", mutate(valid, true, func(b []byte) { b[offOuterIP+8] = 1 }), "deliver"},
-		{"valid, outer TOS", mutate(valid, true, func(b []byte) { b[offOuterIP+1] = 0xbb }), "deliver"},
+		{"valid, outer TOS (ECN Not-ECT)", mutate(valid, true, func(b []byte) { b[offOuterIP+1] = 0xb8 }), "deliver"},
 		{"valid, inner source at the subnet's end", validVX(t, pkt{src: netip.MustParseAddr("10.244.1.255")}), "deliver"},
 		{"valid, inner TTL 2", validVX(t, pkt{ttl: 2}), "deliver"},
 		{"valid, VXLAN from the DirectRouting peer", vxFrom(func(v *vx) {
@@ -165,8 +165,16 @@ func underlayCases(t testing.TB) []underlayCase {
 		{"UDP to DNS", vxFrom(func(v *vx) { v.dport = 53 }), "pass_underlay"},
 		{"UDP to 4789 while configured for 8472", vxFrom(func(v *vx) { v.dport = 4789 }), "pass_underlay"},
 		{"UDP from 8472 to another port", vxFrom(func(v *vx) { v.sport, v.dport = 8472, 43210 }), "pass_underlay"},
-		{"non-first fragment, more to come", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+6:], 0x2000|185) }), "pass_underlay"},
-		{"last fragment", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+6:], 185) }), "pass_underlay"},
+		{"first fragment to another UDP port", mutate(vxFrom(func(v *vx) { v.dport = 53 }), true, func(b []byte) { put16(b[offOuterIP+6:], 0x2000) }), "pass_underlay"},
+		{"fragment of TCP to us", mutate(valid, true, func(b []byte) { b[offOuterIP+9] = 6; put16(b[offOuterIP+6:], 185) }), "pass_underlay"},
+		{"UDP fragment to another host", mutate(vxFrom(func(v *vx) { v.outerDst = netip.MustParseAddr("192.168.8.77") }), true, func(b []byte) { put16(b[offOuterIP+6:], 185) }), "pass_underlay"},
+
+		// Fragments of UDP to us (a router with a smaller MTU cut VXLAN up):
+		// the kernel reassembles them, gro_sink on weftgro0 checks the result.
+		{"non-first fragment, more to come", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+6:], 0x2000|185) }), "pass_fragment"},
+		{"last fragment", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+6:], 185) }), "pass_fragment"},
+		{"outer first fragment (MF)", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+6:], 0x2000) }), "pass_fragment"},
+		{"outer first fragment with DF", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+6:], 0x6000) }), "pass_fragment"},
 		{"outer version 6 with IPv4 type", mutate(valid, true, func(b []byte) { b[offOuterIP] = 0x65 }), "pass_underlay"},
 		{"outer IHL 4", mutate(valid, false, func(b []byte) { b[offOuterIP] = 0x44 }), "pass_underlay"},
 		{"outer IHL 0", mutate(valid, false, func(b []byte) { b[offOuterIP] = 0x40 }), "pass_underlay"},
@@ -175,8 +183,6 @@ func underlayCases(t testing.TB) []underlayCase {
 
 		// Ours, but wrong.
 		{"outer IPv4 options", withOptions(), "drop_outer_options"},
-		{"outer first fragment (MF)", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+6:], 0x2000) }), "drop_outer_fragment"},
-		{"outer first fragment with DF", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+6:], 0x6000) }), "drop_outer_fragment"},
 		{"outer total length beyond the frame", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+2:], uint16(len(b)-14+1)) }), "drop_outer_length"},
 		{"outer total length below IPv4 + UDP", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+2:], 27); put16(b[offUDP+4:], 7) }), "drop_outer_length"},
 		{"outer total length 0", mutate(valid, true, func(b []byte) { put16(b[offOuterIP+2:], 0) }), "drop_outer_length"},

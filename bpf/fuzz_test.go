@@ -82,8 +82,9 @@ func (h ipv4Header) wellFormed(avail int) bool {
 
 // refVerdict is the reference's outcome for one underlay frame.
 type refVerdict struct {
-	reason string // a counter name: decap, direct_rx, pass_underlay, pass_other_vni, drop_*
-	inner  []byte // decap: inner IPv4 packet and what trails it; direct_rx: the IPv4 packet
+	reason string // a counter name: decap, direct_rx, pass_underlay, pass_other_vni, pass_fragment, drop_*
+	inner  []byte // decap: inner IPv4 packet (ECN applied) and what trails it; direct_rx: the IPv4 packet
+	ce     bool   // decap: the outer CE was copied onto the inner header (RFC 6040)
 	dst    netip.Addr
 	ttl    byte
 	peer   netip.Addr
@@ -97,8 +98,13 @@ func (n *refNode) classify(f []byte) refVerdict {
 		return pass
 	}
 	outer, ok := parseIPv4(f[14:])
-	if !ok || outer.version != 4 || outer.ihl < 20 || outer.proto != 17 || outer.fragOff != 0 || outer.dst != n.ip {
+	if !ok || outer.version != 4 || outer.ihl < 20 || outer.proto != 17 || outer.dst != n.ip {
 		return n.plain(f)
+	}
+	// A fragment of UDP to us may be VXLAN a router cut up: the kernel
+	// reassembles it (and weftgro0's program checks the result).
+	if outer.fragOff != 0 {
+		return refVerdict{reason: "pass_fragment"}
 	}
 	udpOff := 14 + outer.ihl
 	if len(f) < udpOff+8 || binary.BigEndian.Uint16(f[udpOff+2:]) != n.port {
@@ -106,11 +112,11 @@ func (n *refNode) classify(f []byte) refVerdict {
 	}
 
 	// It claims to be ours: every header must be consistent.
+	if outer.mf {
+		return refVerdict{reason: "pass_fragment"}
+	}
 	if outer.ihl != 20 {
 		return refVerdict{reason: "drop_outer_options"}
-	}
-	if outer.mf {
-		return refVerdict{reason: "drop_outer_fragment"}
 	}
 	udpLen := int(binary.BigEndian.Uint16(f[udpOff+4:]))
 	if outer.totLen > len(f)-14 || outer.totLen < 28 || udpLen != outer.totLen-20 {
@@ -144,7 +150,33 @@ func (n *refNode) classify(f []byte) refVerdict {
 	if tun.Remote != outer.src {
 		return refVerdict{reason: "drop_unknown_peer"}
 	}
-	return refVerdict{reason: "decap", inner: innerEth[14:], dst: inner.dst, ttl: inner.ttl, peer: tun.Remote}
+	// RFC 6040 normal mode, as the Linux vxlan driver applies it: only an
+	// outer CE matters; over Not-ECT it drops, over ECT it marks.
+	v := refVerdict{reason: "decap", inner: innerEth[14:], dst: inner.dst, ttl: inner.ttl, peer: tun.Remote}
+	if outer.tos&3 == 3 {
+		switch inner.tos & 3 {
+		case 0:
+			return refVerdict{reason: "drop_ecn_not_ect"}
+		case 1, 2:
+			v.inner = slices.Clone(v.inner)
+			setTOSIncremental(v.inner, inner.tos|3)
+			v.ce = true
+		}
+	}
+	return v
+}
+
+// setTOSIncremental sets an IPv4 header's TOS and updates its checksum the
+// RFC 1624 (eqn. 3) way, HC' = ~(~HC + ~m + m'), so a header whose checksum
+// was wrong stays exactly as wrong.
+func setTOSIncremental(h []byte, tos byte) {
+	old := uint32(binary.BigEndian.Uint16(h[0:]))
+	h[1] = tos
+	sum := uint32(^binary.BigEndian.Uint16(h[10:])) + (^old & 0xffff) + uint32(binary.BigEndian.Uint16(h[0:]))
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(h[10:], ^uint16(sum))
 }
 
 // plain is the tc program's unencapsulated path: a well-formed packet from
@@ -241,6 +273,9 @@ func checkFuzzXDP(t *testing.T, e *env, frame []byte, want refVerdict) {
 	switch want.reason {
 	case "decap":
 		wantDelta = counters("decap")
+		if want.ce {
+			wantDelta["ecn_ce"] = 1
+		}
 		if r.verdict != xdpPass || !decapped {
 			t.Errorf("XDP verdict %d, decapsulated %v, for a valid frame", r.verdict, decapped)
 		}
@@ -251,7 +286,7 @@ func checkFuzzXDP(t *testing.T, e *env, frame []byte, want refVerdict) {
 		if r.verdict != xdpPass || len(r.meta) != 0 || !bytes.Equal(r.out, frame) {
 			t.Errorf("XDP: verdict %d, meta %x, frame changed %v; want an untouched pass", r.verdict, r.meta, !bytes.Equal(r.out, frame))
 		}
-	case "pass_other_vni":
+	case "pass_other_vni", "pass_fragment":
 		wantDelta = counters(want.reason)
 		if r.verdict != xdpPass || !bytes.Equal(r.out, frame) {
 			t.Errorf("XDP: verdict %d, frame changed %v; want an untouched pass", r.verdict, !bytes.Equal(r.out, frame))
@@ -296,7 +331,10 @@ func checkFuzzTC(t *testing.T, e *env, frame []byte, want refVerdict) {
 			wantDelta = counters("decap", "to_host")
 			hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, frame[6:12], layers.EthernetTypeIPv4), want.inner...))
 		}
-	case "pass_underlay", "pass_other_vni":
+		if want.ce {
+			wantDelta["ecn_ce"] = 1
+		}
+	case "pass_underlay", "pass_other_vni", "pass_fragment":
 		wantDelta = counters(want.reason)
 		if r.verdict != tcActOK {
 			t.Errorf("tc verdict %d, want TC_ACT_OK for %s", r.verdict, want.reason)

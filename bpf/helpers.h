@@ -69,7 +69,16 @@ struct arp_ipv4 {
 
 static __always_inline int counter_is_drop(enum counter c)
 {
-	return c >= CNT_FIRST_DROP;
+	switch (c) {
+	case CNT_PASS_FRAGMENT:
+	case CNT_DECAP_REASSEMBLED:
+	case CNT_ECN_CE:
+	case CNT_PASS_NO_XDP_META:
+	case CNT_ENCAP_KERNEL:
+		return 0; /* appended after the drops, but not drops */
+	default:
+		return c >= CNT_FIRST_DROP;
+	}
 }
 
 /* ---- addresses ---- */
@@ -234,8 +243,43 @@ static __always_inline int ipv4_header_ok(const struct iphdr *ip, __u32 l3_len)
 struct vxlan_frame {
 	struct ethhdr *outer_eth;
 	struct iphdr *outer_ip;
+	struct iphdr *inner_ip;
 	const struct tunnel_info *tunnel; /* the peer that owns the inner source */
 };
+
+/*
+ * The checks every decapsulated frame passes, whoever stripped the outer
+ * headers (from_underlay here, or the kernel's vxlan socket for reassembled
+ * fragments, see gro_sink): an inner IPv4 header that does not lie about its
+ * length (inner_len: bytes after the inner Ethernet header), from a remote
+ * pod subnet whose owner is outer_saddr. Returns CNT_DECAP or the reason.
+ */
+static __always_inline enum counter classify_inner(struct ethhdr *inner_eth, void *data_end, __u32 inner_len,
+						   __be32 outer_saddr, const struct tunnel_info **tun)
+{
+	struct iphdr *inner_ip = (void *)(inner_eth + 1);
+
+	if ((void *)(inner_ip + 1) > data_end)
+		return CNT_DROP_SHORT;
+	if (inner_eth->h_proto != bpf_htons(ETH_P_IP))
+		return CNT_DROP_INNER_NOT_IPV4;
+	if (inner_ip->version != 4 || inner_ip->ihl < 5 ||
+	    bpf_ntohs(inner_ip->tot_len) < inner_ip->ihl * 4 ||
+	    bpf_ntohs(inner_ip->tot_len) > inner_len)
+		return CNT_DROP_INNER_MALFORMED;
+
+	/*
+	 * Source check: the inner source must lie in a remote pod subnet, and
+	 * the frame must come from that subnet's owner. Without it, anyone on
+	 * the underlay could inject packets into pods.
+	 */
+	*tun = tunnel_for_v4(inner_ip->saddr);
+	if (!*tun)
+		return CNT_DROP_UNKNOWN_SOURCE;
+	if (addr_to_v4((*tun)->remote) != outer_saddr)
+		return CNT_DROP_UNKNOWN_PEER;
+	return CNT_DECAP;
+}
 
 /* Bytes a decapsulation needs to see in the linear area. */
 #define VXLAN_PARSE_LEN (ETH_HLEN + 20 + 8 + 8 + ETH_HLEN + 20)
@@ -248,9 +292,10 @@ struct vxlan_frame {
  * tc, where data_end may only cover the linear head).
  *
  * Verdicts for frames we cannot yet tell are ours (not IPv4, not to our
- * underlay address, truncated before the UDP port, other ports, non-first
- * fragments) are CNT_PASS_UNDERLAY: the kernel gets them untouched, exactly
- * as without Weft.
+ * underlay address, truncated before the UDP port, other ports) are
+ * CNT_PASS_UNDERLAY: the kernel gets them untouched, exactly as without
+ * Weft. UDP fragments to our address are CNT_PASS_FRAGMENT: the kernel
+ * reassembles them and gro_sink checks the result.
  */
 static __always_inline enum counter classify_underlay(void *data, void *data_end, __u32 pkt_len,
 						      const struct node_config *cfg,
@@ -263,6 +308,7 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 	struct ethhdr *inner_eth;
 	struct iphdr *inner_ip;
 	__u32 ihl, tot_len, udp_len, inner_len;
+	enum counter c;
 
 	if ((void *)(eth + 1) > data_end)
 		return CNT_PASS_UNDERLAY;
@@ -280,8 +326,14 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 	 */
 	if (ip->daddr != addr_to_v4(cfg->underlay_ip))
 		return CNT_PASS_UNDERLAY;
+	/*
+	 * A later fragment has no UDP header to look at; it may be VXLAN that a
+	 * router with a smaller MTU cut up (encap sends with DF clear, like the
+	 * vxlan driver). Only the kernel can reassemble it; the whole packet then
+	 * comes out of weftgro0, where gro_sink validates it like we would.
+	 */
 	if (ip->frag_off & bpf_htons(IP_OFFSET))
-		return CNT_PASS_UNDERLAY; /* no UDP header to look at */
+		return CNT_PASS_FRAGMENT;
 
 	ihl = ip->ihl * 4;
 	udp = (void *)ip + ihl;
@@ -291,10 +343,10 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 		return CNT_PASS_UNDERLAY;
 
 	/* From here on the frame claims to be VXLAN for us. */
+	if (ip->frag_off & bpf_htons(IP_MF))
+		return CNT_PASS_FRAGMENT; /* the first fragment: the same way */
 	if (ihl != sizeof(*ip))
 		return CNT_DROP_OUTER_OPTIONS;
-	if (ip->frag_off & bpf_htons(IP_MF))
-		return CNT_DROP_OUTER_FRAGMENT;
 
 	tot_len = bpf_ntohs(ip->tot_len);
 	udp_len = bpf_ntohs(udp->len);
@@ -319,26 +371,13 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 	if ((bpf_ntohl(vx->vni_reserved) >> 8) != cfg->vni)
 		return CNT_PASS_OTHER_VNI;
 
-	if (inner_eth->h_proto != bpf_htons(ETH_P_IP))
-		return CNT_DROP_INNER_NOT_IPV4;
 	inner_len = udp_len - sizeof(*udp) - sizeof(*vx) - ETH_HLEN;
-	if (inner_ip->version != 4 || inner_ip->ihl < 5 ||
-	    bpf_ntohs(inner_ip->tot_len) < inner_ip->ihl * 4 ||
-	    bpf_ntohs(inner_ip->tot_len) > inner_len)
-		return CNT_DROP_INNER_MALFORMED;
-
-	/*
-	 * Source check: the inner source must lie in a remote pod subnet, and
-	 * the frame must come from that subnet's owner. Without it, anyone on
-	 * the underlay could inject packets into pods.
-	 */
-	f->tunnel = tunnel_for_v4(inner_ip->saddr);
-	if (!f->tunnel)
-		return CNT_DROP_UNKNOWN_SOURCE;
-	if (addr_to_v4(f->tunnel->remote) != ip->saddr)
-		return CNT_DROP_UNKNOWN_PEER;
+	c = classify_inner(inner_eth, data_end, inner_len, ip->saddr, &f->tunnel);
+	if (c != CNT_DECAP)
+		return c;
 
 	f->outer_eth = eth;
 	f->outer_ip = ip;
+	f->inner_ip = inner_ip;
 	return CNT_DECAP;
 }

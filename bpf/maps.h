@@ -57,3 +57,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tunnel_stats SEC(".maps");
+
+/*
+ * Oversize-DF source -> when its next ICMP fragmentation-needed is due
+ * (ns, GCRA), so a pod that keeps sending too-big packets cannot make us
+ * answer each one. LRU: a flood of sources only forgets old budgets. Not
+ * pinned: rate state need not survive an upgrade.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct peer_key);
+	__type(value, __u64);
+	__uint(max_entries, 4096);
+} frag_needed_rate SEC(".maps");

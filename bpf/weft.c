@@ -7,7 +7,7 @@
  *   from_host          tc egress on weft0, the device the one cluster route points at
  *   from_underlay      tc ingress on the underlay NIC
  *   from_underlay_xdp  XDP on the underlay NIC (optional fast receive path)
- *   gro_sink           tc ingress on weftgro0, the GRO helper (see loader/gro.go)
+ *   gro_sink           tc ingress on weftgro0: what the kernel reassembled (see loader/gro.go)
  *
  * Encapsulation is done here, byte-compatible with the Linux vxlan driver as
  * flannel programs it, so there is no vxlan device and no per-remote-host
@@ -26,6 +26,9 @@
 #include <bpf/bpf_endian.h>
 
 #include "helpers.h"
+#include "ecn.h"
+#include "frag_needed.h"
+#include "underlay.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -33,6 +36,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const enum counter *unused_counter __attribute__((unused));
 const enum tunnel_mode *unused_tunnel_mode __attribute__((unused));
 const struct xdp_meta *unused_xdp_meta __attribute__((unused));
+const enum node_flags *unused_node_flags __attribute__((unused));
 
 /* ---- delivery into local pods ---- */
 
@@ -146,6 +150,12 @@ static __always_inline int send_frag_needed(struct __sk_buff *skb, const struct 
 		count(CNT_DROP_HELPER, skb->len);
 		return TC_ACT_SHOT;
 	}
+	/*
+	 * The bytes are ours now, checksum included: whatever the stack or a
+	 * NIC had vouched for (CHECKSUM_UNNECESSARY) is void. Only ICMP gets
+	 * here (frag_needed_policy), which is never CHECKSUM_PARTIAL.
+	 */
+	bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	eth = data;
@@ -216,9 +226,11 @@ static __always_inline int vxlan_encap(struct __sk_buff *skb, const struct node_
 	struct udphdr *udp;
 	struct vxlanhdr *vx;
 	__u8 inner_tos, ecn;
+	long err;
 
-	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags))
-		return -1;
+	err = bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags);
+	if (err)
+		return err;
 
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
@@ -292,10 +304,12 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 		}
 	} else if (skb->len - ETH_HLEN + overhead > cfg->mtu) {
 		if (from_pod && (ip->frag_off & bpf_htons(IP_DF))) {
-			if (ip->ihl == 5)
+			enum counter c = frag_needed_policy(ip, data_end);
+
+			if (c == CNT_ICMP_FRAG_NEEDED)
 				return send_frag_needed(skb, cfg, overhead);
-			count(CNT_DROP_MTU, skb->len);
-			return TC_ACT_SHOT;
+			count(c, skb->len);
+			return counter_is_drop(c) ? TC_ACT_SHOT : TC_ACT_OK;
 		}
 		count(CNT_PASS_MTU, skb->len); /* kernel fragments it on weft0 */
 		return TC_ACT_OK;
@@ -318,9 +332,15 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 		return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
 	}
 
-	if (vxlan_encap(skb, cfg, tun)) {
-		count(CNT_DROP_HELPER, skb->len);
-		return TC_ACT_SHOT;
+	{
+		long err = vxlan_encap(skb, cfg, tun);
+
+		if (err && is_nested_gso_error(err))
+			return encap_via_kernel(skb, cfg, tun);
+		if (err) {
+			count(CNT_DROP_HELPER, skb->len);
+			return TC_ACT_SHOT;
+		}
 	}
 	count(from_pod ? CNT_ENCAP : CNT_ENCAP_HOST, skb->len);
 	count_peer_tx(tun->remote, skb->len);
@@ -496,8 +516,12 @@ int from_underlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	/* Already handled by from_underlay_xdp? */
-	if (meta + sizeof(struct xdp_meta) <= data) {
+	/*
+	 * Already handled by from_underlay_xdp? Only if our XDP program is
+	 * attached (the config says so): otherwise metadata, whoever wrote it,
+	 * is not a tag we may believe.
+	 */
+	if ((cfg->flags & NODE_F_XDP_DECAP) && meta + sizeof(struct xdp_meta) <= data) {
 		__u32 tag = ((struct xdp_meta *)meta)->tag;
 
 		if (tag == WEFT_META_DECAPPED)
@@ -507,8 +531,11 @@ int from_underlay(struct __sk_buff *skb)
 	}
 
 	data_end = (void *)(long)skb->data_end;
-	if (data + VXLAN_PARSE_LEN > data_end && skb->len >= VXLAN_PARSE_LEN) {
-		/* Headers split across fragments: make them linear first. */
+	if (data + VXLAN_PARSE_LEN > data_end && skb->len >= VXLAN_PARSE_LEN && may_be_vxlan(skb, cfg)) {
+		/*
+		 * Headers split across fragments: make them linear first, but only
+		 * for what can be VXLAN to us (pulling copies; others pay nothing).
+		 */
 		bpf_skb_pull_data(skb, VXLAN_PARSE_LEN);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
@@ -522,6 +549,9 @@ int from_underlay(struct __sk_buff *skb)
 		return counter_is_drop(c) ? TC_ACT_SHOT : TC_ACT_OK;
 	}
 
+	c = decap_ecn(&f, skb->len);
+	if (c != CNT_DECAP)
+		return TC_ACT_SHOT;
 	count_peer_rx(f.tunnel->remote, skb->len);
 	count(CNT_DECAP, skb->len);
 	if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO)) {
@@ -536,6 +566,12 @@ int from_underlay(struct __sk_buff *skb)
  * then XDP_PASS so the underlay's GRO coalesces the inner TCP flow (no vxlan
  * socket means no UDP-tunnel GRO otherwise). from_underlay delivers it,
  * trusting the tag in the metadata area. Plain traffic is left to tc.
+ *
+ * The metadata is reserved before anything changes: a driver that cannot
+ * hold it (bpf_xdp_adjust_meta fails) gets the frame back untouched, and
+ * from_underlay decapsulates it itself. Nothing is dropped for lack of a
+ * tag. (The loader also probes for support and uses tc decap where it is
+ * missing; this is the safety net.)
  */
 SEC("xdp")
 int from_underlay_xdp(struct xdp_md *ctx)
@@ -556,10 +592,31 @@ int from_underlay_xdp(struct xdp_md *ctx)
 	c = classify_underlay(data, data_end, len, cfg, &f);
 	if (c == CNT_PASS_UNDERLAY)
 		return XDP_PASS;
-	count(c, len);
-	if (counter_is_drop(c))
+	if (counter_is_drop(c)) {
+		count(c, len);
 		return XDP_DROP;
+	}
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct xdp_meta))) {
+		if (c == CNT_DECAP) {
+			count(CNT_PASS_NO_XDP_META, len);
+			return XDP_PASS; /* tc decapsulates it */
+		}
+		count(c, len);
+		return XDP_PASS; /* untagged: tc classifies (and counts) it again */
+	}
+	/* adjust_meta invalidated every packet pointer: parse again. */
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
 	if (c == CNT_DECAP) {
+		/* The same bytes at the same offsets: classify_underlay checked them. */
+		f.outer_ip = data + ETH_HLEN;
+		f.inner_ip = data + VXLAN_OVERHEAD + ETH_HLEN;
+		if ((void *)(f.inner_ip + 1) > data_end)
+			return XDP_DROP;
+		c = decap_ecn(&f, len);
+		if (c != CNT_DECAP)
+			return XDP_DROP;
+		count(CNT_DECAP, len);
 		count_peer_rx(f.tunnel->remote, len);
 		outer = data;
 		inner = data + VXLAN_OVERHEAD;
@@ -568,33 +625,56 @@ int from_underlay_xdp(struct xdp_md *ctx)
 		/* Addressed to the underlay NIC so the stack (and GRO) take it as ours. */
 		__builtin_memcpy(inner->h_source, outer->h_source, ETH_ALEN);
 		__builtin_memcpy(inner->h_dest, cfg->underlay_mac, ETH_ALEN);
-		if (bpf_xdp_adjust_head(ctx, VXLAN_OVERHEAD)) {
+		if (bpf_xdp_adjust_head(ctx, VXLAN_OVERHEAD)) { /* moves the metadata along */
 			count(CNT_DROP_HELPER, len);
 			return XDP_DROP;
 		}
 		tag = WEFT_META_DECAPPED;
+	} else {
+		count(c, len);
 	}
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct xdp_meta)))
-		return c == CNT_DECAP ? XDP_DROP : XDP_PASS;
 	data = (void *)(long)ctx->data;
 	meta = (void *)(long)ctx->data_meta;
 	if ((void *)(meta + 1) > data)
-		return c == CNT_DECAP ? XDP_DROP : XDP_PASS;
+		return tag == WEFT_META_DECAPPED ? XDP_DROP : XDP_PASS;
 	meta->tag = tag;
 	return XDP_PASS;
 }
 
 /*
- * weftgro0 is an external-mode kernel vxlan device that exists only so its
- * UDP socket gives the underlay GRO for VXLAN (no socket, no tunnel GRO).
- * from_underlay sees the coalesced packets first and takes every valid one;
- * whatever it leaves to the kernel on our port (another VNI, reassembled
- * fragments) would come out of weftgro0 decapsulated but unvalidated, so it
- * ends here, counted.
+ * weftgro0 is an external-mode kernel vxlan device whose UDP socket gives
+ * the underlay GRO for VXLAN and reassembles what routers fragmented.
+ * from_underlay (or XDP) sees unfragmented packets first and takes every
+ * valid one; what reaches weftgro0 is what they left to the kernel: the
+ * reassembled fragments, and VXLAN for another VNI. The kernel has stripped
+ * the outer headers (and applied RFC 6040 to ECN) and left the outer source,
+ * destination and VNI in the collect_md tunnel metadata; with them the frame
+ * passes the same checks as on the fast path and is delivered, or dropped
+ * and counted. Nothing leaves weftgro0 unvalidated.
  */
 SEC("tc")
 int gro_sink(struct __sk_buff *skb)
 {
-	count(CNT_DROP_GRO_DEVICE, skb->len);
-	return TC_ACT_SHOT;
+	const struct node_config *cfg = node_config();
+	const struct tunnel_info *tun = NULL;
+	enum counter c;
+
+	if (!cfg) {
+		count(CNT_DROP_GRO_DEVICE, skb->len);
+		return TC_ACT_SHOT;
+	}
+	c = classify_reassembled(skb, cfg, &tun);
+	if (c != CNT_DECAP || !tun) {
+		count(c == CNT_DECAP ? CNT_DROP_GRO_DEVICE : c, skb->len);
+		return TC_ACT_SHOT;
+	}
+	count_peer_rx(tun->remote, skb->len);
+	count(CNT_DECAP_REASSEMBLED, skb->len);
+	/*
+	 * eth_type_trans on weftgro0 compared the inner destination (our
+	 * VtepMAC) with weftgro0's own MAC and may have said OTHERHOST, which
+	 * the pod's ip_rcv would drop.
+	 */
+	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+	return deliver_decapsulated(skb, cfg);
 }

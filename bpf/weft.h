@@ -67,9 +67,20 @@ struct node_config {
 	__u16 mtu;           /* underlay MTU; pods get mtu - VXLAN_OVERHEAD */
 	__u16 src_port_min;  /* UDP source port range for flow entropy, host order */
 	__u16 src_port_max;
-	__u32 flags;
+	__u32 flags;         /* enum node_flags */
 	__u32 layout;        /* WEFT_PIN_LAYOUT of whoever wrote it */
-	__u32 reserved[4];
+	__u32 gro_ifindex;   /* weftgro0 (0: none): the kernel encapsulates what we cannot (nested GSO) */
+	__u32 reserved[3];
+};
+
+/* node_config.flags */
+enum node_flags {
+	/*
+	 * Weft's from_underlay_xdp is attached to the underlay and can reserve
+	 * metadata there: only then does from_underlay trust an XDP tag (anything
+	 * else that wrote metadata, or a stale tag, is not ours to believe).
+	 */
+	NODE_F_XDP_DECAP = 1 << 0,
 };
 
 /*
@@ -104,14 +115,28 @@ enum counter {
 	CNT_DROP_VXLAN_FLAGS,   /* VXLAN without the I bit */
 	CNT_DROP_SHORT,         /* UDP to our port too short for VXLAN + inner Ethernet + IPv4 */
 	CNT_DROP_OUTER_OPTIONS, /* outer IPv4 carries options */
-	CNT_DROP_OUTER_FRAGMENT,/* outer IPv4 is a fragment */
+	CNT_DROP_OUTER_FRAGMENT,/* unused since fragments go to the kernel (pass_fragment); kept for the numbering */
 	CNT_DROP_OUTER_LENGTH,  /* outer IPv4 or UDP length fields disagree with the frame */
 	CNT_DROP_OUTER_CSUM,    /* outer IPv4 header checksum wrong (ip_rcv would drop it too) */
 	CNT_DROP_INNER_NOT_IPV4,/* inner frame is not IPv4 */
 	CNT_DROP_INNER_MALFORMED, /* inner IPv4 version/IHL/length lie */
 	CNT_DROP_HELPER,        /* a BPF helper failed (adjust_room, redirect, ...) */
 	CNT_DROP_MTU,           /* oversize with DF where no ICMP could be built */
-	CNT_DROP_GRO_DEVICE,    /* reached the kernel vxlan device that only lends us its GRO: never forwarded */
+	CNT_DROP_GRO_DEVICE,    /* reached weftgro0 but is not ours (no tunnel metadata, another VNI or address) */
+	/*
+	 * Real underlays (issue 12). Appended: the numbers above are the pinned
+	 * stats map's ABI. Passes and informational counters are listed in
+	 * counter_is_drop(); the rest drop.
+	 */
+	CNT_PASS_FRAGMENT,      /* outer IPv4 fragment of UDP to us: the kernel reassembles, gro_sink validates */
+	CNT_DECAP_REASSEMBLED,  /* reassembled VXLAN validated by gro_sink on weftgro0 */
+	CNT_ECN_CE,             /* outer CE copied onto an ECT inner header (RFC 6040); also counted as decap */
+	CNT_DROP_ECN_NOT_ECT,   /* outer CE over a Not-ECT inner packet: RFC 6040 says drop */
+	CNT_PASS_NO_XDP_META,   /* XDP could not reserve metadata: left encapsulated for tc to decapsulate */
+	CNT_DROP_FRAG_NEEDED_SUPPRESSED, /* oversize DF over the per-destination frag-needed rate: no ICMP */
+	CNT_DROP_MTU_NO_ICMP,   /* oversize DF ICMP error or non-first fragment: never answered with ICMP */
+	CNT_DROP_NESTED_GSO,    /* GSO packet that already carries tunnel offload state, and no weftgro0 to hand it to */
+	CNT_ENCAP_KERNEL,       /* such a packet handed to weftgro0: the kernel segments and encapsulates it */
 	CNT__MAX,
 };
 

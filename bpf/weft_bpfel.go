@@ -16,38 +16,47 @@ import (
 type WeftCounter uint32
 
 const (
-	WeftCounterCNT_LOCAL                WeftCounter = 0
-	WeftCounterCNT_ENCAP                WeftCounter = 1
-	WeftCounterCNT_DIRECT               WeftCounter = 2
-	WeftCounterCNT_ARP_REPLY            WeftCounter = 3
-	WeftCounterCNT_PASS_POD             WeftCounter = 4
-	WeftCounterCNT_PASS_TTL             WeftCounter = 5
-	WeftCounterCNT_PASS_MTU             WeftCounter = 6
-	WeftCounterCNT_ICMP_FRAG_NEEDED     WeftCounter = 7
-	WeftCounterCNT_ENCAP_HOST           WeftCounter = 8
-	WeftCounterCNT_DIRECT_HOST          WeftCounter = 9
-	WeftCounterCNT_DECAP                WeftCounter = 10
-	WeftCounterCNT_DELIVER              WeftCounter = 11
-	WeftCounterCNT_TO_HOST              WeftCounter = 12
-	WeftCounterCNT_DIRECT_RX            WeftCounter = 13
-	WeftCounterCNT_PASS_UNDERLAY        WeftCounter = 14
-	WeftCounterCNT_PASS_OTHER_VNI       WeftCounter = 15
-	WeftCounterCNT_PASS_NO_CONFIG       WeftCounter = 16
-	WeftCounterCNT_DROP_NO_TUNNEL       WeftCounter = 17
-	WeftCounterCNT_DROP_UNKNOWN_SOURCE  WeftCounter = 18
-	WeftCounterCNT_DROP_UNKNOWN_PEER    WeftCounter = 19
-	WeftCounterCNT_DROP_VXLAN_FLAGS     WeftCounter = 20
-	WeftCounterCNT_DROP_SHORT           WeftCounter = 21
-	WeftCounterCNT_DROP_OUTER_OPTIONS   WeftCounter = 22
-	WeftCounterCNT_DROP_OUTER_FRAGMENT  WeftCounter = 23
-	WeftCounterCNT_DROP_OUTER_LENGTH    WeftCounter = 24
-	WeftCounterCNT_DROP_OUTER_CSUM      WeftCounter = 25
-	WeftCounterCNT_DROP_INNER_NOT_IPV4  WeftCounter = 26
-	WeftCounterCNT_DROP_INNER_MALFORMED WeftCounter = 27
-	WeftCounterCNT_DROP_HELPER          WeftCounter = 28
-	WeftCounterCNT_DROP_MTU             WeftCounter = 29
-	WeftCounterCNT_DROP_GRO_DEVICE      WeftCounter = 30
-	WeftCounterCNT__MAX                 WeftCounter = 31
+	WeftCounterCNT_LOCAL                       WeftCounter = 0
+	WeftCounterCNT_ENCAP                       WeftCounter = 1
+	WeftCounterCNT_DIRECT                      WeftCounter = 2
+	WeftCounterCNT_ARP_REPLY                   WeftCounter = 3
+	WeftCounterCNT_PASS_POD                    WeftCounter = 4
+	WeftCounterCNT_PASS_TTL                    WeftCounter = 5
+	WeftCounterCNT_PASS_MTU                    WeftCounter = 6
+	WeftCounterCNT_ICMP_FRAG_NEEDED            WeftCounter = 7
+	WeftCounterCNT_ENCAP_HOST                  WeftCounter = 8
+	WeftCounterCNT_DIRECT_HOST                 WeftCounter = 9
+	WeftCounterCNT_DECAP                       WeftCounter = 10
+	WeftCounterCNT_DELIVER                     WeftCounter = 11
+	WeftCounterCNT_TO_HOST                     WeftCounter = 12
+	WeftCounterCNT_DIRECT_RX                   WeftCounter = 13
+	WeftCounterCNT_PASS_UNDERLAY               WeftCounter = 14
+	WeftCounterCNT_PASS_OTHER_VNI              WeftCounter = 15
+	WeftCounterCNT_PASS_NO_CONFIG              WeftCounter = 16
+	WeftCounterCNT_DROP_NO_TUNNEL              WeftCounter = 17
+	WeftCounterCNT_DROP_UNKNOWN_SOURCE         WeftCounter = 18
+	WeftCounterCNT_DROP_UNKNOWN_PEER           WeftCounter = 19
+	WeftCounterCNT_DROP_VXLAN_FLAGS            WeftCounter = 20
+	WeftCounterCNT_DROP_SHORT                  WeftCounter = 21
+	WeftCounterCNT_DROP_OUTER_OPTIONS          WeftCounter = 22
+	WeftCounterCNT_DROP_OUTER_FRAGMENT         WeftCounter = 23
+	WeftCounterCNT_DROP_OUTER_LENGTH           WeftCounter = 24
+	WeftCounterCNT_DROP_OUTER_CSUM             WeftCounter = 25
+	WeftCounterCNT_DROP_INNER_NOT_IPV4         WeftCounter = 26
+	WeftCounterCNT_DROP_INNER_MALFORMED        WeftCounter = 27
+	WeftCounterCNT_DROP_HELPER                 WeftCounter = 28
+	WeftCounterCNT_DROP_MTU                    WeftCounter = 29
+	WeftCounterCNT_DROP_GRO_DEVICE             WeftCounter = 30
+	WeftCounterCNT_PASS_FRAGMENT               WeftCounter = 31
+	WeftCounterCNT_DECAP_REASSEMBLED           WeftCounter = 32
+	WeftCounterCNT_ECN_CE                      WeftCounter = 33
+	WeftCounterCNT_DROP_ECN_NOT_ECT            WeftCounter = 34
+	WeftCounterCNT_PASS_NO_XDP_META            WeftCounter = 35
+	WeftCounterCNT_DROP_FRAG_NEEDED_SUPPRESSED WeftCounter = 36
+	WeftCounterCNT_DROP_MTU_NO_ICMP            WeftCounter = 37
+	WeftCounterCNT_DROP_NESTED_GSO             WeftCounter = 38
+	WeftCounterCNT_ENCAP_KERNEL                WeftCounter = 39
+	WeftCounterCNT__MAX                        WeftCounter = 40
 )
 
 type WeftCounterValue struct {
@@ -85,8 +94,15 @@ type WeftNodeConfig struct {
 	SrcPortMax      uint16
 	Flags           uint32
 	Layout          uint32
-	Reserved        [4]uint32
+	GroIfindex      uint32
+	Reserved        [3]uint32
 }
+
+type WeftNodeFlags uint32
+
+const (
+	WeftNodeFlagsNODE_F_XDP_DECAP WeftNodeFlags = 1
+)
 
 type WeftPeerKey struct {
 	_    structs.HostLayout
@@ -135,6 +151,7 @@ type WeftXdpMeta struct {
 const (
 	WeftMapConfig           = "config"
 	WeftMapEndpoints        = "endpoints"
+	WeftMapFragNeededRate   = "frag_needed_rate"
 	WeftMapStats            = "stats"
 	WeftMapTunnelStats      = "tunnel_stats"
 	WeftMapTunnels          = "tunnels"
@@ -144,6 +161,7 @@ const (
 	WeftProgFromUnderlayXdp = "from_underlay_xdp"
 	WeftProgGroSink         = "gro_sink"
 	WeftVarUnusedCounter    = "unused_counter"
+	WeftVarUnusedNodeFlags  = "unused_node_flags"
 	WeftVarUnusedTunnelMode = "unused_tunnel_mode"
 	WeftVarUnusedXdpMeta    = "unused_xdp_meta"
 )
@@ -201,11 +219,12 @@ type WeftProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WeftMapSpecs struct {
-	Config      *ebpf.MapSpec `ebpf:"config"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	Stats       *ebpf.MapSpec `ebpf:"stats"`
-	TunnelStats *ebpf.MapSpec `ebpf:"tunnel_stats"`
-	Tunnels     *ebpf.MapSpec `ebpf:"tunnels"`
+	Config         *ebpf.MapSpec `ebpf:"config"`
+	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
+	FragNeededRate *ebpf.MapSpec `ebpf:"frag_needed_rate"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	TunnelStats    *ebpf.MapSpec `ebpf:"tunnel_stats"`
+	Tunnels        *ebpf.MapSpec `ebpf:"tunnels"`
 }
 
 // WeftVariableSpecs contains global variables before they are loaded into the kernel.
@@ -213,6 +232,7 @@ type WeftMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type WeftVariableSpecs struct {
 	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedNodeFlags  *ebpf.VariableSpec `ebpf:"unused_node_flags"`
 	UnusedTunnelMode *ebpf.VariableSpec `ebpf:"unused_tunnel_mode"`
 	UnusedXdpMeta    *ebpf.VariableSpec `ebpf:"unused_xdp_meta"`
 }
@@ -237,17 +257,19 @@ func (o *WeftObjects) Close() error {
 //
 // It can be passed to LoadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WeftMaps struct {
-	Config      *ebpf.Map `ebpf:"config"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	Stats       *ebpf.Map `ebpf:"stats"`
-	TunnelStats *ebpf.Map `ebpf:"tunnel_stats"`
-	Tunnels     *ebpf.Map `ebpf:"tunnels"`
+	Config         *ebpf.Map `ebpf:"config"`
+	Endpoints      *ebpf.Map `ebpf:"endpoints"`
+	FragNeededRate *ebpf.Map `ebpf:"frag_needed_rate"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	TunnelStats    *ebpf.Map `ebpf:"tunnel_stats"`
+	Tunnels        *ebpf.Map `ebpf:"tunnels"`
 }
 
 func (m *WeftMaps) Close() error {
 	return _WeftClose(
 		m.Config,
 		m.Endpoints,
+		m.FragNeededRate,
 		m.Stats,
 		m.TunnelStats,
 		m.Tunnels,
@@ -259,6 +281,7 @@ func (m *WeftMaps) Close() error {
 // It can be passed to LoadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WeftVariables struct {
 	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedNodeFlags  *ebpf.Variable `ebpf:"unused_node_flags"`
 	UnusedTunnelMode *ebpf.Variable `ebpf:"unused_tunnel_mode"`
 	UnusedXdpMeta    *ebpf.Variable `ebpf:"unused_xdp_meta"`
 }

@@ -22,31 +22,37 @@ const LinkGROSink = "gro-sink"
 // first (measured on the lab's wire-like underlay: ~19 segments per
 // from_underlay run, TCP receive up by roughly half).
 //
-// So a tc-decap node gets weftgro0: a collect_md ("external") vxlan device
-// on our port, holding no FDB entry, route or address. from_underlay runs
-// before its socket and takes every valid packet; whatever it leaves to the
-// kernel on our port would leave weftgro0 decapsulated but unvalidated, so
-// gro_sink drops and counts it there. The price: another kernel vxlan
-// device can no longer bind the same port on this node (--gro-device=false
-// if you need that).
+// So a node gets weftgro0: a collect_md ("external") vxlan device on our
+// port, holding no FDB entry, route or address. from_underlay (and XDP) run
+// before its socket and take every valid unfragmented packet. The socket is
+// also where the kernel delivers VXLAN it reassembled from fragments (a
+// router with a smaller MTU cut up an outer packet sent with DF clear), so
+// both decap modes keep it. Whatever reaches weftgro0 leaves it
+// decapsulated by the kernel: gro_sink, on its ingress, checks it with the
+// outer source, destination and VNI from the collect_md tunnel metadata the
+// same way from_underlay would, and delivers it or drops and counts it.
+// The price: another kernel vxlan device can no longer bind the same port on
+// this node (--gro-device=false if you need that; fragmented VXLAN is then
+// lost, counted as pass_fragment).
 
 // ensureGRODevice creates (or keeps) weftgro0 bound to port on the underlay
-// and attaches gro_sink to its ingress.
-func (d *Datapath) ensureGRODevice(underlayIndex int, port uint16) error {
+// and attaches gro_sink to its ingress (before it goes up, so nothing leaves
+// it unchecked).
+func (d *Datapath) ensureGRODevice(underlayIndex int, port uint16) (int, error) {
 	l, err := netlink.LinkByName(DefaultGRODevice)
 	if err == nil {
 		vx, ok := l.(*netlink.Vxlan)
 		if !ok || !vx.FlowBased || vx.Port != int(port) || vx.VtepDevIndex != underlayIndex {
 			// Someone else's device, or ours with an old port: recreate.
 			if err := netlink.LinkDel(l); err != nil {
-				return fmt.Errorf("replace %s: %w", DefaultGRODevice, err)
+				return 0, fmt.Errorf("replace %s: %w", DefaultGRODevice, err)
 			}
 			l = nil
 		}
 	} else {
 		var notFound netlink.LinkNotFoundError
 		if !errors.As(err, &notFound) {
-			return fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
+			return 0, fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
 		}
 		l = nil
 	}
@@ -59,23 +65,23 @@ func (d *Datapath) ensureGRODevice(underlayIndex int, port uint16) error {
 			Learning:     false,
 		}
 		if err := netlink.LinkAdd(vx); err != nil {
-			return fmt.Errorf("create %s (vxlan external, port %d): %w", DefaultGRODevice, port, err)
+			return 0, fmt.Errorf("create %s (vxlan external, port %d): %w", DefaultGRODevice, port, err)
 		}
 		if l, err = netlink.LinkByName(DefaultGRODevice); err != nil {
-			return fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
+			return 0, fmt.Errorf("look up %s: %w", DefaultGRODevice, err)
 		}
 	}
 	if err := setSysctl("net/ipv6/conf/"+DefaultGRODevice+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return 0, err
 	}
 	// The sink first, then up: no packet reaches an unguarded device.
 	if err := d.attachTC(LinkGROSink, l.Attrs().Index, d.objs.GroSink, ebpf.AttachTCXIngress); err != nil {
-		return err
+		return 0, err
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
-		return fmt.Errorf("set %s up: %w", DefaultGRODevice, err)
+		return 0, fmt.Errorf("set %s up: %w", DefaultGRODevice, err)
 	}
-	return nil
+	return l.Attrs().Index, nil
 }
 
 // removeGRODevice deletes weftgro0 (its link goes with it) and the pin.

@@ -4,18 +4,23 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/weftnet/weft/bpf"
 	"github.com/weftnet/weft/maps"
@@ -234,8 +239,8 @@ func TestSetupNodeUpgradeAndRemove(t *testing.T) {
 		return nil
 	})
 	links, _ := Links(pin)
-	if len(links) != 4 {
-		t.Errorf("pinned links = %v, want underlay-tc, underlay-xdp, host, pod-N", links)
+	if len(links) != 5 {
+		t.Errorf("pinned links = %v, want underlay-tc, underlay-xdp, host, gro-sink, pod-N", links)
 	}
 
 	// The loading process goes away; the links stay because they are pinned.
@@ -323,8 +328,9 @@ func TestParseDecapMode(t *testing.T) {
 
 var _ = bpf.WeftProgFromPod
 
-// TestGRODeviceFollowsDecapMode: tc decap brings weftgro0 (external vxlan,
-// guarded by gro_sink), switching to XDP removes it, teardown leaves none.
+// TestGRODeviceFollowsDecapMode: both decap modes bring weftgro0 (external
+// vxlan, guarded by gro_sink: tc decap needs its GRO, both need it for what
+// the kernel reassembles), NoGRODevice removes it, teardown leaves none.
 func TestGRODeviceFollowsDecapMode(t *testing.T) {
 	pin := testPinPath(t)
 	inNS := testNS(t)
@@ -358,9 +364,17 @@ func TestGRODeviceFollowsDecapMode(t *testing.T) {
 		if _, err := SetupNode(d, nc); err != nil {
 			return err
 		}
-		if _, err := netlink.LinkByName(DefaultGRODevice); err == nil {
-			t.Errorf("%s still exists in XDP mode", DefaultGRODevice)
+		if _, err := netlink.LinkByName(DefaultGRODevice); err != nil {
+			t.Errorf("%s missing in XDP mode: %v", DefaultGRODevice, err)
 		}
+		nc.NoGRODevice = true
+		if _, err := SetupNode(d, nc); err != nil {
+			return err
+		}
+		if _, err := netlink.LinkByName(DefaultGRODevice); err == nil {
+			t.Errorf("%s still exists with NoGRODevice", DefaultGRODevice)
+		}
+		nc.NoGRODevice = false
 		nc.Decap = DecapTC
 		if _, err := SetupNode(d, nc); err != nil {
 			return err
@@ -376,4 +390,72 @@ func TestGRODeviceFollowsDecapMode(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestXDPMetaProbeFallback: --decap=xdp on an underlay whose driver cannot
+// carry XDP metadata runs tc decap instead, says so in a warning, and keeps
+// tc from trusting XDP tags; on a driver that can (veth), XDP is attached and
+// the config flag raised; going back to tc lowers it.
+func TestXDPMetaProbeFallback(t *testing.T) {
+	pin := testPinPath(t)
+	inNS := testNS(t)
+	d, err := Load(Options{PinPath: pin})
+	if err != nil {
+		t.Fatalf("load: %+v", err)
+	}
+	defer d.Close()
+	core, logs := observer.New(zap.WarnLevel)
+	nc := testNodeConfig()
+	nc.Log = zap.New(core)
+	links := func() []string {
+		names, err := Links(pin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+	err = inNS(func() error {
+		// The real probe on a veth: supported.
+		if err := ProbeXDPMeta("ul0"); err != nil {
+			t.Errorf("ProbeXDPMeta(veth): %v", err)
+		}
+		if err := ProbeXDPMeta("lo"); err == nil {
+			t.Errorf("ProbeXDPMeta(lo) accepted the loopback driver")
+		}
+
+		nc.ProbeXDPMeta = func(string) error { return errors.New("test hook: no metadata here") }
+		st, err := SetupNode(d, nc)
+		if err != nil {
+			return err
+		}
+		if st.Decap != DecapTC || slices.Contains(links(), LinkUnderlayXDP) {
+			t.Errorf("probe failed but decap = %s, links %v; want tc and no XDP link", st.Decap, links())
+		}
+		if st.Config.Flags&maps.NodeFlagXDPDecap != 0 {
+			t.Errorf("config flags %#x: XDP flag set without XDP", st.Config.Flags)
+		}
+		warned := logs.FilterMessageSnippet("falling back to --decap=tc").All()
+		if len(warned) != 1 || !strings.Contains(fmt.Sprint(warned[0].ContextMap()["error"]), "test hook") {
+			t.Errorf("want one fallback warning naming the probe error, got %v", logs.All())
+		}
+
+		nc.ProbeXDPMeta = nil
+		if st, err = SetupNode(d, nc); err != nil {
+			return err
+		}
+		if st.Decap != DecapXDP || !slices.Contains(links(), LinkUnderlayXDP) || st.Config.Flags&maps.NodeFlagXDPDecap == 0 {
+			t.Errorf("veth: decap %s, links %v, flags %#x; want XDP attached and flagged", st.Decap, links(), st.Config.Flags)
+		}
+		nc.Decap = DecapTC
+		if st, err = SetupNode(d, nc); err != nil {
+			return err
+		}
+		if slices.Contains(links(), LinkUnderlayXDP) || st.Config.Flags&maps.NodeFlagXDPDecap != 0 {
+			t.Errorf("back to tc: links %v, flags %#x; want no XDP and no flag", links(), st.Config.Flags)
+		}
+		return TeardownNode(pin, "")
+	})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/maps"
@@ -28,9 +29,16 @@ type NodeConfig struct {
 	Port       uint16
 	Decap      DecapMode
 	HostDevice string // default DefaultHostDevice
-	// NoGRODevice skips weftgro0 (see gro.go) on tc-decap nodes, e.g. when
-	// another kernel vxlan device must bind the same port.
+	// NoGRODevice skips weftgro0 (see gro.go), e.g. when another kernel
+	// vxlan device must bind the same port. Without it, VXLAN that a router
+	// fragmented cannot be delivered (the kernel has no socket to give it to).
 	NoGRODevice bool
+	// ProbeXDPMeta checks, for Decap == DecapXDP, that the underlay can
+	// carry XDP metadata; on error the node uses tc decap and logs a
+	// warning. nil: ProbeXDPMeta (the driver check). Tests make it fail.
+	ProbeXDPMeta func(ifname string) error `json:"-"`
+	// Log receives warnings (nil: none).
+	Log *zap.Logger `json:"-"`
 }
 
 // HostIP is the node's own address in its subnet: <subnet>.0, on weft0,
@@ -48,6 +56,7 @@ func PodMTU(underlayMTU int) int { return underlayMTU - maps.VXLANOverhead }
 type NodeState struct {
 	Config     maps.Config
 	HostIfName string
+	Decap      DecapMode // what runs: DecapTC when XDP was asked for but the probe failed
 }
 
 // SetupNode wires this network namespace's node: weft0 with the node's
@@ -67,6 +76,12 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	if nc.Decap == "" {
 		nc.Decap = DecapTC
 	}
+	if nc.Log == nil {
+		nc.Log = zap.NewNop()
+	}
+	if nc.ProbeXDPMeta == nil {
+		nc.ProbeXDPMeta = ProbeXDPMeta
+	}
 	if !nc.Subnet.IsValid() || !nc.Network.IsValid() || !nc.Network.Contains(nc.Subnet.Addr()) {
 		return NodeState{}, fmt.Errorf("setup node: subnet %v not inside network %v", nc.Subnet, nc.Network)
 	}
@@ -78,6 +93,13 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	if !ulIP.IsValid() {
 		if ulIP, err = firstIPv4(ul); err != nil {
 			return NodeState{}, err
+		}
+	}
+	if nc.Decap == DecapXDP {
+		if err := nc.ProbeXDPMeta(nc.Underlay); err != nil {
+			nc.Log.Warn("XDP decapsulation unavailable on this underlay, falling back to --decap=tc",
+				zap.String("underlay", nc.Underlay), zap.Error(err))
+			nc.Decap = DecapTC
 		}
 	}
 	mtu := ul.Attrs().MTU
@@ -102,6 +124,16 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	}
 	// Config before programs: a program attached to an empty config passes
 	// everything to the kernel, which is harmless but not what we want.
+	// The XDP flag (tc trusts XDP's tags) is raised before XDP is attached
+	// and lowered only after it is gone, so no tagged frame meets a tc
+	// program that ignores its tag.
+	if old, err := d.Maps.Config.Get(); err == nil {
+		cfg.Flags = old.Flags & maps.NodeFlagXDPDecap
+		cfg.GROIfIndex = old.GROIfIndex // until ensureGRODevice below says otherwise
+	}
+	if nc.Decap == DecapXDP {
+		cfg.Flags |= maps.NodeFlagXDPDecap
+	}
 	if err := d.Maps.Config.Set(cfg); err != nil {
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
 	}
@@ -111,13 +143,29 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	if err := d.AttachUnderlay(ul.Attrs().Index, nc.Decap); err != nil {
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
 	}
-	// XDP decapsulates before GRO, so only tc decap needs the GRO socket.
-	if nc.Decap == DecapTC && !nc.NoGRODevice {
-		if err := d.ensureGRODevice(ul.Attrs().Index, nc.Port); err != nil {
+	if nc.Decap == DecapTC && cfg.Flags&maps.NodeFlagXDPDecap != 0 {
+		cfg.Flags &^= maps.NodeFlagXDPDecap
+		if err := d.Maps.Config.Set(cfg); err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
+		}
+	}
+	// weftgro0's socket gives tc decap GRO and, in both modes, is where
+	// the kernel delivers the VXLAN it reassembled from fragments.
+	// It is also where the kernel encapsulates what our programs cannot
+	// (nested tunnel GSO, see bpf/underlay.h): the config names it.
+	groIndex := 0
+	if !nc.NoGRODevice {
+		if groIndex, err = d.ensureGRODevice(ul.Attrs().Index, nc.Port); err != nil {
 			return NodeState{}, fmt.Errorf("setup node: %w", err)
 		}
 	} else if err := removeGRODevice(d.PinPath); err != nil {
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
+	}
+	if cfg.GROIfIndex != uint32(groIndex) {
+		cfg.GROIfIndex = uint32(groIndex)
+		if err := d.Maps.Config.Set(cfg); err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
+		}
 	}
 	if err := d.Upgrade(); err != nil { // pods attached by an older version
 		return NodeState{}, fmt.Errorf("setup node: %w", err)
@@ -126,7 +174,7 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	if err != nil {
 		return NodeState{}, err
 	}
-	return NodeState{Config: got, HostIfName: nc.HostDevice}, nil
+	return NodeState{Config: got, HostIfName: nc.HostDevice, Decap: nc.Decap}, nil
 }
 
 // ensureHostDevice makes weft0: a dummy device, or an ifb where the kernel

@@ -40,8 +40,15 @@ type Config struct {
 	MTU             uint16           `json:"mtu"` // underlay MTU
 	SrcPortMin      uint16           `json:"src_port_min"`
 	SrcPortMax      uint16           `json:"src_port_max"`
+	Flags           uint32           `json:"flags"` // NodeFlag* bits
 	Layout          uint32           `json:"layout"`
+	GROIfIndex      uint32           `json:"gro_ifindex"` // weftgro0, 0: none
 }
+
+// NodeFlagXDPDecap says Weft's XDP program is attached to the underlay and
+// can hand decapsulated frames to tc; only then does from_underlay trust an
+// XDP metadata tag.
+const NodeFlagXDPDecap = uint32(bpf.WeftNodeFlagsNODE_F_XDP_DECAP)
 
 // Validate checks what the data plane relies on.
 func (c Config) Validate() error {
@@ -101,7 +108,9 @@ func (cm *ConfigMap) Set(c Config) error {
 		Mtu:             c.MTU,
 		SrcPortMin:      c.SrcPortMin,
 		SrcPortMax:      c.SrcPortMax,
+		Flags:           c.Flags,
 		Layout:          PinLayout,
+		GroIfindex:      c.GROIfIndex,
 	}
 	if err := cm.m.Put(uint32(0), &val); err != nil {
 		return fmt.Errorf("set config: %w", err)
@@ -130,7 +139,9 @@ func (cm *ConfigMap) Get() (Config, error) {
 		MTU:             v.Mtu,
 		SrcPortMin:      v.SrcPortMin,
 		SrcPortMax:      v.SrcPortMax,
+		Flags:           v.Flags,
 		Layout:          v.Layout,
+		GROIfIndex:      v.GroIfindex,
 	}, nil
 }
 

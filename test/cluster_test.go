@@ -32,6 +32,7 @@ type clusterNode struct {
 	vtepMAC net.HardwareAddr
 	weft    bool             // false: kernel vxlan, flannel v3 style
 	decap   loader.DecapMode // Weft nodes only
+	noGRO   bool
 	direct  map[string]bool
 	pinPath string
 	pods    []*topo.Pod
@@ -41,7 +42,9 @@ type nodePlan struct {
 	name   string
 	weft   bool
 	decap  loader.DecapMode
-	direct []string // peers reached without encapsulation (DirectRouting)
+	direct []string            // peers reached without encapsulation (DirectRouting)
+	routed *topo.RoutedOptions // non-nil: behind two routers (topo.AddRoutedNode)
+	noGRO  bool                // Weft without weftgro0 (--gro-device=false)
 }
 
 const (
@@ -72,7 +75,13 @@ func newStaticCluster(t *testing.T, plan []nodePlan, podsPerNode int) *staticClu
 	})
 
 	for i, p := range plan {
-		n, err := lab.AddNode(p.name)
+		var n *topo.Node
+		var err error
+		if p.routed != nil {
+			n, err = lab.AddRoutedNode(p.name, *p.routed)
+		} else {
+			n, err = lab.AddNode(p.name)
+		}
 		if err != nil {
 			t.Fatalf("add node %s: %v", p.name, err)
 		}
@@ -83,6 +92,7 @@ func newStaticCluster(t *testing.T, plan []nodePlan, podsPerNode int) *staticClu
 			vtepMAC: net.HardwareAddr{0x0e, 0x77, 0, 0, 0, byte(i + 1)},
 			weft:    p.weft,
 			decap:   p.decap,
+			noGRO:   p.noGRO,
 			direct:  map[string]bool{},
 			pinPath: filepath.Join(c.pinRoot, p.name),
 		}
@@ -140,13 +150,14 @@ func newStaticCluster(t *testing.T, plan []nodePlan, podsPerNode int) *staticClu
 			NSPath:  cn.node.NSPath,
 			PinPath: cn.pinPath,
 			Node: loader.NodeConfig{
-				Underlay: cn.node.UnderlayIf,
-				Network:  c.network,
-				Subnet:   cn.subnet,
-				VtepMAC:  cn.vtepMAC,
-				VNI:      testVNI,
-				Port:     testPort,
-				Decap:    cn.decap,
+				Underlay:    cn.node.UnderlayIf,
+				Network:     c.network,
+				Subnet:      cn.subnet,
+				VtepMAC:     cn.vtepMAC,
+				VNI:         testVNI,
+				Port:        testPort,
+				Decap:       cn.decap,
+				NoGRODevice: cn.noGRO,
 			},
 			Endpoints: eps,
 			Tunnels:   tunnels,

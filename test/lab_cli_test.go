@@ -56,6 +56,32 @@ func TestLabDemoTwice(t *testing.T) {
 	}
 }
 
+// TestLabDemoKube runs `weft-lab demo --store=kube` (`make demo-kube`): the
+// same mixed cluster with Node objects on a real kube-apiserver.
+func TestLabDemoKube(t *testing.T) {
+	bin := binaries(t)
+	runRoot := t.TempDir()
+	start := time.Now()
+	out, err := exec.Command(filepath.Join(bin, "weft-lab"), "demo", "--store=kube", "--bin-dir", bin, "--run-root", runRoot).CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo --store=kube: %v\n%s", err, out)
+	}
+	m := labPrefixRE.FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("demo printed no lab prefix:\n%s", out)
+	}
+	for _, want := range []string{"kube-apiserver ready", "56 of 56 pairs OK", "MB intact", "COUNTER", "SUBNET"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	t.Logf("demo --store=kube: %s in %.1fs", m[1], time.Since(start).Seconds())
+	assertLabGone(t, string(m[1]), runRoot)
+	if out, _ := exec.Command("pgrep", "-f", filepath.Join(runRoot, string(m[1]))).Output(); len(out) > 0 {
+		t.Errorf("kube-apiserver left behind: %s", out)
+	}
+}
+
 // TestLabUpKillDown: `weft-lab up`, then kill -9 of the lab process, then
 // `weft-lab down` removes everything.
 func TestLabUpKillDown(t *testing.T) {

@@ -26,7 +26,8 @@ func build(cf *clusterFlags, stdout io.Writer) (*lab.Cluster, error) {
 		fmt.Fprintf(stdout, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 	}
 	c, err := lab.New(lab.Options{BinDir: cf.binDir, WireLike: cf.wireLike, Logf: logf,
-		RunRoot: cf.runRoot, Network: netip.MustParsePrefix("10.244.0.0/16")})
+		RunRoot: cf.runRoot, Network: netip.MustParsePrefix("10.244.0.0/16"),
+		Store: lab.Store(cf.store), Manifest: cf.manifest})
 	if err != nil {
 		return nil, err
 	}
@@ -97,8 +98,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		c.Close()
 		os.Remove(currentLink(cf.runRoot))
 	}()
-	fmt.Fprintf(stdout, "\nlab %s is up (etcd %s). In another shell: weft-lab status | weft-lab down. Ctrl-C here tears it down.\n",
-		c.Opts.Prefix, c.Fwd.URL())
+	where := "etcd " + c.Fwd.URL()
+	if c.Kube != nil {
+		where = "kube-apiserver " + c.Kube.Fwd.URL() + " on the underlay, " + c.Kube.API.URL + " here"
+	}
+	fmt.Fprintf(stdout, "\nlab %s is up (%s). In another shell: weft-lab status | weft-lab down. Ctrl-C here tears it down.\n",
+		c.Opts.Prefix, where)
 	<-ctx.Done()
 	return nil
 }
@@ -118,7 +123,11 @@ func runStatus(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "lab %s (pid %d), etcd %s, state in %s\n\n", st.Prefix, st.PID, st.Etcd, st.RunDir)
+	store := "etcd " + st.Etcd
+	if st.KubeAPI != "" {
+		store = "kube-apiserver " + st.KubeAPI
+	}
+	fmt.Fprintf(stdout, "lab %s (pid %d), %s, state in %s\n\n", st.Prefix, st.PID, store, st.RunDir)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tKIND\tUNDERLAY\tSUBNET\tPODS")
 	for _, n := range st.Nodes {

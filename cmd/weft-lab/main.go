@@ -96,6 +96,7 @@ type clusterFlags struct {
 	nodes, pods, flannelNodes int
 	binDir, runRoot           string
 	wireLike                  bool
+	store, manifest           string
 }
 
 func addClusterFlags(fs *pflag.FlagSet, defFlannel int) *clusterFlags {
@@ -107,6 +108,8 @@ func addClusterFlags(fs *pflag.FlagSet, defFlannel int) *clusterFlags {
 	fs.StringVar(&cf.binDir, "bin-dir", filepath.Dir(self), "directory holding weftd, weftctl and weft-cni")
 	fs.StringVar(&cf.runRoot, "run-root", lab.DefaultRunRoot, "where runs keep their state")
 	fs.BoolVar(&cf.wireLike, "wire-like", false, "make the underlay veths behave like a wire (segmentation offloads off, GRO on)")
+	fs.StringVar(&cf.store, "store", "etcd", "where leases live: etcd (flannel's etcd schema) or kube (Node objects on a real kube-apiserver, weftd --kube-subnet-mgr)")
+	fs.StringVar(&cf.manifest, "manifest", "", "with --store=kube: the manifest whose ServiceAccount and RBAC weftd runs with (default: deploy/kube-weft.yml as built in)")
 	return cf
 }
 
@@ -118,6 +121,13 @@ func (cf *clusterFlags) validate() error {
 		return fmt.Errorf("%w: --pods %d: want 0..50", errUsage, cf.pods)
 	case cf.flannelNodes < 0 || cf.flannelNodes > 8:
 		return fmt.Errorf("%w: --flannel-nodes %d: want 0..8", errUsage, cf.flannelNodes)
+	case cf.store != string(lab.StoreEtcd) && cf.store != string(lab.StoreKube):
+		return fmt.Errorf("%w: --store %q: want etcd or kube", errUsage, cf.store)
+	}
+	if cf.store == string(lab.StoreKube) && cf.manifest != "" {
+		if _, err := os.Stat(cf.manifest); err != nil {
+			return fmt.Errorf("%w: --manifest: %v", errUsage, err)
+		}
 	}
 	for _, b := range []string{"weftd", "weftctl", "weft-cni"} {
 		if _, err := os.Stat(filepath.Join(cf.binDir, b)); err != nil {

@@ -16,6 +16,22 @@ import (
 	"github.com/weftnet/weft/loader"
 )
 
+// auditInterval is how often the tunnels map is read back and compared
+// with what weftd wrote (reconcile.Audit). At 50,000 entries a read costs
+// tens of milliseconds of one core in batch syscalls, so once a minute is
+// noise.
+const auditInterval = time.Minute
+
+// storeHealth is what the monitor asks of a store about itself: the etcd
+// store has a network config to watch and a server to reach. The
+// Kubernetes store (config from a file, no lease TTL) has neither; its node
+// gets the link check only.
+type storeHealth interface {
+	WatchConfig(ctx context.Context, fn func(*flannel.NetworkConfig, error))
+	Probe(ctx context.Context, timeout time.Duration) error
+	Renewed() time.Time // last lease renewal: etcd answered
+}
+
 // checkInterval is how often the monitor looks at the program links and
 // at how long etcd has been silent.
 const checkInterval = time.Second
@@ -85,12 +101,39 @@ func renewalDeadline(ttl time.Duration) time.Duration { return min(ttl, time.Min
 //     weftd keeps forwarding with the config it has and says so until an
 //     operator restarts it;
 //   - links: every program link SetupNode pinned must still be attached.
-func (d *daemon) monitor(ctx context.Context, st *store.Store, own *store.OwnLease, running *flannel.NetworkConfig, links []string) {
+func (d *daemon) monitor(ctx context.Context, s subnetStore, running *flannel.NetworkConfig, links []string) {
 	deadline := renewalDeadline(d.cfg.LeaseTTL)
 	var lastContact atomic.Int64
 	contact := func() { lastContact.Store(time.Now().UnixNano()) }
 	contact()
-	go st.WatchConfig(ctx, func(cfg *flannel.NetworkConfig, err error) {
+	st, _ := s.(storeHealth)
+	if st != nil {
+		go d.watchConfig(ctx, st, running, contact)
+	}
+
+	t := time.NewTicker(checkInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if st != nil {
+			d.checkStore(ctx, st, deadline, &lastContact, contact)
+		}
+		if err := loader.CheckLinks(d.cfg.PinPath, links); err != nil {
+			d.setHealth("links", err.Error())
+		} else {
+			d.setHealth("links", "")
+		}
+	}
+}
+
+// watchConfig compares every network config the store reports with the
+// running one.
+func (d *daemon) watchConfig(ctx context.Context, st storeHealth, running *flannel.NetworkConfig, contact func()) {
+	st.WatchConfig(ctx, func(cfg *flannel.NetworkConfig, err error) {
 		switch {
 		case err == nil && !sameConfig(cfg, running):
 			contact()
@@ -103,33 +146,23 @@ func (d *daemon) monitor(ctx context.Context, st *store.Store, own *store.OwnLea
 			d.setHealth("config", "the network config in etcd is gone or invalid: "+err.Error())
 		}
 	})
+}
 
-	t := time.NewTicker(checkInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+// checkStore marks the store unreachable when it has been silent past the
+// deadline, asking it once when nothing was heard for a third of it.
+func (d *daemon) checkStore(ctx context.Context, st storeHealth, deadline time.Duration, lastContact *atomic.Int64, contact func()) {
+	if r := st.Renewed(); r.UnixNano() > lastContact.Load() {
+		lastContact.Store(r.UnixNano())
+	}
+	if time.Since(time.Unix(0, lastContact.Load())) > deadline/3 {
+		if err := st.Probe(ctx, checkInterval); err == nil {
+			contact()
 		}
-		if r := own.Renewed(); r.UnixNano() > lastContact.Load() {
-			lastContact.Store(r.UnixNano())
-		}
-		if time.Since(time.Unix(0, lastContact.Load())) > deadline/3 {
-			if err := st.Probe(ctx, checkInterval); err == nil {
-				contact()
-			}
-		}
-		if silent := time.Since(time.Unix(0, lastContact.Load())); silent > deadline {
-			d.setHealth("store", fmt.Sprintf("no answer from etcd for %v (deadline %v)", silent.Round(time.Second), deadline))
-		} else {
-			d.setHealth("store", "")
-		}
-		if err := loader.CheckLinks(d.cfg.PinPath, links); err != nil {
-			d.setHealth("links", err.Error())
-		} else {
-			d.setHealth("links", "")
-		}
+	}
+	if silent := time.Since(time.Unix(0, lastContact.Load())); silent > deadline {
+		d.setHealth("store", fmt.Sprintf("no answer from etcd for %v (deadline %v)", silent.Round(time.Second), deadline))
+	} else {
+		d.setHealth("store", "")
 	}
 }
 
@@ -157,7 +190,7 @@ func sameConfig(a, b *flannel.NetworkConfig) bool { return reflect.DeepEqual(a, 
 // other nodes for the pods still here, while stopping to treat the subnet
 // as its own would need the operator (flanneld exits here; a DaemonSet then
 // restarts it into a new subnet under running pods).
-func (d *daemon) keepLease(ctx context.Context, own *store.OwnLease) error {
+func (d *daemon) keepLease(ctx context.Context, own ownLease) error {
 	err := own.KeepAlive(ctx)
 	if !errors.Is(err, store.ErrSubnetTaken) {
 		return err
@@ -176,7 +209,7 @@ func nodeLinks(pinPath string) []string {
 // releaseOnError gives the subnet lease back when the data plane could not
 // be set up, so that other nodes do not program tunnels to a node that
 // cannot receive, and returns err.
-func (d *daemon) releaseOnError(own *store.OwnLease, err error) error {
+func (d *daemon) releaseOnError(own ownLease, err error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if rerr := own.Release(ctx); rerr != nil {

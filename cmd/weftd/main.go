@@ -1,7 +1,9 @@
-// Command weftd is Weft's node daemon: one per node, privileged. It leases
-// the node a pod subnet in etcd (flannel's schema, so flannel nodes and
-// Weft nodes share a cluster), sets up the node's BPF data plane and keeps
-// the tunnels map in step with the other nodes' leases.
+// Command weftd is Weft's node daemon: one per node, privileged. It takes
+// the node's pod subnet from etcd (flannel's schema) or, with
+// --kube-subnet-mgr, from its Kubernetes Node object (flanneld's kube
+// subnet manager), so flannel nodes and Weft nodes share a cluster; it sets
+// up the node's BPF data plane and keeps the tunnels map in step with the
+// other nodes' leases.
 //
 // The data plane is pinned: it keeps forwarding while weftd is stopped,
 // restarted or upgraded. On SIGTERM weftd leaves it running unless
@@ -14,6 +16,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"net/url"
@@ -29,6 +32,7 @@ import (
 
 	"github.com/weftnet/weft/cmd/internal/cliargs"
 	"github.com/weftnet/weft/control/flannel"
+	"github.com/weftnet/weft/control/kube"
 	"github.com/weftnet/weft/control/store"
 	"github.com/weftnet/weft/loader"
 )
@@ -42,6 +46,10 @@ type config struct {
 	EtcdKeyFile   string
 	EtcdUsername  string
 	EtcdPassword  string
+
+	// Kubernetes mode (flanneld's --kube-subnet-mgr): see control/kube.
+	KubeSubnetMgr bool
+	Kube          kube.Options
 
 	Iface      string
 	PublicIP   netip.Addr
@@ -57,9 +65,14 @@ type config struct {
 	CleanupOnExit bool
 }
 
-// parseFlags turns args into a config. Every check happens here, before
-// weftd touches the node, so a bad flag changes nothing.
-func parseFlags(args []string, stderr *os.File) (config, error) {
+// parseFlags turns args and the environment (getenv) into a config. Every
+// check happens here, before weftd touches the node, so a bad flag changes
+// nothing.
+//
+// Like flanneld, every flag can also come from FLANNELD_<FLAG> (upper case,
+// "-" as "_": FLANNELD_IFACE, FLANNELD_KUBE_SUBNET_MGR), which is how
+// flannel's manifests pass some of them; a flag on the command line wins.
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	fs := pflag.NewFlagSet("weftd", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -84,18 +97,39 @@ func parseFlags(args []string, stderr *os.File) (config, error) {
 	fs.StringVar(&vtepMAC, "vtep-mac", "", "this node's VTEP MAC (default: derived from /etc/machine-id and the public IP, stable across reboots)")
 	fs.StringVar(&c.PinPath, "pin-path", loader.DefaultPinPath, "bpffs directory for the data plane's maps, programs and links")
 	fs.StringVar(&decap, "decap", string(loader.DecapTC), "receive path: tc (tc decap after the kernel's VXLAN GRO) or xdp (XDP decap, inner GRO, tc delivery)")
-	fs.BoolVar(&c.GRODevice, "gro-device", true, "with --decap=tc, keep weftgro0, an external vxlan device whose socket gives VXLAN GRO (it occupies the VXLAN port)")
+	fs.BoolVar(&c.GRODevice, "gro-device", true, "keep weftgro0, an external vxlan device whose socket gives VXLAN GRO, reassembles VXLAN that routers fragmented and encapsulates pods' own tunnels (it occupies the VXLAN port)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:9473", "address of the /healthz and /metrics endpoint; empty disables it")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.CleanupOnExit, "cleanup-on-exit", false, "on SIGTERM remove the data plane and release the subnet lease (default: leave both)")
+	fs.BoolVar(&c.KubeSubnetMgr, "kube-subnet-mgr", false, "take the subnet and peers from Kubernetes Node objects instead of etcd (flanneld's flag)")
+	fs.StringVar(&c.Kube.APIURL, "kube-api-url", "", "kube-apiserver URL (flanneld's flag; default: the kubeconfig's, or in-cluster)")
+	fs.StringVar(&c.Kube.Kubeconfig, "kubeconfig-file", "", "kubeconfig file (flanneld's flag; default: in-cluster service account)")
+	fs.StringVar(&c.Kube.AnnotationPrefix, "kube-annotation-prefix", kube.DefaultAnnotationPrefix, "prefix of the Node annotations holding leases (flanneld's flag)")
+	fs.StringVar(&c.Kube.NetConfPath, "net-config-path", kube.DefaultNetConfPath, "network config file in Kubernetes mode, etcd's <prefix>/config JSON (flanneld's flag)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: weftd [flags]\n\nWeft node daemon: leases a pod subnet in etcd (flannel's schema) and keeps the node's BPF data plane in step.\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stderr, "Usage: weftd [flags]\n\nWeft node daemon: takes a pod subnet from etcd or Kubernetes (flannel's schemas) and keeps the node's BPF data plane in step.\nEvery flag can also be set as FLANNELD_<FLAG> (e.g. FLANNELD_IFACE); the command line wins.\n\nFlags:\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := flagsFromEnv(fs, getenv); err != nil {
+		return c, err
+	}
+	if c.KubeSubnetMgr {
+		if _, err := kube.NewAnnotations(c.Kube.AnnotationPrefix); err != nil {
+			return c, fmt.Errorf("--kube-annotation-prefix: %w", err)
+		}
+		if c.Kube.NetConfPath == "" {
+			return c, errors.New("--net-config-path must not be empty")
+		}
+		c.Kube.NodeName = getenv("NODE_NAME")
+		c.Kube.PodName, c.Kube.PodNamespace = getenv("POD_NAME"), getenv("POD_NAMESPACE")
+		if c.Kube.NodeName == "" && (c.Kube.PodName == "" || c.Kube.PodNamespace == "") {
+			return c, errors.New("--kube-subnet-mgr needs NODE_NAME, or POD_NAME and POD_NAMESPACE, in the environment")
+		}
 	}
 
 	for _, e := range strings.Split(endpoints, ",") {
@@ -159,8 +193,33 @@ func parseFlags(args []string, stderr *os.File) (config, error) {
 	return c, nil
 }
 
+// flagsFromEnv sets every flag not given on the command line from
+// FLANNELD_<FLAG>, as flanneld's flagutil.SetFlagsFromEnv does.
+func flagsFromEnv(fs *pflag.FlagSet, getenv func(string) string) error {
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			return
+		}
+		name := envName(f.Name)
+		v := getenv(name)
+		if v == "" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// envName is the environment variable of a flag: FLANNELD_KUBE_SUBNET_MGR.
+func envName(flag string) string {
+	return "FLANNELD_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
 func main() {
-	cfg, err := parseFlags(os.Args[1:], os.Stderr)
+	cfg, err := parseFlags(os.Args[1:], os.Getenv, os.Stderr)
 	if errors.Is(err, pflag.ErrHelp) {
 		os.Exit(0)
 	}

@@ -10,16 +10,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 
 	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/control/metrics"
 	"github.com/weftnet/weft/control/peers"
 	"github.com/weftnet/weft/control/reconcile"
-	"github.com/weftnet/weft/control/store"
 	"github.com/weftnet/weft/loader"
 )
 
@@ -47,22 +43,19 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	if err != nil {
 		return flagError{err}
 	}
-	tlsCfg, err := etcdTLS(cfg)
-	if err != nil {
-		return flagError{err}
+	if !cfg.KubeSubnetMgr {
+		if _, err := etcdTLS(cfg); err != nil {
+			return flagError{err}
+		}
 	}
 	if cfg.Decap == loader.DecapXDP && ul.Link.Type() == "veth" {
 		// Measured (README, Benchmarks): veth copies every frame for native
 		// XDP and turns off its peer's GSO; tc decap is faster there.
 		log.Warn("--decap=xdp on a veth underlay is slower than --decap=tc", zap.String("underlay", ul.Link.Attrs().Name))
 	}
-	vtep := cfg.VtepMAC
-	if vtep == nil {
-		vtep = stableVtepMAC(machineID(), ul.PublicIP)
-	}
 	log.Info("starting", zap.String("underlay", ul.Link.Attrs().Name), zap.Stringer("underlay_ip", ul.IP),
-		zap.Stringer("public_ip", ul.PublicIP), zap.Stringer("vtep_mac", vtep), zap.String("pin_path", cfg.PinPath),
-		zap.String("decap", string(cfg.Decap)))
+		zap.Stringer("public_ip", ul.PublicIP), zap.String("pin_path", cfg.PinPath), zap.String("decap", string(cfg.Decap)),
+		zap.Bool("kube_subnet_mgr", cfg.KubeSubnetMgr))
 
 	if cfg.MetricsAddr != "" {
 		stopHTTP, err := d.serveHTTP(cfg.MetricsAddr)
@@ -72,38 +65,19 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		defer stopHTTP()
 	}
 
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.EtcdEndpoints,
-		DialTimeout: 5 * time.Second,
-		TLS:         tlsCfg,
-		Username:    cfg.EtcdUsername,
-		Password:    cfg.EtcdPassword,
-		Logger:      log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
-		// gRPC's default reconnect backoff grows to two minutes, so after an
-		// etcd outage weftd stayed blind to joins and leaves for up to that
-		// long (11 s after a 30 s outage in the lab). Retry at least every 2 s.
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
-			MinConnectTimeout: 5 * time.Second,
-		})},
-	})
-	if err != nil {
-		return fmt.Errorf("etcd client: %w", err)
-	}
-	defer cli.Close()
-	st := store.New(cli, cfg.EtcdPrefix, log, d.metrics)
-
-	netCfg, err := d.waitForConfig(ctx, st)
+	st, err := d.openStore(ctx)
 	if err != nil {
 		return err
 	}
-
-	own, err := st.AcquireLease(ctx, netCfg, store.LeaseRequest{
-		PublicIP: ul.PublicIP,
-		VtepMAC:  vtep,
-		TTL:      cfg.LeaseTTL,
-		Previous: previousSubnet(cfg.SubnetFile),
-	})
+	defer st.Close()
+	netCfg, err := st.NetworkConfig(ctx)
+	if err != nil {
+		return err
+	}
+	d.log.Info("network config", zap.Stringer("network", netCfg.Network), zap.Int("subnet_len", netCfg.SubnetLen),
+		zap.String("backend", netCfg.Backend.Type), zap.Int("vni", int(netCfg.Backend.VNI)), zap.Int("port", int(netCfg.Backend.Port)),
+		zap.Bool("direct_routing", netCfg.Backend.DirectRouting))
+	own, err := st.Acquire(ctx, netCfg, identity{PublicIP: ul.PublicIP, VtepMAC: cfg.VtepMAC, SubnetFile: cfg.SubnetFile})
 	if err != nil {
 		return err
 	}
@@ -116,45 +90,23 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		return err
 	}
 	defer release()
-
-	// The data plane: adopt what is pinned, add what is missing. If it
-	// cannot be set up, the lease is given back (releaseOnError).
-	dp, err := loader.Load(loader.Options{PinPath: cfg.PinPath})
+	dp, nodeState, err := d.setupDataplane(ul, netCfg, own)
 	if err != nil {
 		return d.releaseOnError(own, err)
 	}
 	defer dp.Close()
-	d.dp.Store(dp)
-	nodeState, err := loader.SetupNode(dp, loader.NodeConfig{
-		Underlay:    ul.Link.Attrs().Name,
-		UnderlayIP:  ul.IP,
-		Network:     netCfg.Network,
-		Subnet:      subnet,
-		VtepMAC:     vtep,
-		VNI:         uint32(netCfg.Backend.VNI),
-		Port:        uint16(netCfg.Backend.Port),
-		Decap:       cfg.Decap,
-		NoGRODevice: !cfg.GRODevice,
-	})
-	if err != nil {
-		return d.releaseOnError(own, err)
-	}
-	if err := writeSubnetEnv(cfg.SubnetFile, subnetEnv{
-		Network: netCfg.Network, Subnet: subnet, MTU: loader.PodMTU(int(nodeState.Config.MTU)),
-	}); err != nil {
+	// Only now may peers send us traffic.
+	if err := own.Publish(ctx); err != nil {
 		return err
 	}
-	log.Info("data plane ready", zap.Stringer("subnet", subnet), zap.String("subnet_file", cfg.SubnetFile),
-		zap.Int("pod_mtu", loader.PodMTU(int(nodeState.Config.MTU))))
 
-	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: subnet, PublicIP: ul.PublicIP, Underlay: ul.Prefix}, log, d.metrics)
+	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: subnet, PublicIP: own.PublicIP(), Underlay: ul.Prefix}, log, d.metrics)
 	rec.PruneCounters(dp.Maps.PeerStats)
-
 	errc := make(chan error, 2)
 	go func() { errc <- d.keepLease(ctx, own) }()
-	go d.monitor(ctx, st, own, netCfg, nodeLinks(cfg.PinPath))
-	go func() { errc <- st.SyncBatches(ctx, netCfg, func(b peers.Batch) { d.applyBatch(rec, b) }) }()
+	go func() { errc <- st.Watch(ctx, func(b peers.Batch) { d.apply(rec, b) }) }()
 	go rec.RunAudit(ctx, auditInterval)
+	go d.monitor(ctx, st, netCfg, nodeLinks(cfg.PinPath))
 
 	select {
 	case <-ctx.Done():
@@ -165,13 +117,82 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 			return fmt.Errorf("control loop stopped: %w", err)
 		}
 	}
-	log.Info("shutting down", zap.Bool("cleanup_on_exit", cfg.CleanupOnExit))
-	if !cfg.CleanupOnExit {
-		log.Info("leaving the data plane running; pinned at " + cfg.PinPath)
+	return d.shutdown(own, nodeState)
+}
+
+// setupDataplane adopts what is pinned, adds what is missing, and writes
+// flannel's subnet.env for the CNI plugin.
+func (d *daemon) setupDataplane(ul underlay, netCfg *flannel.NetworkConfig, own ownLease) (*loader.Datapath, *loader.NodeState, error) {
+	dp, err := loader.Load(loader.Options{PinPath: d.cfg.PinPath})
+	if err != nil {
+		return nil, nil, err
+	}
+	d.dp.Store(dp)
+	nodeState, err := loader.SetupNode(dp, loader.NodeConfig{
+		Underlay:    ul.Link.Attrs().Name,
+		UnderlayIP:  ul.IP,
+		Network:     netCfg.Network,
+		Subnet:      own.Subnet(),
+		VtepMAC:     own.VtepMAC(),
+		VNI:         uint32(netCfg.Backend.VNI),
+		Port:        uint16(netCfg.Backend.Port),
+		Decap:       d.cfg.Decap,
+		NoGRODevice: !d.cfg.GRODevice,
+		Log:         d.log,
+	})
+	if err == nil {
+		err = writeSubnetEnv(d.cfg.SubnetFile, subnetEnv{
+			Network: netCfg.Network, Subnet: own.Subnet(), MTU: loader.PodMTU(int(nodeState.Config.MTU)),
+		})
+	}
+	if err != nil {
+		dp.Close()
+		return nil, nil, err
+	}
+	d.log.Info("data plane ready", zap.Stringer("subnet", own.Subnet()), zap.Stringer("vtep_mac", own.VtepMAC()),
+		zap.String("decap", string(nodeState.Decap)),
+		zap.Stringer("public_ip", own.PublicIP()), zap.String("subnet_file", d.cfg.SubnetFile),
+		zap.Int("pod_mtu", loader.PodMTU(int(nodeState.Config.MTU))))
+	return dp, &nodeState, nil
+}
+
+// apply hands one batch of peer changes to the reconciler.
+func (d *daemon) apply(rec *reconcile.Reconciler, b peers.Batch) {
+	start := time.Now()
+	res, err := rec.ApplyBatch(b)
+	if err != nil {
+		d.log.Warn("reconcile tunnels", zap.Error(err))
+	}
+	if res.Added+res.Updated+res.Removed > 0 || !d.ready.Load() || b.Full {
+		invalid := 0
+		for _, c := range b.Changes {
+			if c.Invalid != nil {
+				invalid++
+			}
+		}
+		d.log.Info("tunnels reconciled", zap.Int64("revision", b.Revision), zap.Bool("full", b.Full), zap.Int("changes", len(b.Changes)),
+			zap.Int("added", res.Added), zap.Int("updated", res.Updated), zap.Int("removed", res.Removed), zap.Int("unchanged", res.Unchanged),
+			zap.Int("invalid_leases", invalid), zap.Duration("took", time.Since(start)))
+	}
+	if b.Full {
+		releaseMemory()
+	}
+	d.lastSnapshot.Store(time.Now().UnixNano())
+	if !d.ready.Swap(true) {
+		d.log.Info("ready")
+	}
+}
+
+// shutdown leaves the data plane running, or with --cleanup-on-exit removes
+// it and releases the lease.
+func (d *daemon) shutdown(own ownLease, nodeState *loader.NodeState) error {
+	d.log.Info("shutting down", zap.Bool("cleanup_on_exit", d.cfg.CleanupOnExit))
+	if !d.cfg.CleanupOnExit {
+		d.log.Info("leaving the data plane running; pinned at " + d.cfg.PinPath)
 		return nil
 	}
 	var errs []error
-	if err := loader.TeardownNode(cfg.PinPath, nodeState.HostIfName); err != nil {
+	if err := loader.TeardownNode(d.cfg.PinPath, nodeState.HostIfName); err != nil {
 		errs = append(errs, err)
 	}
 	relCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -179,42 +200,10 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	if err := own.Release(relCtx); err != nil {
 		errs = append(errs, err)
 	}
-	if err := os.Remove(cfg.SubnetFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(d.cfg.SubnetFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// waitForConfig reads <prefix>/config, waiting (like flanneld) until an
-// operator writes a valid one. An invalid config is logged with its key and
-// counted, and weftd keeps waiting rather than exiting: whatever data plane
-// is pinned keeps forwarding meanwhile.
-func (d *daemon) waitForConfig(ctx context.Context, st *store.Store) (*flannel.NetworkConfig, error) {
-	delay := 500 * time.Millisecond
-	for {
-		cfg, err := st.GetConfig(ctx)
-		if err == nil {
-			d.log.Info("network config", zap.Stringer("network", cfg.Network), zap.Int("subnet_len", cfg.SubnetLen),
-				zap.String("backend", cfg.Backend.Type), zap.Int("vni", int(cfg.Backend.VNI)), zap.Int("port", int(cfg.Backend.Port)),
-				zap.Bool("direct_routing", cfg.Backend.DirectRouting))
-			return cfg, nil
-		}
-		key := flannel.ConfigKey(d.cfg.EtcdPrefix)
-		if errors.Is(err, store.ErrConfigNotFound) || ctx.Err() != nil {
-			d.log.Warn("waiting for network config", zap.String("key", key), zap.Error(err))
-		} else {
-			d.configErrors.Add(1)
-			d.log.Error("invalid or unreadable network config, waiting for a valid one", zap.String("key", key), zap.Error(err))
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		if delay < 10*time.Second {
-			delay *= 2
-		}
-	}
 }
 
 // previousSubnet reads the subnet an earlier run wrote to subnet.env, so a

@@ -32,20 +32,39 @@ var (
 	ErrBackendType = errors.New("unsupported backend type")
 	ErrVNI         = errors.New("invalid VNI")
 	ErrPort        = errors.New("invalid Port")
+	// The IPv6 counterparts of ErrNetwork, ErrSubnetLen and ErrSubnetRange,
+	// for IPv6Network, IPv6SubnetLen and IPv6SubnetMin/IPv6SubnetMax.
+	ErrIPv6Network     = errors.New("invalid IPv6Network")
+	ErrIPv6SubnetLen   = errors.New("invalid IPv6SubnetLen")
+	ErrIPv6SubnetRange = errors.New("invalid IPv6SubnetMin/IPv6SubnetMax")
 )
 
 // NetworkConfig is <prefix>/config after flannel's defaults are applied
 // (subnet.ParseConfig + subnet.CheckNetworkConfig + the vxlan backend's own
-// config). Only IPv4 and the vxlan backend are supported.
+// config). Only the vxlan backend is supported.
+//
+// The families follow flannel: EnableIPv4 (default true) uses Network and
+// the Subnet* fields, EnableIPv6 (default false) uses IPv6Network and the
+// IPv6Subnet* fields; both make a dual-stack network, EnableIPv6 alone an
+// IPv6-only one. The fields of a disabled family are left zero, so
+// Network.IsValid() and IPv6Network.IsValid() also tell which are on.
 type NetworkConfig struct {
 	Network   netip.Prefix // the whole pod network, e.g. 10.244.0.0/16
 	SubnetLen int          // size of one node's lease, e.g. 24
 	SubnetMin netip.Addr   // first subnet that may be allocated
 	SubnetMax netip.Addr   // last subnet that may be allocated
-	// EnableIPv6 is flannel's dual-stack switch. Weft forwards IPv4 only;
-	// the caller should warn that IPv6 pod traffic is not carried.
+	// EnableIPv6 is flannel's dual-stack switch. Callers that do not
+	// forward IPv6 yet should warn that IPv6 pod traffic is not carried.
 	EnableIPv6 bool
 	Backend    BackendConfig
+
+	// EnableIPv4 is false for an IPv6-only network. Callers that forward
+	// IPv4 only must refuse such a config.
+	EnableIPv4    bool
+	IPv6Network   netip.Prefix // e.g. fc00:10:244::/48; zero unless EnableIPv6
+	IPv6SubnetLen int          // size of one node's IPv6 lease, default 64
+	IPv6SubnetMin netip.Addr   // first IPv6 subnet that may be allocated
+	IPv6SubnetMax netip.Addr   // last IPv6 subnet that may be allocated
 }
 
 // BackendConfig is the "Backend" object. MacPrefix, GBP and Learning are
@@ -60,13 +79,17 @@ type BackendConfig struct {
 // rawConfig mirrors flannel's subnet.Config JSON. encoding/json matches
 // field names case-insensitively, as it does for flannel.
 type rawConfig struct {
-	EnableIPv4 *bool
-	EnableIPv6 bool
-	Network    string
-	SubnetLen  int
-	SubnetMin  string
-	SubnetMax  string
-	Backend    json.RawMessage
+	EnableIPv4    *bool
+	EnableIPv6    bool
+	Network       string
+	SubnetLen     int
+	SubnetMin     string
+	SubnetMax     string
+	IPv6Network   string
+	IPv6SubnetLen int
+	IPv6SubnetMin string
+	IPv6SubnetMax string
+	Backend       json.RawMessage
 }
 
 type rawBackend struct {
@@ -78,15 +101,28 @@ type rawBackend struct {
 
 // ParseConfig decodes <prefix>/config, applies flannel's defaults and
 // validates the result. Errors wrap ErrConfigJSON, ErrNetwork,
-// ErrSubnetLen, ErrSubnetRange, ErrBackendType, ErrVNI or ErrPort.
+// ErrSubnetLen, ErrSubnetRange, ErrIPv6Network, ErrIPv6SubnetLen,
+// ErrIPv6SubnetRange, ErrBackendType, ErrVNI or ErrPort.
+//
+// Like flannel, the fields of a disabled family are not looked at.
 func ParseConfig(b []byte) (*NetworkConfig, error) {
 	var raw rawConfig
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("parse network config: %w: %v", ErrConfigJSON, err)
 	}
-	c := &NetworkConfig{EnableIPv6: raw.EnableIPv6}
-	if err := c.parseNetwork(raw); err != nil {
-		return nil, fmt.Errorf("parse network config: %w", err)
+	c := &NetworkConfig{EnableIPv4: raw.EnableIPv4 == nil || *raw.EnableIPv4, EnableIPv6: raw.EnableIPv6}
+	if !c.EnableIPv4 && !c.EnableIPv6 {
+		return nil, fmt.Errorf("parse network config: %w: EnableIPv4 is false and EnableIPv6 is not set, no family is left", ErrNetwork)
+	}
+	if c.EnableIPv4 {
+		if err := c.parseNetwork(raw); err != nil {
+			return nil, fmt.Errorf("parse network config: %w", err)
+		}
+	}
+	if c.EnableIPv6 {
+		if err := c.parseIPv6Network(raw); err != nil {
+			return nil, fmt.Errorf("parse network config: %w", err)
+		}
 	}
 	if err := c.parseBackend(raw.Backend); err != nil {
 		return nil, fmt.Errorf("parse network config: %w", err)
@@ -95,9 +131,6 @@ func ParseConfig(b []byte) (*NetworkConfig, error) {
 }
 
 func (c *NetworkConfig) parseNetwork(raw rawConfig) error {
-	if raw.EnableIPv4 != nil && !*raw.EnableIPv4 {
-		return fmt.Errorf("%w: EnableIPv4 is false; Weft needs an IPv4 Network", ErrNetwork)
-	}
 	if raw.Network == "" {
 		return fmt.Errorf("%w: Network is missing", ErrNetwork)
 	}
@@ -200,7 +233,7 @@ func (c *NetworkConfig) parseBackend(b json.RawMessage) error {
 // SubnetLen size, inside [SubnetMin, SubnetMax]. It is flannel's
 // isSubnetConfigCompat, used to decide whether a node may keep a lease.
 func (c *NetworkConfig) InRange(sn netip.Prefix) bool {
-	if !sn.Addr().Is4() || sn.Bits() != c.SubnetLen || sn.Masked() != sn {
+	if !c.Network.IsValid() || !sn.Addr().Is4() || sn.Bits() != c.SubnetLen || sn.Masked() != sn {
 		return false
 	}
 	a := u32(sn.Addr())
@@ -211,6 +244,9 @@ func (c *NetworkConfig) InRange(sn netip.Prefix) bool {
 // order, that overlap none of used. flannel picks one of the first 100 at
 // random so that nodes starting together rarely race for the same key.
 func (c *NetworkConfig) FreeSubnets(used []netip.Prefix, limit int) []netip.Prefix {
+	if !c.Network.IsValid() {
+		return nil // IPv6-only
+	}
 	exact := make(map[netip.Prefix]bool, len(used)) // used, truncated to SubnetLen
 	var wide []netip.Prefix                         // used prefixes larger than a subnet
 	for _, p := range used {

@@ -31,11 +31,13 @@ func SubnetKey(sn netip.Prefix) string {
 // LeaseKey is the full etcd key of the lease for sn.
 func LeaseKey(prefix string, sn netip.Prefix) string { return SubnetsPrefix(prefix) + SubnetKey(sn) }
 
-// ParseSubnetKey parses a key name written by MakeSubnetKey: "10.244.1.0-24",
-// or a dual-stack flannel node's "10.244.1.0-24&fd00:0:0:1::-64" (the IPv6
-// part is returned but Weft does not forward it). Unlike flannel's regexp it
-// rejects anything else: leading zeros, signs, trailing text, host bits set.
-// Errors wrap ErrLeaseKey.
+// ParseSubnetKey parses a key name written by flannel's MakeSubnetKey (or
+// SubnetKeyDual): "10.244.1.0-24", a dual-stack node's
+// "10.244.1.0-24&fd00:0:0:1::-64", or an IPv6-only node's
+// "0.0.0.0-0&fd00:0:0:1::-64", for which v4 is the zero Prefix. Unlike
+// flannel's regexp it rejects anything else: leading zeros, signs, trailing
+// text, host bits set, IPv6 not in its canonical (RFC 5952) form, which is
+// the only form flannel writes. Errors wrap ErrLeaseKey.
 func ParseSubnetKey(name string) (v4, v6 netip.Prefix, err error) {
 	s4, s6, dual := strings.Cut(name, "&")
 	if v4, err = parseKeyPrefix(s4, false); err != nil {
@@ -45,6 +47,12 @@ func ParseSubnetKey(name string) (v4, v6 netip.Prefix, err error) {
 		if v6, err = parseKeyPrefix(s6, true); err != nil {
 			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w %q: %v", ErrLeaseKey, name, err)
 		}
+	}
+	if v4 == noIPv4Subnet {
+		if !dual {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w %q: %s without an IPv6 part names no subnet", ErrLeaseKey, name, s4)
+		}
+		v4 = netip.Prefix{}
 	}
 	return v4, v6, nil
 }
@@ -61,6 +69,9 @@ func parseKeyPrefix(s string, ipv6 bool) (netip.Prefix, error) {
 	bits, ok := strictUint(s[i+1:])
 	if !ok || bits > a.BitLen() {
 		return netip.Prefix{}, fmt.Errorf("bad prefix length %q", s[i+1:])
+	}
+	if ipv6 && a.String() != s[:i] {
+		return netip.Prefix{}, fmt.Errorf("address %q is not in canonical form, want %s", s[:i], a)
 	}
 	p := netip.PrefixFrom(a, bits)
 	if p.Masked() != p {
@@ -86,11 +97,13 @@ func strictUint(s string) (int, bool) {
 
 // LeaseAttrs is a lease's value: flannel's lease.LeaseAttrs.
 type LeaseAttrs struct {
-	PublicIP      netip.Addr // IPv4 underlay address of the node
-	PublicIPv6    netip.Addr // zero when absent (JSON null)
+	// PublicIP is the IPv4 underlay address of the node. Zero for an
+	// IPv6-only node, which flannel writes as "0.0.0.0" (DecodeLeaseAttrs).
+	PublicIP      netip.Addr
+	PublicIPv6    netip.Addr // IPv6 underlay address; zero when absent (JSON null)
 	BackendType   string
-	BackendData   json.RawMessage // for "vxlan": VXLANData
-	BackendV6Data json.RawMessage // dual-stack flannel nodes; unused by Weft
+	BackendData   json.RawMessage // for "vxlan": VXLANData of the IPv4 device
+	BackendV6Data json.RawMessage // for "vxlan": VXLANData of the IPv6 device (flannel-v6.<VNI>)
 }
 
 // wireAttrs has flannel's field order and omitempty flags, so that
@@ -104,13 +117,23 @@ type wireAttrs struct {
 }
 
 // MarshalLeaseAttrs encodes a lease value byte-for-byte as flannel does.
+// An IPv6-only lease (zero PublicIP, valid PublicIPv6) gets flannel's
+// "PublicIP":"0.0.0.0"; a lease without PublicIPv6 gets "PublicIPv6":null.
 func MarshalLeaseAttrs(a LeaseAttrs) ([]byte, error) {
-	if !a.PublicIP.Is4() {
+	ip := "0.0.0.0"
+	switch {
+	case a.PublicIP.Is4():
+		ip = a.PublicIP.String()
+	case a.PublicIP.IsValid():
 		return nil, fmt.Errorf("marshal lease: %w: %v is not IPv4", ErrPublicIP, a.PublicIP)
+	case !a.PublicIPv6.IsValid():
+		return nil, fmt.Errorf("marshal lease: %w: neither PublicIP nor PublicIPv6 is set", ErrPublicIP)
 	}
-	ip := a.PublicIP.String()
 	w := wireAttrs{PublicIP: &ip, BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
 	if a.PublicIPv6.IsValid() {
+		if !a.PublicIPv6.Is6() || a.PublicIPv6.Is4In6() || a.PublicIPv6.Zone() != "" {
+			return nil, fmt.Errorf("marshal lease: %w: PublicIPv6 %v is not IPv6", ErrPublicIP, a.PublicIPv6)
+		}
 		ip6 := a.PublicIPv6.String()
 		w.PublicIPv6 = &ip6
 	}
@@ -132,12 +155,9 @@ func ParseLeaseAttrs(b []byte) (LeaseAttrs, error) {
 		return LeaseAttrs{}, fmt.Errorf("%w: missing", ErrPublicIP)
 	}
 	a := LeaseAttrs{BackendType: w.BackendType, BackendData: w.BackendData, BackendV6Data: w.BackendV6Data}
-	ip, err := netip.ParseAddr(*w.PublicIP)
-	if err != nil || !ip.Is4() {
-		return LeaseAttrs{}, fmt.Errorf("%w: %q is not an IPv4 address", ErrPublicIP, *w.PublicIP)
-	}
-	if ip.IsUnspecified() || ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		return LeaseAttrs{}, fmt.Errorf("%w: %s is not a unicast address", ErrPublicIP, ip)
+	ip, err := ParsePublicIP(*w.PublicIP)
+	if err != nil {
+		return LeaseAttrs{}, err
 	}
 	a.PublicIP = ip
 	if w.PublicIPv6 != nil {
@@ -148,6 +168,20 @@ func ParseLeaseAttrs(b []byte) (LeaseAttrs, error) {
 		a.PublicIPv6 = ip6
 	}
 	return a, nil
+}
+
+// ParsePublicIP parses a node's underlay address as a lease carries it (the
+// etcd value's PublicIP, or the Kubernetes public-ip annotation): a unicast
+// IPv4 address. Errors wrap ErrPublicIP.
+func ParsePublicIP(s string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil || !ip.Is4() {
+		return netip.Addr{}, fmt.Errorf("%w: %q is not an IPv4 address", ErrPublicIP, s)
+	}
+	if ip.IsUnspecified() || ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return netip.Addr{}, fmt.Errorf("%w: %s is not a unicast address", ErrPublicIP, ip)
+	}
+	return ip, nil
 }
 
 // VXLANData is the vxlan backend's BackendData (flannel's vxlanLeaseAttrs).

@@ -18,63 +18,105 @@ type KV struct {
 	EtcdLease      int64 // 0 for a key without a lease (a flannel "reservation")
 }
 
-// Lease is a validated vxlan lease.
+// Lease is a validated vxlan lease. Each family's fields are set only when
+// the network enables that family and the key carries it: in a dual-stack
+// network a lease may be IPv4-only (a node without IPv6, as flannel
+// allows), in an IPv6-only network Subnet is always zero.
 type Lease struct {
 	KV
 	Subnet     netip.Prefix // IPv4 pod subnet of the node
-	IPv6Subnet netip.Prefix // from a dual-stack key; not forwarded by Weft
+	IPv6Subnet netip.Prefix // IPv6 pod subnet of the node
 	Attrs      LeaseAttrs
-	VXLAN      VXLANData
+	VXLAN      VXLANData // BackendData: the IPv4 device's VNI and VtepMAC
+	VXLANv6    VXLANData // BackendV6Data: the IPv6 device's, when IPv6Subnet is set
 }
 
 // PublicIP is the node's underlay address.
 func (l Lease) PublicIP() netip.Addr { return l.Attrs.PublicIP }
 
+// PublicIPv6 is the node's IPv6 underlay address, zero if it has none.
+func (l Lease) PublicIPv6() netip.Addr { return l.Attrs.PublicIPv6 }
+
+// HasIPv4 reports whether the lease carries a validated IPv4 subnet.
+func (l Lease) HasIPv4() bool { return l.Subnet.IsValid() }
+
+// HasIPv6 reports whether the lease carries a validated IPv6 subnet, with
+// PublicIPv6 and VXLANv6 to reach it.
+func (l Lease) HasIPv6() bool { return l.IPv6Subnet.IsValid() }
+
 // LeaseError says why the value at Key is not a usable lease.
 type LeaseError struct {
 	Key         string
-	Subnet      netip.Prefix // zero when the key itself did not parse
+	Subnet      netip.Prefix // zero when the key itself did not parse, or names no IPv4 subnet
 	ModRevision int64        // identifies the bad value, to report it once
 	Err         error
+	// IPv6Subnet is the key's IPv6 part, zero if it has none. With Subnet
+	// it tells an allocator which subnets the bad key still blocks.
+	IPv6Subnet netip.Prefix
 }
 
 func (e *LeaseError) Error() string { return fmt.Sprintf("lease %s: %v", e.Key, e.Err) }
 func (e *LeaseError) Unwrap() error { return e.Err }
 
 // ParseLease decodes and checks one key/value on its own: key, JSON,
-// PublicIP, backend type, VtepMAC, subnet inside Network and of SubnetLen.
-// Overlaps need the whole set; see CheckOverlaps. The error is a
-// *LeaseError.
+// backend type and, for each family the network enables, the subnet
+// (inside Network/IPv6Network, of SubnetLen/IPv6SubnetLen), PublicIP or
+// PublicIPv6, and VtepMAC in BackendData or BackendV6Data. In a
+// dual-stack network the IPv6 half is optional; in either network a
+// missing needed half is ErrLeaseFamily. Overlaps need the whole set; see
+// CheckOverlaps. The error is a *LeaseError.
 func (c *NetworkConfig) ParseLease(prefix string, kv KV) (Lease, error) {
-	fail := func(sn netip.Prefix, err error) (Lease, error) {
-		return Lease{}, &LeaseError{Key: kv.Key, Subnet: sn, ModRevision: kv.ModRevision, Err: err}
+	var sn, sn6 netip.Prefix
+	fail := func(err error) (Lease, error) {
+		return Lease{}, &LeaseError{Key: kv.Key, Subnet: sn, IPv6Subnet: sn6, ModRevision: kv.ModRevision, Err: err}
 	}
 	name, ok := strings.CutPrefix(kv.Key, SubnetsPrefix(prefix))
 	if !ok {
-		return fail(netip.Prefix{}, fmt.Errorf("%w: not under %s", ErrLeaseKey, SubnetsPrefix(prefix)))
+		return fail(fmt.Errorf("%w: not under %s", ErrLeaseKey, SubnetsPrefix(prefix)))
 	}
-	sn, sn6, err := ParseSubnetKey(name)
+	var err error
+	if sn, sn6, err = ParseSubnetKey(name); err != nil {
+		return fail(err)
+	}
+	hasV4, hasV6 := c.Network.IsValid(), c.IPv6Network.IsValid()
+	switch {
+	case hasV4 && !sn.IsValid():
+		return fail(fmt.Errorf("%w: %s names only an IPv6 subnet, Network %s needs an IPv4 one", ErrLeaseFamily, name, c.Network))
+	case !hasV4 && !sn6.IsValid():
+		return fail(fmt.Errorf("%w: %s names no IPv6 subnet, the network is IPv6-only", ErrLeaseFamily, name))
+	}
+	if hasV4 {
+		if sn.Bits() < c.Network.Bits() || !c.Network.Contains(sn.Addr()) {
+			return fail(fmt.Errorf("%w: %s is not inside %s", ErrOutsideNetwork, sn, c.Network))
+		}
+		if sn.Bits() != c.SubnetLen {
+			return fail(fmt.Errorf("%w: %s is a /%d, SubnetLen is %d", ErrSubnetSize, sn, sn.Bits(), c.SubnetLen))
+		}
+	}
+	attrs, err := DecodeLeaseAttrs(kv.Value)
 	if err != nil {
-		return fail(netip.Prefix{}, err)
-	}
-	if sn.Bits() < c.Network.Bits() || !c.Network.Contains(sn.Addr()) {
-		return fail(sn, fmt.Errorf("%w: %s is not inside %s", ErrOutsideNetwork, sn, c.Network))
-	}
-	if sn.Bits() != c.SubnetLen {
-		return fail(sn, fmt.Errorf("%w: %s is a /%d, SubnetLen is %d", ErrSubnetSize, sn, sn.Bits(), c.SubnetLen))
-	}
-	attrs, err := ParseLeaseAttrs(kv.Value)
-	if err != nil {
-		return fail(sn, err)
+		return fail(err)
 	}
 	if attrs.BackendType != BackendVXLAN {
-		return fail(sn, fmt.Errorf("%w: %q, want %q", ErrBackendType, attrs.BackendType, BackendVXLAN))
+		return fail(fmt.Errorf("%w: %q, want %q", ErrBackendType, attrs.BackendType, BackendVXLAN))
 	}
-	data, err := ParseVXLANData(attrs.BackendData)
-	if err != nil {
-		return fail(sn, err)
+	l := Lease{KV: kv, Attrs: attrs}
+	if hasV4 {
+		if !attrs.PublicIP.IsValid() {
+			return fail(fmt.Errorf("%w: no IPv4 PublicIP (0.0.0.0) for IPv4 subnet %s", ErrPublicIP, sn))
+		}
+		if l.VXLAN, err = ParseVXLANData(attrs.BackendData); err != nil {
+			return fail(err)
+		}
+		l.Subnet = sn
 	}
-	return Lease{KV: kv, Subnet: sn, IPv6Subnet: sn6, Attrs: attrs, VXLAN: data}, nil
+	if hasV6 && sn6.IsValid() {
+		if l.VXLANv6, err = c.validateIPv6Part(sn6, attrs); err != nil {
+			return fail(err)
+		}
+		l.IPv6Subnet = sn6
+	}
+	return l, nil
 }
 
 // ParseLeases checks every key/value on its own, then the survivors
@@ -98,10 +140,12 @@ func (c *NetworkConfig) ParseLeases(prefix string, kvs []KV) ([]Lease, []*LeaseE
 // CheckOverlaps resolves overlaps in a set of leases that each passed
 // ParseLease, and annotates invalid ones that overlap a valid one.
 //
-// Valid leases all have SubnetLen size, so two overlap only when they name
-// the same subnet (possible through a dual-stack key beside a plain one).
-// The older key (lower CreateRevision) keeps the subnet, so an established
-// node keeps its traffic and the newcomer is reported with ErrOverlap.
+// Valid leases all have SubnetLen (IPv6SubnetLen) size, so two overlap only
+// when they name the same subnet of one family (possible through a
+// dual-stack key beside a plain one, or two keys sharing one half). The
+// older key (lower CreateRevision) keeps the subnet, so an established node
+// keeps its traffic and the newcomer is reported with ErrOverlap, in both
+// families: a key is one node's pair of subnets.
 //
 // An invalid lease whose subnet overlaps a valid one (a /25 or /23 written
 // over a node's /24) gets ErrOverlap naming that key added to its error.
@@ -114,29 +158,44 @@ func CheckOverlaps(valid []Lease, invalid []*LeaseError) ([]Lease, []*LeaseError
 	slices.SortFunc(byAge, func(a, b Lease) int {
 		return cmp.Or(cmp.Compare(a.CreateRevision, b.CreateRevision), strings.Compare(a.Key, b.Key))
 	})
-	owner := make(map[netip.Prefix]Lease, len(byAge))
+	owner4 := make(map[netip.Prefix]Lease, len(byAge))
+	owner6 := make(map[netip.Prefix]Lease)
 	var (
 		outValid   = make([]Lease, 0, len(byAge))
 		outInvalid = make([]*LeaseError, 0, len(invalid))
 	)
 	for _, l := range byAge {
-		if o, taken := owner[l.Subnet]; taken {
-			outInvalid = append(outInvalid, &LeaseError{Key: l.Key, Subnet: l.Subnet, ModRevision: l.ModRevision,
-				Err: fmt.Errorf("%w: %s is already leased by %s", ErrOverlap, l.Subnet, o.Key)})
+		o, taken := owner4[l.Subnet]
+		sn := l.Subnet
+		if !l.Subnet.IsValid() || !taken {
+			o, taken = owner6[l.IPv6Subnet]
+			sn = l.IPv6Subnet
+			taken = taken && l.IPv6Subnet.IsValid()
+		}
+		if taken {
+			outInvalid = append(outInvalid, &LeaseError{Key: l.Key, Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet,
+				ModRevision: l.ModRevision, Err: fmt.Errorf("%w: %s is already leased by %s", ErrOverlap, sn, o.Key)})
 			continue
 		}
-		owner[l.Subnet] = l
+		if l.Subnet.IsValid() {
+			owner4[l.Subnet] = l
+		}
+		if l.IPv6Subnet.IsValid() {
+			owner6[l.IPv6Subnet] = l
+		}
 		outValid = append(outValid, l)
 	}
 
 	// Sorted by address and pairwise disjoint, so one binary search finds
 	// any valid subnet overlapping a given prefix.
-	sorted := slices.Clone(outValid)
-	slices.SortFunc(sorted, func(a, b Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	sorted4 := sortedBy(outValid, func(l Lease) netip.Prefix { return l.Subnet })
+	sorted6 := sortedBy(outValid, func(l Lease) netip.Prefix { return l.IPv6Subnet })
 	for _, e := range invalid {
 		e2 := *e
-		if o, ok := overlapping(sorted, e.Subnet); ok && e.Subnet.IsValid() {
-			e2.Err = fmt.Errorf("%w; and %w: %s overlaps %s of %s", e.Err, ErrOverlap, e.Subnet, o.Subnet, o.Key)
+		if o, ok := overlapping(sorted4, e.Subnet); ok {
+			e2.Err = fmt.Errorf("%w; and %w: %s overlaps %s of %s", e2.Err, ErrOverlap, e.Subnet, o.p, o.key)
+		} else if o, ok := overlapping(sorted6, e.IPv6Subnet); ok {
+			e2.Err = fmt.Errorf("%w; and %w: %s overlaps %s of %s", e2.Err, ErrOverlap, e.IPv6Subnet, o.p, o.key)
 		}
 		outInvalid = append(outInvalid, &e2)
 	}
@@ -146,20 +205,39 @@ func CheckOverlaps(valid []Lease, invalid []*LeaseError) ([]Lease, []*LeaseError
 	return outValid, outInvalid
 }
 
-// overlapping finds a lease in sorted (by address, disjoint) overlapping p.
-func overlapping(sorted []Lease, p netip.Prefix) (Lease, bool) {
-	if !p.IsValid() || !p.Addr().Is4() {
-		return Lease{}, false
+// owned is one valid lease's subnet of one family.
+type owned struct {
+	p   netip.Prefix
+	key string
+}
+
+// sortedBy lists the valid subnets get picks from leases, by address.
+func sortedBy(leases []Lease, get func(Lease) netip.Prefix) []owned {
+	var out []owned
+	for _, l := range leases {
+		if p := get(l); p.IsValid() {
+			out = append(out, owned{p, l.Key})
+		}
+	}
+	slices.SortFunc(out, func(a, b owned) int { return a.p.Addr().Compare(b.p.Addr()) })
+	return out
+}
+
+// overlapping finds a subnet in sorted (one family, by address, disjoint)
+// overlapping p.
+func overlapping(sorted []owned, p netip.Prefix) (owned, bool) {
+	if !p.IsValid() || len(sorted) == 0 || p.Addr().BitLen() != sorted[0].p.Addr().BitLen() {
+		return owned{}, false
 	}
 	p = p.Masked()
-	i, _ := slices.BinarySearchFunc(sorted, p.Addr(), func(l Lease, a netip.Addr) int { return l.Subnet.Addr().Compare(a) })
-	// The first lease at or after p's start lies inside p, if any does.
-	if i < len(sorted) && p.Contains(sorted[i].Subnet.Addr()) {
+	i, _ := slices.BinarySearchFunc(sorted, p.Addr(), func(o owned, a netip.Addr) int { return o.p.Addr().Compare(a) })
+	// The first subnet at or after p's start lies inside p, if any does.
+	if i < len(sorted) && p.Contains(sorted[i].p.Addr()) {
 		return sorted[i], true
 	}
-	// The last lease before p's start is the only one that can contain it.
-	if i > 0 && sorted[i-1].Subnet.Contains(p.Addr()) {
+	// The last subnet before p's start is the only one that can contain it.
+	if i > 0 && sorted[i-1].p.Contains(p.Addr()) {
 		return sorted[i-1], true
 	}
-	return Lease{}, false
+	return owned{}, false
 }

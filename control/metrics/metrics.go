@@ -27,6 +27,8 @@ type Metrics struct {
 	InvalidLeases       atomic.Int64  // leases failing validation in the latest snapshot
 	InvalidLeaseReports atomic.Uint64 // distinct bad values seen (key + revision)
 	LastKnownGood       atomic.Int64  // map entries kept from a lease whose key now holds a bad value
+	InvalidNodeReports  atomic.Uint64 // kube mode: bad Node states seen (one per change of a Node)
+	UnmanagedNodes      atomic.Int64  // kube mode: Nodes without kube-subnet-manager="true", not peers
 	ReconcileRuns       atomic.Uint64
 	ReconcileErrors     atomic.Uint64 // entries that could not be written or deleted
 	LastReconcileNanos  atomic.Int64
@@ -83,6 +85,8 @@ var samples = []sample{
 	{"weft_store_resyncs_total", "Full lease re-lists after a watch ended (compaction or disconnect).", prometheus.CounterValue, func(m *Metrics) float64 { return float64(m.Resyncs.Load()) }},
 	{"weft_invalid_leases", "Leases in etcd that fail validation and are not programmed from their current value.", prometheus.GaugeValue, func(m *Metrics) float64 { return float64(m.InvalidLeases.Load()) }},
 	{"weft_invalid_lease_reports_total", "Distinct invalid lease values seen (key and revision).", prometheus.CounterValue, func(m *Metrics) float64 { return float64(m.InvalidLeaseReports.Load()) }},
+	{"weft_invalid_node_reports_total", "Kubernetes mode: Node states that are not usable peers (no podCIDR, bad annotations, overlap), one per change.", prometheus.CounterValue, func(m *Metrics) float64 { return float64(m.InvalidNodeReports.Load()) }},
+	{"weft_unmanaged_nodes", "Kubernetes mode: Nodes without the kube-subnet-manager annotation, which are not peers.", prometheus.GaugeValue, func(m *Metrics) float64 { return float64(m.UnmanagedNodes.Load()) }},
 	{"weft_tunnels_last_known_good", "Tunnels kept from the last valid value of a lease whose key now holds an invalid one.", prometheus.GaugeValue, func(m *Metrics) float64 { return float64(m.LastKnownGood.Load()) }},
 	{"weft_reconcile_runs_total", "Reconciliations of the tunnels map.", prometheus.CounterValue, func(m *Metrics) float64 { return float64(m.ReconcileRuns.Load()) }},
 	{"weft_reconcile_errors_total", "Tunnel entries that could not be written or deleted.", prometheus.CounterValue, func(m *Metrics) float64 { return float64(m.ReconcileErrors.Load()) }},

@@ -4,7 +4,7 @@
 //	host-gw            plain kernel routes, no encapsulation (flannel host-gw): the limit
 //	kernel-vxlan       a vxlan device programmed the flannel v3 way, pods on cni0
 //	kernel-collect-md  an external-mode (collect_md) vxlan device driven by tc BPF
-//	                   (bpf/collectmd.c), the way Cilium encapsulates
+//	                   (test/cluster/collectmd), the way Cilium encapsulates
 //	weft-tc            Weft, decapsulating at tc ingress
 //	weft-xdp           Weft, decapsulating in XDP
 //

@@ -8,15 +8,15 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
-	"github.com/weftnet/weft/bpf"
 	"github.com/weftnet/weft/maps"
+	"github.com/weftnet/weft/test/cluster/collectmd"
 )
 
-// collectMD is a kernel-collect-md node's data plane: bpf/collectmd.c
+// collectMD is a kernel-collect-md node's data plane: test/cluster/collectmd/collectmd.c
 // loaded without pins (it lives as long as this process holds it), an
 // external-mode vxlan device, and the tc links.
 type collectMD struct {
-	objs  bpf.CollectmdObjects
+	objs  collectmd.CollectmdObjects
 	links []link.Link
 }
 
@@ -35,7 +35,7 @@ func (m *collectMD) Close() error {
 // collectmd object and attaches cmd_from_pod to every pod's host-side veth
 // and cmd_from_overlay to vxlan_md's ingress.
 func setupCollectMD(c *Cluster, n *Node) (_ *collectMD, err error) {
-	spec, err := bpf.LoadCollectmd()
+	spec, err := collectmd.LoadCollectmd()
 	if err != nil {
 		return nil, fmt.Errorf("load collectmd spec: %w", err)
 	}
@@ -68,7 +68,7 @@ func setupCollectMD(c *Cluster, n *Node) (_ *collectMD, err error) {
 			}
 			return fmt.Errorf("load collectmd: %w", err)
 		}
-		cfg := bpf.CollectmdCollectmdConfig{
+		cfg := collectmd.CollectmdCollectmdConfig{
 			VxlanIfindex: uint32(dev.Attrs().Index),
 			Vni:          c.VNI,
 			TunnelTtl:    CollectMDTTL,

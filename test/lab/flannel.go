@@ -56,6 +56,15 @@ func (c *Cluster) AddFlannelNode(name string, subnet netip.Prefix) (*Node, error
 	}
 	n.VtepMAC = vtep
 
+	if c.Opts.Store == StoreKube {
+		f := &flannelNode{node: n, cancel: func() {}, done: make(chan struct{}), peers: map[string]topo.FlannelPeer{}}
+		c.flannels = append(c.flannels, f)
+		if err := c.addKubeFlannelNode(f); err != nil {
+			return nil, err
+		}
+		c.Opts.Logf("node %s: kernel vxlan (flannel v3 style, Node annotations), subnet %s, vtep %s", name, n.Subnet, vtep)
+		return n, nil
+	}
 	cli, err := c.Etcd.Client()
 	if err != nil {
 		return nil, err
@@ -197,6 +206,13 @@ func (f *flannelNode) watch(ctx context.Context, prefix string, rev int64) {
 
 func (f *flannelNode) stop() {
 	f.cancel()
+	if f.cli == nil { // Kubernetes mode: done closes when the informer stops, if it ever started
+		select {
+		case <-f.done:
+		case <-time.After(5 * time.Second):
+		}
+		return
+	}
 	<-f.done
 	f.cli.Close()
 }

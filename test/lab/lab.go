@@ -51,7 +51,13 @@ type Options struct {
 	Network   netip.Prefix // default 10.244.0.0/16
 	NetConfig string       // <prefix>/config JSON; default a vxlan config for Network
 	WireLike  bool         // underlay veths behave like a wire (topo.SetWireLike)
-	Logf      func(format string, args ...any)
+	// Store is where leases live: StoreEtcd (default) or StoreKube (Node
+	// objects on a real kube-apiserver, weftd --kube-subnet-mgr).
+	Store Store
+	// Manifest is applied in StoreKube mode: its ServiceAccount and RBAC
+	// are what weftd runs with. Default: deploy/kube-weft.yml as built in.
+	Manifest string
+	Logf     func(format string, args ...any)
 }
 
 // Cluster is a running lab.
@@ -60,6 +66,7 @@ type Cluster struct {
 	Lab   *topo.Lab
 	Etcd  *etcdtest.Server
 	Fwd   *etcdtest.Forwarder
+	Kube  *Kube // StoreKube mode only
 	Nodes []*Node
 
 	EtcdPrefix string
@@ -90,6 +97,10 @@ type Node struct {
 	Subnet     netip.Prefix
 	VtepMAC    net.HardwareAddr
 	cluster    *Cluster
+	podCIDR    netip.Prefix // StoreKube: what the lab assigned the Node
+	// KubeEnv is the environment of a kube-mode weftd (the DaemonSet's
+	// downward-API variables); empty means NODE_NAME=<Name>.
+	KubeEnv []string
 }
 
 // State is what a run records in <run dir>/state.json: enough for Down to
@@ -100,6 +111,7 @@ type State struct {
 	RunDir  string      `json:"run_dir"`
 	PID     int         `json:"pid"`
 	Etcd    string      `json:"etcd,omitempty"`
+	KubeAPI string      `json:"kube_api,omitempty"`
 	Nodes   []NodeState `json:"nodes,omitempty"`
 }
 
@@ -183,6 +195,11 @@ func (c *Cluster) init() error {
 	if c.Fwd, err = c.Etcd.Expose(func(fn func() error) error { return topo.Do(c.Lab.UnderlayPath, fn) }, netip.AddrPortFrom(addr, 2379)); err != nil {
 		return err
 	}
+	if c.Opts.Store == StoreKube {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		return c.initKube(ctx)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := c.Etcd.Put(ctx, flannel.ConfigKey(c.EtcdPrefix), c.Opts.NetConfig); err != nil {
@@ -200,6 +217,9 @@ func (c *Cluster) writeState() error {
 	st := State{Prefix: c.Opts.Prefix, PinRoot: c.pinRoot, RunDir: c.Opts.RunDir, PID: os.Getpid()}
 	if c.Fwd != nil {
 		st.Etcd = c.Fwd.URL()
+	}
+	if c.Kube != nil && c.Kube.Fwd != nil {
+		st.KubeAPI = c.Kube.Fwd.URL()
 	}
 	for _, n := range c.Nodes {
 		ns := NodeState{Name: n.Name, Kind: n.Kind, NSPath: n.Topo.NSPath, UnderlayIP: n.Topo.UnderlayIP,
@@ -257,6 +277,9 @@ func (c *Cluster) Close() error {
 		if n.Kind == KindWeft {
 			n.Topo.Do(func() error { return loader.TeardownNode(n.PinPath, "") })
 		}
+	}
+	if c.Kube != nil {
+		c.Kube.API.Close()
 	}
 	if c.Etcd != nil {
 		c.Etcd.Close()
@@ -339,7 +362,14 @@ func (c *Cluster) WeftdArgs(n *Node, extra ...string) []string {
 
 // StartWeftd starts the node's weftd and waits until /healthz says ready.
 func (c *Cluster) StartWeftd(n *Node, extra ...string) error {
-	cmd, err := n.Topo.Start(filepath.Join(c.Opts.BinDir, "weftd"), c.WeftdArgs(n, extra...)...)
+	name, args := filepath.Join(c.Opts.BinDir, "weftd"), c.WeftdArgs(n, extra...)
+	if c.Opts.Store == StoreKube {
+		var err error
+		if name, args, err = c.kubeWeftdCommand(n, extra...); err != nil {
+			return err
+		}
+	}
+	cmd, err := n.Topo.Start(name, args...)
 	if err != nil {
 		return fmt.Errorf("start weftd on %s: %w", n.Name, err)
 	}

@@ -139,3 +139,79 @@ func (p *pacedWriter) Write(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// EchoUDP sends count datagrams of size bytes each from srcNS to an echo
+// server on dst in dstNS, one at a time, and checks that every echo comes
+// back byte for byte (sha256), so each datagram crosses the path both ways.
+// A datagram whose echo does not arrive within a second is sent again, up
+// to three times (UDP may lose one on a busy machine; a data plane that
+// drops a kind of datagram loses all three). Returns how many needed a
+// retry.
+func EchoUDP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, count, size int) (retries int, err error) {
+	var srv net.PacketConn
+	if err := topo.Do(dstNS, func() error {
+		var err error
+		srv, err = net.ListenPacket("udp4", netip.AddrPortFrom(dst, 0).String())
+		return err
+	}); err != nil {
+		return 0, fmt.Errorf("listen in %s: %w", dstNS, err)
+	}
+	defer srv.Close()
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo(buf[:n], from)
+		}
+	}()
+	var c net.Conn
+	if err := topo.Do(srcNS, func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, "udp4", srv.LocalAddr().String())
+		return err
+	}); err != nil {
+		return 0, fmt.Errorf("dial from %s: %w", srcNS, err)
+	}
+	defer c.Close()
+	rng := rand.NewChaCha8([32]byte{byte(size), byte(size >> 8)})
+	msg, got := make([]byte, size), make([]byte, 65536)
+	for i := 0; i < count; i++ {
+		rng.Read(msg)
+		msg[0], msg[1] = byte(i), byte(i>>8) // tell a late echo from this one
+		want := sha256.Sum256(msg)
+		ok := false
+		for try := 0; try < 3 && !ok; try++ {
+			if try > 0 {
+				retries++
+			}
+			if ctx.Err() != nil {
+				return retries, ctx.Err()
+			}
+			if _, err := c.Write(msg); err != nil {
+				return retries, fmt.Errorf("send datagram %d (%d bytes): %w", i, size, err)
+			}
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			for {
+				n, err := c.Read(got)
+				if err != nil {
+					break // timeout: send again
+				}
+				if n == size && sha256.Sum256(got[:n]) == want {
+					ok = true
+					break
+				}
+				if n != size || got[0] != msg[0] || got[1] != msg[1] {
+					continue // a late echo of an earlier try
+				}
+				return retries, fmt.Errorf("datagram %d (%d bytes) came back changed", i, size)
+			}
+		}
+		if !ok {
+			return retries, fmt.Errorf("datagram %d of %d (%d bytes): no echo after 3 tries", i, count, size)
+		}
+	}
+	return retries, nil
+}

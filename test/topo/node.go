@@ -26,6 +26,9 @@ type Node struct {
 	UnderlayMAC     net.HardwareAddr
 	UnderlayPeer    string // the veth's other end in the underlay namespace, on br0
 
+	// Segment is set for a node AddRoutedNode put behind routers.
+	Segment *Segment
+
 	// Flannel is set once SetupFlannelVXLAN has run.
 	Flannel *FlannelInfo
 	// Pods in creation order; DeletePod removes them.

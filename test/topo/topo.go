@@ -9,6 +9,8 @@
 //	P-<node>       node namespace, eth0 = veth to br0 (peer in P-ul named
 //	               after the node), address UnderlayCIDR host .11, .12, ...
 //	P-<node>-<pod> pod namespace, eth0 = veth to the node
+//	P-<node>_r1/_r2 the two routers in front of a node AddRoutedNode put on
+//	               its own segment (see routed.go)
 //
 // Node i (0-based, in AddNode order) gets host number 11+i of UnderlayCIDR;
 // the addresses below .11 stay free for whatever a test wants to add (an etcd
@@ -88,6 +90,7 @@ type Lab struct {
 	seq        int
 	nodeCount  int // node slots handed out, also for failed AddNode calls
 	wireLike   bool
+	segments   []*Segment // routed nodes' segments, see AddRoutedNode
 	closed     bool
 	ownLogDir  bool
 	keepLogs   bool
@@ -278,6 +281,9 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 	l.Nodes = append(l.Nodes, n)
 	wire := l.wireLike
 	l.mu.Unlock()
+	if err := n.routeSegments(); err != nil {
+		return n, fmt.Errorf("add node %q: %w", name, err)
+	}
 	if wire {
 		if err := n.setWireLike(true); err != nil {
 			return n, fmt.Errorf("add node %q: %w", name, err)

@@ -418,3 +418,50 @@ func TestDo(t *testing.T) {
 		}
 	}
 }
+
+// TestRoutedNode: a node behind two routers with a 1400-byte link between
+// them reaches nodes on the bridge (added before and after it); the path
+// fragments what exceeds 1400 bytes and refuses it with DF; Close removes
+// the routers too. (Segment.MarkCE is proven by test/underlay_test.go.)
+func TestRoutedNode(t *testing.T) {
+	l := testLab(t)
+	a := must(l.AddNode("a"))(t)
+	r := must(l.AddRoutedNode("r", RoutedOptions{LinkMTU: 1400}))(t)
+	b := must(l.AddNode("b"))(t)
+	if r.Segment == nil || r.UnderlayPrefix.Masked() != r.Segment.Prefix || l.Node("r") != r {
+		t.Fatalf("routed node %+v: segment %+v", r, r.Segment)
+	}
+	// Polled: the first packet waits for neighbour resolution on three
+	// hops, which a loaded machine can stretch past ping's one second.
+	reach := func(from *Node, to netip.Addr) {
+		t.Helper()
+		var err error
+		for try := 0; try < 5; try++ {
+			if err = from.Ping(testCtx(t), to, 1); err == nil {
+				return
+			}
+		}
+		t.Error(err)
+	}
+	for _, n := range []*Node{a, b} {
+		reach(r, n.UnderlayIP)
+		reach(n, r.UnderlayIP)
+	}
+	// 1472 bytes of ICMP payload make a 1500-byte packet: fragmented without
+	// DF, refused with it (the router answers fragmentation-needed).
+	if _, err := execIn(testCtx(t), a.NSPath, "ping", "-c", "1", "-W", "2", "-M", "dont", "-s", "1472", r.UnderlayIP.String()); err != nil {
+		t.Errorf("1500-byte ping across the 1400-byte link: %v", err)
+	}
+	out, err := execIn(testCtx(t), a.NSPath, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", r.UnderlayIP.String())
+	// The router's answer, or the path MTU the first ping taught the node.
+	if err == nil || !(strings.Contains(string(out), "mtu = 1400") || strings.Contains(string(out), "mtu=1400")) {
+		t.Errorf("1500-byte DF ping: want fragmentation-needed with mtu 1400, got %v:\n%s", err, out)
+	}
+	if got := labNamespaces(t, l.Prefix); len(got) != 6 {
+		t.Errorf("namespaces %v, want 6 (underlay, a, b, r and its two routers)", got)
+	}
+	ok(t, l.Close())
+	if got := labNamespaces(t, l.Prefix); len(got) != 0 {
+		t.Errorf("namespaces left after Close: %v", got)
+	}
+}

@@ -46,9 +46,13 @@ func (l *Lab) SetWireLike(on bool) error {
 }
 
 func (n *Node) setWireLike(on bool) error {
+	peerNS := n.Lab.UnderlayPath
+	if n.Segment != nil {
+		peerNS = netnsPath(n.Segment.Router2NS)
+	}
 	return errors.Join(
 		setFeatures(n.NSPath, n.UnderlayIf, on),
-		setFeatures(n.Lab.UnderlayPath, n.UnderlayPeer, on),
+		setFeatures(peerNS, n.UnderlayPeer, on),
 	)
 }
 

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+
+	"github.com/weftnet/weft/control/flannel"
+	"github.com/weftnet/weft/control/kube"
+	"github.com/weftnet/weft/control/peers"
+	"github.com/weftnet/weft/control/store"
+)
+
+// subnetStore is where this node's lease and its peers live: etcd in
+// flannel's schema, or Kubernetes Node objects (--kube-subnet-mgr). run
+// sees only this, so both stores feed one data plane setup and one
+// reconcile.
+type subnetStore interface {
+	// NetworkConfig returns the network config, waiting for a valid one
+	// where an operator may still write it (etcd).
+	NetworkConfig(ctx context.Context) (*flannel.NetworkConfig, error)
+	// Acquire finds this node's subnet (etcd: leases one; Kubernetes: reads
+	// the podCIDR the controller manager assigned) and what to publish.
+	Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me identity) (ownLease, error)
+	// Source streams the peers after Acquire.
+	peers.Source
+	Close() error
+}
+
+// identity is what this node would publish when the store has no say.
+type identity struct {
+	PublicIP   netip.Addr
+	VtepMAC    net.HardwareAddr // --vtep-mac; nil: the store's or derived
+	SubnetFile string           // flannel's subnet.env of an earlier run
+}
+
+// vtepOr is the --vtep-mac, else mac, else one derived from the machine.
+func (me identity) vtepOr(mac net.HardwareAddr) net.HardwareAddr {
+	switch {
+	case me.VtepMAC != nil:
+		return me.VtepMAC
+	case mac != nil:
+		return mac
+	}
+	return stableVtepMAC(machineID(), me.PublicIP)
+}
+
+// ownLease is this node's lease in its store.
+type ownLease interface {
+	Subnet() netip.Prefix
+	PublicIP() netip.Addr
+	VtepMAC() net.HardwareAddr
+	// Publish announces the lease once the data plane is up (Kubernetes:
+	// annotations and NetworkUnavailable=False; etcd wrote it in Acquire).
+	Publish(ctx context.Context) error
+	// KeepAlive holds the lease until ctx is done.
+	KeepAlive(ctx context.Context) error
+	// Release gives it up (--cleanup-on-exit).
+	Release(ctx context.Context) error
+}
+
+// openStore connects to the store the flags name.
+func (d *daemon) openStore(ctx context.Context) (subnetStore, error) {
+	if d.cfg.KubeSubnetMgr {
+		m, err := kube.New(ctx, d.cfg.Kube, d.log.Named("kube"), d.metrics)
+		if err != nil {
+			return nil, err
+		}
+		d.log.Info("kube subnet manager", zap.String("node", m.NodeName()), zap.String("net_config_path", d.cfg.Kube.NetConfPath))
+		return &kubeStore{Manager: m, log: d.log}, nil
+	}
+	return d.openEtcd()
+}
+
+// ---- etcd ----
+
+type etcdStore struct {
+	d   *daemon
+	cli *clientv3.Client
+	st  *store.Store
+	cfg *flannel.NetworkConfig
+	own atomic.Pointer[store.OwnLease] // after Acquire
+}
+
+func (d *daemon) openEtcd() (*etcdStore, error) {
+	tlsCfg, err := etcdTLS(d.cfg)
+	if err != nil {
+		return nil, flagError{err}
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   d.cfg.EtcdEndpoints,
+		DialTimeout: 5 * time.Second,
+		TLS:         tlsCfg,
+		Username:    d.cfg.EtcdUsername,
+		Password:    d.cfg.EtcdPassword,
+		Logger:      d.log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
+		// gRPC's default reconnect backoff grows to two minutes, so after an
+		// etcd outage weftd stayed blind to joins and leaves for up to that
+		// long (11 s after a 30 s outage in the lab). Retry at least every 2 s.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		})},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client: %w", err)
+	}
+	return &etcdStore{d: d, cli: cli, st: store.New(cli, d.cfg.EtcdPrefix, d.log, d.metrics)}, nil
+}
+
+func (e *etcdStore) Close() error { return e.cli.Close() }
+
+// NetworkConfig reads <prefix>/config, waiting (like flanneld) until an
+// operator writes a valid one. An invalid config is logged with its key and
+// counted, and weftd keeps waiting rather than exiting: whatever data plane
+// is pinned keeps forwarding meanwhile.
+func (e *etcdStore) NetworkConfig(ctx context.Context) (*flannel.NetworkConfig, error) {
+	delay := 500 * time.Millisecond
+	for {
+		cfg, err := e.st.GetConfig(ctx)
+		if err == nil {
+			e.cfg = cfg
+			return cfg, nil
+		}
+		key := flannel.ConfigKey(e.d.cfg.EtcdPrefix)
+		if errors.Is(err, store.ErrConfigNotFound) || ctx.Err() != nil {
+			e.d.log.Warn("waiting for network config", zap.String("key", key), zap.Error(err))
+		} else {
+			e.d.configErrors.Add(1)
+			e.d.log.Error("invalid or unreadable network config, waiting for a valid one", zap.String("key", key), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		if delay < 10*time.Second {
+			delay *= 2
+		}
+	}
+}
+
+func (e *etcdStore) Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me identity) (ownLease, error) {
+	vtep := me.vtepOr(nil)
+	own, err := e.st.AcquireLease(ctx, cfg, store.LeaseRequest{
+		PublicIP: me.PublicIP,
+		VtepMAC:  vtep,
+		TTL:      e.d.cfg.LeaseTTL,
+		Previous: previousSubnet(me.SubnetFile),
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.own.Store(own)
+	return etcdLease{OwnLease: own, ip: me.PublicIP, mac: vtep}, nil
+}
+
+// Watch hands etcd's changes on as they come: a Full batch after each
+// list, then only the keys each watch event affected (store.SyncBatches).
+func (e *etcdStore) Watch(ctx context.Context, apply func(peers.Batch)) error {
+	return e.st.SyncBatches(ctx, e.cfg, apply)
+}
+
+// WatchConfig, Probe and Renewed let the health monitor watch the network
+// config and etcd's reachability (health.go).
+func (e *etcdStore) WatchConfig(ctx context.Context, fn func(*flannel.NetworkConfig, error)) {
+	e.st.WatchConfig(ctx, fn)
+}
+
+func (e *etcdStore) Probe(ctx context.Context, timeout time.Duration) error {
+	return e.st.Probe(ctx, timeout)
+}
+
+func (e *etcdStore) Renewed() time.Time {
+	if own := e.own.Load(); own != nil {
+		return own.Renewed()
+	}
+	return time.Time{}
+}
+
+type etcdLease struct {
+	*store.OwnLease
+	ip  netip.Addr
+	mac net.HardwareAddr
+}
+
+func (l etcdLease) PublicIP() netip.Addr              { return l.ip }
+func (l etcdLease) VtepMAC() net.HardwareAddr         { return l.mac }
+func (l etcdLease) Publish(ctx context.Context) error { return nil }
+
+// ---- Kubernetes ----
+
+type kubeStore struct {
+	*kube.Manager
+	log *zap.Logger
+}
+
+func (k *kubeStore) Close() error { return nil }
+
+// NetworkConfig is --net-config-path, read by kube.New.
+func (k *kubeStore) NetworkConfig(context.Context) (*flannel.NetworkConfig, error) {
+	return k.Manager.NetworkConfig(), nil
+}
+
+// Acquire reads the Node: its podCIDR, the VtepMAC it published before
+// (kept across restarts) and an admin's public-ip-overwrite, which wins
+// over the detected address as in flanneld.
+func (k *kubeStore) Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me identity) (ownLease, error) {
+	own, err := k.OwnNode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ip := me.PublicIP
+	if own.PublicIPOverwrite.IsValid() && own.PublicIPOverwrite != ip {
+		k.log.Info("public IP from the Node's public-ip-overwrite annotation", zap.Stringer("public_ip", own.PublicIPOverwrite),
+			zap.Stringer("detected", ip))
+		ip = own.PublicIPOverwrite
+	}
+	me.PublicIP = ip
+	return &kubeLease{m: k.Manager, own: own, ip: ip, mac: me.vtepOr(own.VtepMAC), vni: cfg.Backend.VNI}, nil
+}
+
+type kubeLease struct {
+	m   *kube.Manager
+	own kube.Own
+	ip  netip.Addr
+	mac net.HardwareAddr
+	vni uint32
+}
+
+func (l *kubeLease) Subnet() netip.Prefix      { return l.own.Subnet }
+func (l *kubeLease) PublicIP() netip.Addr      { return l.ip }
+func (l *kubeLease) VtepMAC() net.HardwareAddr { return l.mac }
+
+func (l *kubeLease) Publish(ctx context.Context) error {
+	attrs, err := flannel.NewVXLANAttrs(l.ip, l.vni, l.mac)
+	if err != nil {
+		return err
+	}
+	return l.m.Publish(ctx, attrs)
+}
+
+// KeepAlive has nothing to renew: a Node lease has no TTL.
+func (l *kubeLease) KeepAlive(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}
+
+// Release leaves the annotations, as flanneld does: the Node's subnet is
+// the controller manager's, and a peer keeps its tunnel until the Node goes.
+func (l *kubeLease) Release(context.Context) error { return nil }

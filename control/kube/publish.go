@@ -1,0 +1,75 @@
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/weftnet/weft/control/flannel"
+)
+
+// Condition reason and message for NetworkUnavailable=False, in flannel's
+// style ("FlannelIsUp").
+const (
+	ConditionReason  = "WeftIsUp"
+	ConditionMessage = "Weft is running on this node"
+)
+
+// PublishPatch is the strategic-merge patch of nodes/status that publishes
+// attrs as this node's lease annotations (byte-for-byte what flanneld
+// writes) and sets NetworkUnavailable=False. Conditions merge by type, so
+// the kubelet's other conditions are untouched.
+func (a Annotations) PublishPatch(attrs flannel.LeaseAttrs, now time.Time) ([]byte, error) {
+	if !attrs.PublicIP.Is4() {
+		return nil, fmt.Errorf("publish lease: %w: %v is not IPv4", flannel.ErrPublicIP, attrs.PublicIP)
+	}
+	t := metav1.NewTime(now)
+	patch := map[string]any{
+		"metadata": map[string]any{"annotations": a.annotationsFor(attrs)},
+		"status": map[string]any{"conditions": []corev1.NodeCondition{{
+			Type:               corev1.NodeNetworkUnavailable,
+			Status:             corev1.ConditionFalse,
+			Reason:             ConditionReason,
+			Message:            ConditionMessage,
+			LastTransitionTime: t,
+			LastHeartbeatTime:  t,
+		}}},
+	}
+	return json.Marshal(patch)
+}
+
+// annotationsFor is a lease as flanneld's annotations.
+func (a Annotations) annotationsFor(attrs flannel.LeaseAttrs) map[string]string {
+	return map[string]string{
+		a.BackendType: attrs.BackendType,
+		a.BackendData: string(attrs.BackendData),
+		a.PublicIP:    attrs.PublicIP.String(),
+		a.KubeManaged: "true",
+	}
+}
+
+// Publish writes this node's lease annotations and NetworkUnavailable=False
+// in one PATCH of nodes/status. Call it once the data plane is up: from then
+// on peers send this node traffic.
+func (m *Manager) Publish(ctx context.Context, attrs flannel.LeaseAttrs) error {
+	patch, err := m.ann.PublishPatch(attrs, time.Now())
+	if err != nil {
+		return err
+	}
+	err = m.retry(ctx, "publish the lease", func() error {
+		if _, err := m.client.CoreV1().Nodes().Patch(ctx, m.nodeName, types.StrategicMergePatchType, patch,
+			metav1.PatchOptions{FieldManager: "weftd"}, "status"); err != nil {
+			return apiError("patch", "nodes/status", err)
+		}
+		return nil
+	})
+	if err == nil {
+		m.published.Store(&attrs)
+	}
+	return err
+}
