@@ -204,7 +204,7 @@ func runStore(ctx context.Context, o options, bin, store string) (rows []result,
 		}
 		r.JoinP50MS, r.JoinP99MS, r.JoinMaxMS = ms(pct(joins, 50)), ms(pct(joins, 99)), ms(joins[len(joins)-1])
 		mem := readRSS(n.Cmd.Process.Pid)
-		r.RSSMB, r.RSSHWMMB = mem.rss, mem.hwm
+		r.RSSMB, r.RSSHWMMB, r.RSSAnonMB, r.RSSFileMB = mem.rss, mem.hwm, mem.anon, mem.file
 
 		// The flannel node follows the leases Weft's joins added, as its
 		// watch would have, then times its own joins on top.
@@ -221,8 +221,8 @@ func runStore(ctx context.Context, o options, bin, store string) (rows []result,
 			return rows, err
 		}
 		r.FlannelJoinP50MS, r.FlannelJoinP99MS = ms(pct(fjoins, 50)), ms(pct(fjoins, 99))
-		fmt.Printf("[%s %6d] join p50 %.3f ms p99 %.3f ms (flannel p50 %.3f ms p99 %.3f ms); weftd RSS %.1f MB (HWM %.1f MB)\n",
-			store, nodes, r.JoinP50MS, r.JoinP99MS, r.FlannelJoinP50MS, r.FlannelJoinP99MS, r.RSSMB, r.RSSHWMMB)
+		fmt.Printf("[%s %6d] join p50 %.3f ms p99 %.3f ms (flannel p50 %.3f ms p99 %.3f ms); weftd RSS %.1f MB (HWM %.1f MB; anon %.1f, file %.1f)\n",
+			store, nodes, r.JoinP50MS, r.JoinP99MS, r.FlannelJoinP50MS, r.FlannelJoinP99MS, r.RSSMB, r.RSSHWMMB, r.RSSAnonMB, r.RSSFileMB)
 
 		// Back to exactly N leases for the next count.
 		if err := deleteLeases(ctx, cli, c.EtcdPrefix, nodes, nodes+2*o.joins); err != nil {

@@ -32,6 +32,8 @@ type result struct {
 	JoinMaxMS        float64 `json:"join_max_ms"`
 	FlannelJoinP99MS float64 `json:"flannel_join_p99_ms"`
 	RSSHWMMB         float64 `json:"rss_hwm_mb"`
+	RSSAnonMB        float64 `json:"rss_anon_mb"` // heap and stacks
+	RSSFileMB        float64 `json:"rss_file_mb"` // the binary's pages mapped in
 	Joins            int     `json:"joins"`
 	Rounds           int     `json:"weft_cold_start_rounds"` // cold_start_ms and weft_program_ms are medians of these
 	LoadAvg          float64 `json:"load_avg_1m"`            // the machine is shared: its load when the count started
@@ -47,11 +49,11 @@ func writeJSON(path string, rows []result) error {
 
 func printTable(w io.Writer, env machineEnv, rows []result) {
 	fmt.Fprintf(w, "\nControl plane scale (%s, kernel %s)\n", env.machine, env.kernel)
-	fmt.Fprintf(w, "%-6s %7s %12s %12s %9s %10s %10s %12s %8s %8s %6s\n", "store", "nodes", "weft write", "netlink", "ratio",
-		"cold start", "join p50", "join p99", "fl. p50", "RSS MB", "load")
+	fmt.Fprintf(w, "%-6s %7s %12s %12s %9s %10s %10s %12s %8s %8s %9s %6s\n", "store", "nodes", "weft write", "netlink", "ratio",
+		"cold start", "join p50", "join p99", "fl. p50", "RSS MB", "anon MB", "load")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%-6s %7d %10.1fms %10.1fms %8.0fx %8.0fms %8.2fms %10.2fms %6.2fms %8.1f %6.2f\n", r.Store, r.Nodes,
-			r.WeftProgramMS, r.FlannelProgramMS, r.BulkRatio, r.ColdStartMS, r.JoinP50MS, r.JoinP99MS, r.FlannelJoinP50MS, r.RSSMB, r.LoadAvg)
+		fmt.Fprintf(w, "%-6s %7d %10.1fms %10.1fms %8.0fx %8.0fms %8.2fms %10.2fms %6.2fms %8.1f %9.1f %6.2f\n", r.Store, r.Nodes,
+			r.WeftProgramMS, r.FlannelProgramMS, r.BulkRatio, r.ColdStartMS, r.JoinP50MS, r.JoinP99MS, r.FlannelJoinP50MS, r.RSSMB, r.RSSAnonMB, r.LoadAvg)
 	}
 }
 
@@ -74,7 +76,7 @@ func writeChart(path string, env machineEnv, rows []result) error {
 	lat.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	mem := newPlot("weftd RSS after the joins (MB)", "MB")
 	for i, s := range stores {
-		var p50, p99, fl, rss plotter.XYs
+		var p50, p99, fl, rss, anon plotter.XYs
 		for _, r := range rows {
 			if r.Store != s {
 				continue
@@ -84,6 +86,7 @@ func writeChart(path string, env machineEnv, rows []result) error {
 			p99 = append(p99, plotter.XY{X: x, Y: max(r.JoinP99MS, 0.001)})
 			fl = append(fl, plotter.XY{X: x, Y: max(r.FlannelJoinP50MS, 0.001)})
 			rss = append(rss, plotter.XY{X: x, Y: r.RSSMB})
+			anon = append(anon, plotter.XY{X: x, Y: r.RSSAnonMB})
 		}
 		c := storeColor[i%len(storeColor)]
 		if err := addLine(lat, "weft "+s+" p50", p50, c, nil); err != nil {
@@ -95,7 +98,10 @@ func writeChart(path string, env machineEnv, rows []result) error {
 		if err := addLine(lat, "flannel way "+s+" p50", fl, color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff}, nil); err != nil {
 			return err
 		}
-		if err := addLine(mem, "weftd "+s, rss, c, nil); err != nil {
+		if err := addLine(mem, "weftd "+s+" VmRSS", rss, c, nil); err != nil {
+			return err
+		}
+		if err := addLine(mem, "weftd "+s+" anonymous (heap, stacks)", anon, c, []vg.Length{vg.Points(4), vg.Points(3)}); err != nil {
 			return err
 		}
 	}

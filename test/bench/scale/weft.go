@@ -173,7 +173,10 @@ func timeJoins(ctx context.Context, cli *clientv3.Client, c *lab.Cluster, n *lab
 	return out, nil
 }
 
-type rss struct{ rss, hwm float64 } // MB
+// rss is weftd's memory in MB: VmRSS (the figure), its high-water
+// mark, and VmRSS split into anonymous memory (heap, stacks: what weftd
+// allocates) and file-backed pages (the binary's code and data mapped in).
+type rss struct{ rss, hwm, anon, file float64 }
 
 func readRSS(pid int) rss {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -195,6 +198,12 @@ func readRSS(pid int) rss {
 		}
 		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
 			r.hwm = kb(v)
+		}
+		if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			r.anon = kb(v)
+		}
+		if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
+			r.file = kb(v)
 		}
 	}
 	return r
