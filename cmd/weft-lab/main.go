@@ -50,7 +50,8 @@ func main() {
 
 // valueFlags are weft-lab's flags that take a separate value, so that they
 // can be written before the command (cliargs.Normalize).
-var valueFlags = map[string]bool{"--nodes": true, "--pods": true, "--flannel-nodes": true, "--bin-dir": true, "--run-root": true}
+var valueFlags = map[string]bool{"--nodes": true, "--pods": true, "--flannel-nodes": true, "--bin-dir": true, "--run-root": true,
+	"--store": true, "--manifest": true} // every flag but --wire-like
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	args = cliargs.Normalize(args, valueFlags)
