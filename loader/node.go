@@ -70,6 +70,11 @@ type NodeState struct {
 // upgraded daemon) converges to the same state without interrupting
 // traffic. Must run in the node's network namespace.
 func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
+	unlock, err := Lock(d.PinPath)
+	if err != nil {
+		return NodeState{}, err
+	}
+	defer unlock()
 	if nc.HostDevice == "" {
 		nc.HostDevice = DefaultHostDevice
 	}
@@ -301,9 +306,14 @@ func TeardownNode(pinPath, hostDevice string) error {
 			errs = append(errs, fmt.Errorf("delete %s: %w", hostDevice, err))
 		}
 	}
+	unlock, err := Lock(pinPath)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	defer unlock()
 	errs = append(errs, removeGRODevice(pinPath))
 	errs = append(errs, removeGROCell(pinPath))
-	errs = append(errs, Remove(pinPath))
+	errs = append(errs, remove(pinPath))
 	return errors.Join(errs...)
 }
 

@@ -30,6 +30,7 @@ type daemon struct {
 	lastSnapshot atomic.Int64 // unix nanos of the last applied snapshot
 	subnet       atomic.Pointer[netip.Prefix]
 	configErrors atomic.Uint64 // reads of <prefix>/config that failed or were invalid
+	health       health        // why weftd is unready after it was ready (health.go)
 }
 
 // run is weftd from flags to shutdown.
@@ -83,9 +84,15 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	subnet := own.Subnet()
 	d.subnet.Store(&subnet)
 
-	dp, nodeState, err := d.setupDataplane(ul, netCfg, own)
+	// One weftd per pin path; weftctl status shows it as running.
+	release, err := loader.HoldAlive(cfg.PinPath)
 	if err != nil {
 		return err
+	}
+	defer release()
+	dp, nodeState, err := d.setupDataplane(ul, netCfg, own)
+	if err != nil {
+		return d.releaseOnError(own, err)
 	}
 	defer dp.Close()
 	// Only now may peers send us traffic.
@@ -94,9 +101,12 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	}
 
 	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: subnet, PublicIP: own.PublicIP(), Underlay: ul.Prefix}, log, d.metrics)
+	rec.PruneCounters(dp.Maps.PeerStats)
 	errc := make(chan error, 2)
-	go func() { errc <- own.KeepAlive(ctx) }()
+	go func() { errc <- d.keepLease(ctx, own) }()
 	go func() { errc <- st.Watch(ctx, func(b peers.Batch) { d.apply(rec, b) }) }()
+	go rec.RunAudit(ctx, auditInterval)
+	go d.monitor(ctx, st, netCfg, nodeLinks(cfg.PinPath))
 
 	select {
 	case <-ctx.Done():
@@ -153,7 +163,7 @@ func (d *daemon) apply(rec *reconcile.Reconciler, b peers.Batch) {
 	if err != nil {
 		d.log.Warn("reconcile tunnels", zap.Error(err))
 	}
-	if res.Added+res.Updated+res.Removed > 0 || !d.ready.Load() {
+	if res.Added+res.Updated+res.Removed > 0 || !d.ready.Load() || b.Full {
 		invalid := 0
 		for _, c := range b.Changes {
 			if c.Invalid != nil {
@@ -163,6 +173,9 @@ func (d *daemon) apply(rec *reconcile.Reconciler, b peers.Batch) {
 		d.log.Info("tunnels reconciled", zap.Int64("revision", b.Revision), zap.Bool("full", b.Full), zap.Int("changes", len(b.Changes)),
 			zap.Int("added", res.Added), zap.Int("updated", res.Updated), zap.Int("removed", res.Removed), zap.Int("unchanged", res.Unchanged),
 			zap.Int("invalid_leases", invalid), zap.Duration("took", time.Since(start)))
+	}
+	if b.Full {
+		releaseMemory()
 	}
 	d.lastSnapshot.Store(time.Now().UnixNano())
 	if !d.ready.Swap(true) {
