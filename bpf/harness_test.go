@@ -181,6 +181,8 @@ func (e *env) prog(name string) *ebpf.Program {
 		return e.objs.FromUnderlayXdp
 	case "gro_sink":
 		return e.objs.GroSink
+	case "from_gro_cell":
+		return e.objs.FromGroCell
 	}
 	e.tb.Fatalf("no program %q", name)
 	return nil

@@ -8,6 +8,7 @@
  *   from_underlay      tc ingress on the underlay NIC
  *   from_underlay_xdp  XDP on the underlay NIC (optional fast receive path)
  *   gro_sink           tc ingress on weftgro0: what the kernel reassembled (see loader/gro.go)
+ *   from_gro_cell      tc ingress on weftgc1, GRO after decap (see loader/grocell.go)
  *
  * Encapsulation is done here, byte-compatible with the Linux vxlan driver as
  * flannel programs it, so there is no vxlan device and no per-remote-host
@@ -511,6 +512,66 @@ drop:
 }
 
 /*
+ * Set once from_underlay has seen an aggregated (GSO) skb, decapsulated or
+ * from a DirectRouting peer: the underlay runs GRO before tc (NAPI, with
+ * weftgro0's tunnel GRO for VXLAN), so the GRO cell is not needed. A global, not a pinned map: it lives as long as this
+ * program, and a reloaded program learns it again from the first train.
+ */
+__u32 underlay_aggregates = 0;
+
+/*
+ * The GRO cell (loader/grocell.go) is a veth pair, weftgc0 -> weftgc1, made
+ * so that the kernel's veth NAPI runs GRO on what we transmit into weftgc0:
+ * the kernel vxlan driver's gro_cells, built from stock parts. A node whose
+ * underlay hands tc one 1.5 KB segment at a time (a veth whose peer has TSO
+ * on, a NIC with GRO off) would otherwise push every TCP segment through
+ * the pod's stack alone.
+ *
+ * The choice is per node and sticky: decapsulated TCP segments go through
+ * the cell until the first aggregated skb shows that the underlay does GRO
+ * itself; from then on everything is delivered directly, as before the cell
+ * existed. So a flow is never split between the two paths for longer than
+ * that one switch (which could reorder a few segments once), a GRO underlay
+ * keeps its direct path, and GSO skbs never enter the cell (weftgc0 has TSO
+ * off: it would segment them again, tripping over the tunnel GSO bits a tc
+ * decap leaves). Only TCP segments with payload: GRO does not aggregate
+ * plain UDP or pure ACKs, which would pay the extra hop for nothing. DirectRouting traffic
+ * (not encapsulated, same underlay) takes the same way.
+ */
+static __always_inline int to_gro_cell(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+
+	if (!cfg->gro_cell_ifindex)
+		return 0;
+	if (skb->gso_size) {
+		if (!underlay_aggregates)
+			underlay_aggregates = 1;
+		return 0;
+	}
+	if (underlay_aggregates)
+		return 0;
+	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP)
+		return 0;
+	if (ip->ihl == 5) {
+		/*
+		 * A segment without payload (a pure ACK) is never merged by GRO: it
+		 * would pay the hop for nothing. Letting it overtake data still in
+		 * the cell is harmless: an older ACK is ignored, data stays in order.
+		 */
+		struct tcphdr *tcp = (void *)(ip + 1);
+
+		if ((void *)(tcp + 1) > data_end)
+			return 0;
+		if (bpf_ntohs(ip->tot_len) <= sizeof(*ip) + tcp->doff * 4)
+			return 0;
+	}
+	return 1;
+}
+
+/*
  * Unencapsulated IPv4 from a DirectRouting peer to a local pod: deliver it
  * directly, once the L2 sender is known to be that peer (antispoof.h).
  * Anything else goes to the kernel untouched.
@@ -541,6 +602,11 @@ static __always_inline int from_underlay_plain(struct __sk_buff *skb, const stru
 	count_peer_rx(tun->remote, skb->len);
 	if (ct_needs_stack(skb, ip, data_end))
 		return to_host_stack(skb, cfg, CNT_PASS_CONNTRACK);
+	if (to_gro_cell(skb, cfg)) {
+		/* Counted here per segment; from_gro_cell counts the delivery. */
+		count(CNT_DIRECT_RX, skb->len);
+		return bpf_redirect(cfg->gro_cell_ifindex, 0);
+	}
 	{
 		int ret = deliver_to_pod(skb, ep, CNT_DIRECT_RX);
 
@@ -609,6 +675,8 @@ int from_underlay(struct __sk_buff *skb)
 		count(CNT_DROP_HELPER, skb->len);
 		return TC_ACT_SHOT;
 	}
+	if (to_gro_cell(skb, cfg))
+		return bpf_redirect(cfg->gro_cell_ifindex, 0);
 	return deliver_decapsulated(skb, cfg);
 }
 
@@ -725,6 +793,30 @@ int gro_sink(struct __sk_buff *skb)
 	 * eth_type_trans on weftgro0 compared the inner destination (our
 	 * VtepMAC) with weftgro0's own MAC and may have said OTHERHOST, which
 	 * the pod's ip_rcv would drop.
+	 */
+	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+	return deliver_decapsulated(skb, cfg);
+}
+
+/*
+ * tc ingress on weftgc1, the receiving end of the GRO cell: what arrives is
+ * what from_underlay decapsulated (or took from a DirectRouting peer) and
+ * sent into weftgc0, now coalesced by the veth's GRO. Nothing else can reach
+ * it (no address, no route, no other sender in the node), so it is
+ * delivered as from_underlay would have.
+ */
+SEC("tc")
+int from_gro_cell(struct __sk_buff *skb)
+{
+	const struct node_config *cfg = node_config();
+
+	if (!cfg) {
+		count(CNT_PASS_NO_CONFIG, skb->len);
+		return TC_ACT_SHOT; /* leads nowhere without a config */
+	}
+	/*
+	 * weftgc1's eth_type_trans saw the underlay's MAC, not its own, and said
+	 * OTHERHOST; as in gro_sink, make it ours before delivery.
 	 */
 	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
 	return deliver_decapsulated(skb, cfg);

@@ -70,7 +70,15 @@ struct node_config {
 	__u32 flags;         /* enum node_flags */
 	__u32 layout;        /* WEFT_PIN_LAYOUT of whoever wrote it */
 	__u32 gro_ifindex;   /* weftgro0 (0: none): the kernel encapsulates what we cannot (nested GSO) */
-	__u32 reserved[3];
+	/*
+	 * weftgc0, the sending end of the GRO cell (loader/grocell.go), on nodes
+	 * whose underlay does not coalesce before tc: decapsulated single
+	 * segments go through it to be aggregated before delivery. 0: deliver
+	 * directly. Taken from the reserved space: same value size, and an
+	 * older writer leaves it 0.
+	 */
+	__u32 gro_cell_ifindex;
+	__u32 reserved[2];
 };
 
 /* node_config.flags */

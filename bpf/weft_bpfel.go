@@ -99,7 +99,8 @@ type WeftNodeConfig struct {
 	Flags           uint32
 	Layout          uint32
 	GroIfindex      uint32
-	Reserved        [3]uint32
+	GroCellIfindex  uint32
+	Reserved        [2]uint32
 }
 
 type WeftNodeFlags uint32
@@ -153,21 +154,23 @@ type WeftXdpMeta struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	WeftMapConfig           = "config"
-	WeftMapEndpoints        = "endpoints"
-	WeftMapFragNeededRate   = "frag_needed_rate"
-	WeftMapStats            = "stats"
-	WeftMapTunnelStats      = "tunnel_stats"
-	WeftMapTunnels          = "tunnels"
-	WeftProgFromHost        = "from_host"
-	WeftProgFromPod         = "from_pod"
-	WeftProgFromUnderlay    = "from_underlay"
-	WeftProgFromUnderlayXdp = "from_underlay_xdp"
-	WeftProgGroSink         = "gro_sink"
-	WeftVarUnusedCounter    = "unused_counter"
-	WeftVarUnusedNodeFlags  = "unused_node_flags"
-	WeftVarUnusedTunnelMode = "unused_tunnel_mode"
-	WeftVarUnusedXdpMeta    = "unused_xdp_meta"
+	WeftMapConfig             = "config"
+	WeftMapEndpoints          = "endpoints"
+	WeftMapFragNeededRate     = "frag_needed_rate"
+	WeftMapStats              = "stats"
+	WeftMapTunnelStats        = "tunnel_stats"
+	WeftMapTunnels            = "tunnels"
+	WeftProgFromGroCell       = "from_gro_cell"
+	WeftProgFromHost          = "from_host"
+	WeftProgFromPod           = "from_pod"
+	WeftProgFromUnderlay      = "from_underlay"
+	WeftProgFromUnderlayXdp   = "from_underlay_xdp"
+	WeftProgGroSink           = "gro_sink"
+	WeftVarUnderlayAggregates = "underlay_aggregates"
+	WeftVarUnusedCounter      = "unused_counter"
+	WeftVarUnusedNodeFlags    = "unused_node_flags"
+	WeftVarUnusedTunnelMode   = "unused_tunnel_mode"
+	WeftVarUnusedXdpMeta      = "unused_xdp_meta"
 )
 
 // LoadWeft returns the embedded CollectionSpec for Weft.
@@ -212,6 +215,7 @@ type WeftSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WeftProgramSpecs struct {
+	FromGroCell     *ebpf.ProgramSpec `ebpf:"from_gro_cell"`
 	FromHost        *ebpf.ProgramSpec `ebpf:"from_host"`
 	FromPod         *ebpf.ProgramSpec `ebpf:"from_pod"`
 	FromUnderlay    *ebpf.ProgramSpec `ebpf:"from_underlay"`
@@ -235,10 +239,11 @@ type WeftMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WeftVariableSpecs struct {
-	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedNodeFlags  *ebpf.VariableSpec `ebpf:"unused_node_flags"`
-	UnusedTunnelMode *ebpf.VariableSpec `ebpf:"unused_tunnel_mode"`
-	UnusedXdpMeta    *ebpf.VariableSpec `ebpf:"unused_xdp_meta"`
+	UnderlayAggregates *ebpf.VariableSpec `ebpf:"underlay_aggregates"`
+	UnusedCounter      *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedNodeFlags    *ebpf.VariableSpec `ebpf:"unused_node_flags"`
+	UnusedTunnelMode   *ebpf.VariableSpec `ebpf:"unused_tunnel_mode"`
+	UnusedXdpMeta      *ebpf.VariableSpec `ebpf:"unused_xdp_meta"`
 }
 
 // WeftObjects contains all objects after they have been loaded into the kernel.
@@ -284,16 +289,18 @@ func (m *WeftMaps) Close() error {
 //
 // It can be passed to LoadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WeftVariables struct {
-	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedNodeFlags  *ebpf.Variable `ebpf:"unused_node_flags"`
-	UnusedTunnelMode *ebpf.Variable `ebpf:"unused_tunnel_mode"`
-	UnusedXdpMeta    *ebpf.Variable `ebpf:"unused_xdp_meta"`
+	UnderlayAggregates *ebpf.Variable `ebpf:"underlay_aggregates"`
+	UnusedCounter      *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedNodeFlags    *ebpf.Variable `ebpf:"unused_node_flags"`
+	UnusedTunnelMode   *ebpf.Variable `ebpf:"unused_tunnel_mode"`
+	UnusedXdpMeta      *ebpf.Variable `ebpf:"unused_xdp_meta"`
 }
 
 // WeftPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadWeftObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WeftPrograms struct {
+	FromGroCell     *ebpf.Program `ebpf:"from_gro_cell"`
 	FromHost        *ebpf.Program `ebpf:"from_host"`
 	FromPod         *ebpf.Program `ebpf:"from_pod"`
 	FromUnderlay    *ebpf.Program `ebpf:"from_underlay"`
@@ -303,6 +310,7 @@ type WeftPrograms struct {
 
 func (p *WeftPrograms) Close() error {
 	return _WeftClose(
+		p.FromGroCell,
 		p.FromHost,
 		p.FromPod,
 		p.FromUnderlay,

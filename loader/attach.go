@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/bpf"
+	"github.com/weftnet/weft/maps"
 )
 
 // DecapMode selects the receive flavour on the underlay.
@@ -23,7 +24,9 @@ const (
 	// DecapXDP validates and decapsulates in XDP (native, generic as
 	// fallback) and lets GRO coalesce the inner flow; tc delivers.
 	DecapXDP DecapMode = "xdp"
-	// DecapTC does everything at tc ingress.
+	// DecapTC does everything at tc ingress: after the underlay's GRO where
+	// it runs one (weftgro0), else with aggregation after decap (the GRO
+	// cell, grocell.go).
 	DecapTC DecapMode = "tc"
 )
 
@@ -60,7 +63,7 @@ func (d *Datapath) AttachUnderlay(ifindex int, mode DecapMode) error {
 	if err := d.attachTC(LinkUnderlayTC, ifindex, d.objs.FromUnderlay, ebpf.AttachTCXIngress); err != nil {
 		return err
 	}
-	if mode == DecapTC {
+	if mode != DecapXDP {
 		return detachPinned(d.PinPath, LinkUnderlayXDP)
 	}
 	return d.attachOrUpdate(LinkUnderlayXDP, ifindex, d.objs.FromUnderlayXdp, func() (link.Link, error) {
@@ -84,17 +87,35 @@ func (d *Datapath) AttachHost(ifindex int) error {
 // AttachPod attaches from_pod to a pod's host-side veth (its ingress: what
 // the pod sends).
 func (d *Datapath) AttachPod(ifindex int) error {
+	unlock, err := Lock(d.PinPath)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return d.attachTC(PodLinkName(ifindex), ifindex, d.objs.FromPod, ebpf.AttachTCXIngress)
 }
 
 // DetachPod removes the from_pod link of a veth; fine if there is none.
 func (d *Datapath) DetachPod(ifindex int) error {
+	unlock, err := Lock(d.PinPath)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return detachPinned(d.PinPath, PodLinkName(ifindex))
 }
 
 // AttachPodPinned attaches the pinned from_pod program to a veth without
 // loading anything: what weft-cni does against a running node.
 func AttachPodPinned(pinPath string, ifindex int) error {
+	unlock, err := Lock(pinPath)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := maps.CheckLayout(pinPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	prog, err := ebpf.LoadPinnedProgram(filepath.Join(pinPath, "progs", bpf.WeftProgFromPod), nil)
 	if err != nil {
 		return fmt.Errorf("open pinned from_pod (is weftd running?): %w", err)
@@ -106,6 +127,11 @@ func AttachPodPinned(pinPath string, ifindex int) error {
 
 // DetachPodPinned is DetachPod for callers without a loaded Datapath.
 func DetachPodPinned(pinPath string, ifindex int) error {
+	unlock, err := Lock(pinPath)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return detachPinned(pinPath, PodLinkName(ifindex))
 }
 
@@ -227,7 +253,8 @@ func PodLinks(pinPath string) ([]int, error) {
 	return out, nil
 }
 
-// Upgrade points every pinned link at this Datapath's programs. Each swap is
+// Upgrade points every pinned link at this Datapath's programs. The caller
+// holds Lock (SetupNode does). Each swap is
 // one BPF_LINK_UPDATE: a packet runs the old or the new program, never none.
 func (d *Datapath) Upgrade() error {
 	names, err := Links(d.PinPath)
@@ -246,6 +273,8 @@ func (d *Datapath) Upgrade() error {
 			prog = d.objs.FromHost
 		case name == LinkGROSink:
 			prog = d.objs.GroSink
+		case name == LinkGROCell:
+			prog = d.objs.FromGroCell
 		case strings.HasPrefix(name, linkPodPrefix):
 			prog = d.objs.FromPod
 		default:
@@ -265,8 +294,17 @@ func (d *Datapath) Upgrade() error {
 }
 
 // Remove detaches every pinned link and deletes the pin directory: the
-// node's data plane is gone afterwards.
+// node's data plane is gone afterwards. The lock file stays (see Lock).
 func Remove(pinPath string) error {
+	unlock, err := Lock(pinPath)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return remove(pinPath)
+}
+
+func remove(pinPath string) error {
 	names, err := Links(pinPath)
 	if err != nil {
 		return err
@@ -276,9 +314,6 @@ func Remove(pinPath string) error {
 		errs = append(errs, detachPinned(pinPath, n))
 	}
 	errs = append(errs, os.RemoveAll(pinPath))
-	if err := os.Remove(lockPath(pinPath)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
-	}
 	return errors.Join(errs...)
 }
 

@@ -67,7 +67,7 @@ func Load(opts Options) (*Datapath, error) {
 	if err := EnsureBPFFS(filepath.Dir(pinPath)); err != nil {
 		return nil, err
 	}
-	unlock, err := lockPinParent(pinPath)
+	unlock, err := Lock(pinPath)
 	if err != nil {
 		return nil, err
 	}
@@ -86,8 +86,19 @@ func Load(opts Options) (*Datapath, error) {
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("stat %s: %w", pinPath, err)
-	} else if err := d.loadInto(spec, pinPath); err != nil {
-		return nil, err
+	} else {
+		// Pins of another layout are refused before anything reads them;
+		// unmarked pins predate versioning and are layout 1: marked now.
+		if err := maps.CheckLayout(pinPath); err != nil {
+			return nil, err
+		}
+		if err := d.loadInto(spec, pinPath); err != nil {
+			return nil, err
+		}
+		if err := maps.MarkLayout(pinPath); err != nil {
+			d.objs.Close()
+			return nil, err
+		}
 	}
 	d.Maps = maps.FromMaps(&d.objs.WeftMaps)
 	return d, nil
@@ -102,6 +113,11 @@ func (d *Datapath) createPins(spec *ebpf.CollectionSpec) error {
 		return fmt.Errorf("create temporary pin directory: %w", err)
 	}
 	if err := d.loadInto(spec, tmp); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	if err := maps.MarkLayout(tmp); err != nil {
+		d.objs.Close()
 		os.RemoveAll(tmp)
 		return err
 	}
@@ -153,6 +169,7 @@ func (d *Datapath) programs() map[string]*ebpf.Program {
 		bpf.WeftProgFromUnderlay:    d.objs.FromUnderlay,
 		bpf.WeftProgFromUnderlayXdp: d.objs.FromUnderlayXdp,
 		bpf.WeftProgGroSink:         d.objs.GroSink,
+		bpf.WeftProgFromGroCell:     d.objs.FromGroCell,
 	}
 }
 
@@ -217,10 +234,15 @@ func EnsureBPFFS(root string) error {
 	return nil
 }
 
-// lockPinParent serialises writers of one pin directory (weftd, weft-cni,
-// tests) with an flock. bpffs holds only BPF objects, so the lock file
-// lives in /run/weft, named after the pin path.
-func lockPinParent(pinPath string) (func(), error) {
+// Lock serialises every writer of one pin directory and its links with an
+// flock: Load, SetupNode (attach, upgrade), weft-cni's AttachPodPinned and
+// DetachPodPinned, Datapath.AttachPod/DetachPod, Remove and TeardownNode
+// each take it. bpffs holds only BPF objects, so the lock file lives in
+// /run/weft, named after the pin path; it is never removed (a lock file
+// deleted under a holder would let the next writer lock a new file and run
+// beside it), and /run is emptied at boot. flock is per open file, so a
+// locked function must not call another: the unlocked helpers do the work.
+func Lock(pinPath string) (unlock func(), err error) {
 	name := lockPath(pinPath)
 	if err := os.MkdirAll(filepath.Dir(name), 0o700); err != nil {
 		return nil, fmt.Errorf("create lock directory: %w", err)

@@ -42,7 +42,11 @@ func testPinPath(t *testing.T) string {
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { Remove(filepath.Join(parent, "node")); os.RemoveAll(parent) })
+	t.Cleanup(func() {
+		Remove(filepath.Join(parent, "node"))
+		ForgetPinPath(filepath.Join(parent, "node"))
+		os.RemoveAll(parent)
+	})
 	return filepath.Join(parent, "node")
 }
 

@@ -33,6 +33,11 @@ type NodeConfig struct {
 	// vxlan device must bind the same port. Without it, VXLAN that a router
 	// fragmented cannot be delivered (the kernel has no socket to give it to).
 	NoGRODevice bool
+	// NoGROCell skips the GRO cell (see grocell.go) on tc-decap nodes:
+	// decapsulated segments are then delivered one by one where the
+	// underlay does not aggregate (the behaviour before the cell; for A/B
+	// measurements).
+	NoGROCell bool
 	// ProbeXDPMeta checks, for Decap == DecapXDP, that the underlay can
 	// carry XDP metadata; on error the node uses tc decap and logs a
 	// warning. nil: ProbeXDPMeta (the driver check). Tests make it fail.
@@ -65,6 +70,11 @@ type NodeState struct {
 // upgraded daemon) converges to the same state without interrupting
 // traffic. Must run in the node's network namespace.
 func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
+	unlock, err := Lock(d.PinPath)
+	if err != nil {
+		return NodeState{}, err
+	}
+	defer unlock()
 	if nc.HostDevice == "" {
 		nc.HostDevice = DefaultHostDevice
 	}
@@ -117,6 +127,14 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 		Port:            nc.Port,
 		MTU:             uint16(mtu),
 	}
+	useCell := nc.Decap == DecapTC && !nc.NoGROCell
+	if useCell {
+		idx, err := d.ensureGROCell(mtu)
+		if err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
+		}
+		cfg.GROCellIfIndex = uint32(idx)
+	}
 	// Config before programs: a program attached to an empty config passes
 	// everything to the kernel, which is harmless but not what we want.
 	// The XDP flag (tc trusts XDP's tags) is raised before XDP is attached
@@ -159,6 +177,12 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	if cfg.GROIfIndex != uint32(groIndex) {
 		cfg.GROIfIndex = uint32(groIndex)
 		if err := d.Maps.Config.Set(cfg); err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
+		}
+	}
+	// After the config stopped pointing at it.
+	if !useCell {
+		if err := removeGROCell(d.PinPath); err != nil {
 			return NodeState{}, fmt.Errorf("setup node: %w", err)
 		}
 	}
@@ -282,8 +306,14 @@ func TeardownNode(pinPath, hostDevice string) error {
 			errs = append(errs, fmt.Errorf("delete %s: %w", hostDevice, err))
 		}
 	}
+	unlock, err := Lock(pinPath)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	defer unlock()
 	errs = append(errs, removeGRODevice(pinPath))
-	errs = append(errs, Remove(pinPath))
+	errs = append(errs, removeGROCell(pinPath))
+	errs = append(errs, remove(pinPath))
 	return errors.Join(errs...)
 }
 

@@ -43,6 +43,9 @@ type Config struct {
 	Flags           uint32           `json:"flags"` // NodeFlag* bits
 	Layout          uint32           `json:"layout"`
 	GROIfIndex      uint32           `json:"gro_ifindex"` // weftgro0, 0: none
+	// GROCellIfIndex is weftgc0 on nodes that aggregate after decap
+	// (loader/grocell.go: tc-decap nodes); 0 delivers directly.
+	GROCellIfIndex uint32 `json:"gro_cell_ifindex,omitempty"`
 }
 
 // NodeFlagXDPDecap says Weft's XDP program is attached to the underlay and
@@ -111,6 +114,7 @@ func (cm *ConfigMap) Set(c Config) error {
 		Flags:           c.Flags,
 		Layout:          PinLayout,
 		GroIfindex:      c.GROIfIndex,
+		GroCellIfindex:  c.GROCellIfIndex,
 	}
 	if err := cm.m.Put(uint32(0), &val); err != nil {
 		return fmt.Errorf("set config: %w", err)
@@ -142,6 +146,7 @@ func (cm *ConfigMap) Get() (Config, error) {
 		Flags:           v.Flags,
 		Layout:          v.Layout,
 		GROIfIndex:      v.GroIfindex,
+		GROCellIfIndex:  v.GroCellIfindex,
 	}, nil
 }
 

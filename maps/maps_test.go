@@ -17,7 +17,7 @@ import (
 
 // load gives each test its own unpinned maps from the real object, so the
 // typed API is tested against the kernel's view of the generated layouts.
-func load(t *testing.T) (*bpf.WeftMaps, *maps.Set) {
+func load(t testing.TB) (*bpf.WeftMaps, *maps.Set) {
 	t.Helper()
 	spec, err := bpf.LoadWeft()
 	if err != nil {

@@ -49,6 +49,11 @@ func OpenPinned(dir string) (*Set, error) {
 		}
 		return m, nil
 	}
+	if _, err := os.Stat(dir); err == nil {
+		if err := CheckLayout(dir); err != nil {
+			return nil, err
+		}
+	}
 	s := &Set{}
 	names := []string{bpf.WeftMapTunnels, bpf.WeftMapEndpoints, bpf.WeftMapConfig, bpf.WeftMapStats, bpf.WeftMapTunnelStats}
 	ms := make([]*ebpf.Map, len(names))

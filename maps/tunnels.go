@@ -121,7 +121,10 @@ func tunnelFromBPF(k bpf.WeftTunnelKey, v bpf.WeftTunnelInfo) (Tunnel, error) {
 }
 
 // TunnelMap is the `tunnels` LPM trie: remote pod subnet -> remote node.
-type TunnelMap struct{ m *ebpf.Map }
+type TunnelMap struct {
+	m     *ebpf.Map
+	batch batchState
+}
 
 // NewTunnelMap wraps an open `tunnels` map.
 func NewTunnelMap(m *ebpf.Map) *TunnelMap { return &TunnelMap{m: m} }
@@ -129,16 +132,10 @@ func NewTunnelMap(m *ebpf.Map) *TunnelMap { return &TunnelMap{m: m} }
 // Put adds or replaces the entry for t.Subnet. The update is atomic for
 // readers: a packet sees the old or the new value, never a mix.
 func (tm *TunnelMap) Put(t Tunnel) error {
-	if err := t.Validate(); err != nil {
-		return err
-	}
-	key, err := tunnelKey(t.Subnet)
+	key, val, err := tunnelKV(t)
 	if err != nil {
 		return err
 	}
-	remote, _ := addrTo16(t.Remote)
-	mac, _ := macTo6(t.VtepMAC)
-	val := bpf.WeftTunnelInfo{Remote: remote, VtepMac: mac, Mode: uint8(t.Mode), Vni: t.VNI}
 	if err := tm.m.Put(&key, &val); err != nil {
 		return fmt.Errorf("put tunnel %s: %w", t.Subnet, err)
 	}
@@ -206,8 +203,13 @@ func (tm *TunnelMap) Match(dst netip.Addr) (Tunnel, error) {
 	return t, nil
 }
 
-// All returns every entry.
+// All returns every entry, in batches where the kernel allows.
 func (tm *TunnelMap) All() ([]Tunnel, error) {
+	if tm.batch.usable() {
+		if out, ok, err := tm.allBatch(); ok {
+			return out, err
+		}
+	}
 	var (
 		key bpf.WeftTunnelKey
 		val bpf.WeftTunnelInfo

@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/weftnet/weft/cmd/internal/cliargs"
 	"github.com/weftnet/weft/test/lab"
 )
 
@@ -47,8 +48,14 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// valueFlags are weft-lab's flags that take a separate value, so that they
+// can be written before the command (cliargs.Normalize).
+var valueFlags = map[string]bool{"--nodes": true, "--pods": true, "--flannel-nodes": true, "--bin-dir": true, "--run-root": true,
+	"--store": true, "--manifest": true} // every flag but --wire-like
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+	args = cliargs.Normalize(args, valueFlags)
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {
 			return 2
@@ -67,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "weft-lab %s: %v\n", c.name, err)
 			return 2
 		default:
-			fmt.Fprintf(stderr, "weft-lab %s: %v\n", c.name, err)
+			fmt.Fprintf(stderr, "weft-lab %s: %v\n", c.name, cliargs.NeedsRoot(err, "weft-lab"))
 			return 1
 		}
 	}

@@ -251,6 +251,24 @@ type nodeStatus struct {
 	Tunnels    int          `json:"tunnels"`
 	Endpoints  int          `json:"endpoints"`
 	Drops      uint64       `json:"drops"`
+	Decap      string       `json:"decap"`       // xdp, tc, or none (no underlay program attached)
+	WeftdAlive bool         `json:"weftd_alive"` // a weftd holds this pin path now
+	WeftdPID   int          `json:"weftd_pid,omitempty"`
+}
+
+// decapMode reads the receive path from the pinned links: XDP decap keeps
+// the tc program too, so XDP wins.
+func decapMode(links []string) string {
+	mode := "none"
+	for _, l := range links {
+		switch l {
+		case loader.LinkUnderlayXDP:
+			return string(loader.DecapXDP)
+		case loader.LinkUnderlayTC:
+			mode = string(loader.DecapTC)
+		}
+	}
+	return mode
 }
 
 func runStatus(e *env, args []string) error {
@@ -289,6 +307,10 @@ func runStatus(e *env, args []string) error {
 	if st.Links == nil {
 		st.Links = []string{}
 	}
+	st.Decap = decapMode(st.Links)
+	if st.WeftdPID, st.WeftdAlive, err = loader.DaemonAlive(cf.pinPath); err != nil {
+		return err
+	}
 	if cf.output == "json" {
 		return writeJSON(e.stdout, st)
 	}
@@ -304,6 +326,12 @@ func runStatus(e *env, args []string) error {
 		kv("VTEP", fmt.Sprintf("%s, VNI %d, UDP port %d, source ports [%d, %d)", c.VtepMAC, c.VNI, c.Port, c.SrcPortMin, c.SrcPortMax))
 		kv("Pin layout", c.Layout)
 	}
+	if st.WeftdAlive {
+		kv("weftd", fmt.Sprintf("running (pid %d)", st.WeftdPID))
+	} else {
+		kv("weftd", "not running (the pinned data plane keeps forwarding; nothing follows the cluster)")
+	}
+	kv("Decap", st.Decap)
 	kv("Attached", fmt.Sprintf("%d links: %s", len(st.Links), strings.Join(st.Links, " ")))
 	kv("Tunnels", st.Tunnels)
 	kv("Endpoints", st.Endpoints)

@@ -18,6 +18,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"github.com/weftnet/weft/cmd/internal/cliargs"
 )
 
 // command is one weftctl subcommand. Nouns only read; nothing here changes
@@ -54,6 +56,7 @@ func main() {
 // run executes one weftctl invocation and returns its exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	e := &env{ctx: ctx, stdout: stdout, stderr: stderr}
+	args = cliargs.Normalize(args, valueFlags)
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {
@@ -73,7 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stderr, "weftctl %s: %v\n", c.name, err)
 				return 2
 			default:
-				fmt.Fprintf(stderr, "weftctl %s: %v\n", c.name, err)
+				fmt.Fprintf(stderr, "weftctl %s: %v\n", c.name, explain(err))
 				return 1
 			}
 		}
@@ -99,5 +102,5 @@ func usage(w io.Writer) {
 			}
 		}
 	}
-	fmt.Fprintln(w, "\nRun 'weftctl <command> -h' for its flags.")
+	fmt.Fprintln(w, "\nFlags go before or after the command. Run 'weftctl help <command>' for its flags.")
 }

@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -59,7 +61,7 @@ func TestReadsPinnedMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.MkdirAll(parent, 0o700)
-	t.Cleanup(func() { loader.Remove(pin); os.RemoveAll(parent) })
+	t.Cleanup(func() { loader.Remove(pin); loader.ForgetPinPath(pin); os.RemoveAll(parent) })
 
 	d, err := loader.Load(loader.Options{PinPath: pin})
 	if err != nil {
@@ -114,7 +116,44 @@ func TestReadsPinnedMaps(t *testing.T) {
 		t.Errorf("stats --all -o json:\n%s", out)
 	}
 	out, _, code = runCtl(t, "status", "--pin-path", pin)
-	if code != 0 || !strings.Contains(out, "Tunnels:") || !strings.Contains(out, "not set") {
+	if code != 0 || !strings.Contains(out, "Tunnels:") || !strings.Contains(out, "not set") ||
+		!regexp.MustCompile(`weftd: +not running`).MatchString(out) || !regexp.MustCompile(`Decap: +none`).MatchString(out) {
 		t.Errorf("status:\n%s", out)
+	}
+	// A daemon holding the pin path shows as running.
+	release, err := loader.HoldAlive(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	out, _, _ = runCtl(t, "status", "--pin-path", pin)
+	if !strings.Contains(out, fmt.Sprintf("running (pid %d)", os.Getpid())) {
+		t.Errorf("status with weftd alive:\n%s", out)
+	}
+}
+
+func TestGlobalFlagsBeforeTheCommand(t *testing.T) {
+	for _, args := range [][]string{
+		{"--pin-path", "/nonexistent/weft", "tunnels"},
+		{"--pin-path=/nonexistent/weft", "tunnels", "-o", "json"},
+		{"-o", "json", "--pin-path", "/nonexistent/weft", "tunnels"},
+		{"tunnels", "--pin-path", "/nonexistent/weft"},
+	} {
+		_, stderr, code := runCtl(t, args...)
+		if code != 1 || !strings.Contains(stderr, "no Weft data plane pinned at /nonexistent/weft") {
+			t.Errorf("weftctl %v: code %d, stderr %q", args, code, stderr)
+		}
+	}
+	for _, c := range commands {
+		_, stderr, code := runCtl(t, "help", c.name)
+		if code != 0 || !strings.Contains(stderr, "Usage: weftctl "+c.name) {
+			t.Errorf("help %s: code %d, stderr:\n%s", c.name, code, stderr)
+		}
+	}
+}
+
+func TestPermissionErrorSaysRunAsRoot(t *testing.T) {
+	if err := explain(os.ErrPermission); !strings.Contains(err.Error(), "run weftctl as root") {
+		t.Errorf("explain(EPERM) = %v", err)
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/weftnet/weft/cmd/internal/cliargs"
 	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/control/kube"
 	"github.com/weftnet/weft/control/store"
@@ -242,7 +243,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "weftd: %v\n", err)
 			os.Exit(2)
 		}
-		log.Error("weftd failed", zap.Error(err))
+		log.Error("weftd failed", zap.Error(cliargs.NeedsRoot(err, "weftd")))
 		os.Exit(1)
 	}
 }

@@ -30,6 +30,7 @@ type daemon struct {
 	lastSnapshot atomic.Int64 // unix nanos of the last applied snapshot
 	subnet       atomic.Pointer[netip.Prefix]
 	configErrors atomic.Uint64 // reads of <prefix>/config that failed or were invalid
+	health       health        // why weftd is unready after it was ready (health.go)
 }
 
 // run is weftd from flags to shutdown.
@@ -73,6 +74,9 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := checkFamilies(netCfg, log); err != nil {
+		return err
+	}
 	d.log.Info("network config", zap.Stringer("network", netCfg.Network), zap.Int("subnet_len", netCfg.SubnetLen),
 		zap.String("backend", netCfg.Backend.Type), zap.Int("vni", int(netCfg.Backend.VNI)), zap.Int("port", int(netCfg.Backend.Port)),
 		zap.Bool("direct_routing", netCfg.Backend.DirectRouting))
@@ -83,9 +87,15 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	subnet := own.Subnet()
 	d.subnet.Store(&subnet)
 
-	dp, nodeState, err := d.setupDataplane(ul, netCfg, own)
+	// One weftd per pin path; weftctl status shows it as running.
+	release, err := loader.HoldAlive(cfg.PinPath)
 	if err != nil {
 		return err
+	}
+	defer release()
+	dp, nodeState, err := d.setupDataplane(ul, netCfg, own)
+	if err != nil {
+		return d.releaseOnError(own, err)
 	}
 	defer dp.Close()
 	// Only now may peers send us traffic.
@@ -97,9 +107,12 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	}
 
 	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: subnet, PublicIP: own.PublicIP(), Underlay: ul.Prefix}, log, d.metrics)
+	rec.PruneCounters(dp.Maps.PeerStats)
 	errc := make(chan error, 2)
-	go func() { errc <- own.KeepAlive(ctx) }()
+	go func() { errc <- d.keepLease(ctx, own) }()
 	go func() { errc <- st.Watch(ctx, func(b peers.Batch) { d.apply(rec, b) }) }()
+	go rec.RunAudit(ctx, auditInterval)
+	go d.monitor(ctx, st, netCfg, nodeLinks(cfg.PinPath))
 
 	select {
 	case <-ctx.Done():
@@ -156,7 +169,7 @@ func (d *daemon) apply(rec *reconcile.Reconciler, b peers.Batch) {
 	if err != nil {
 		d.log.Warn("reconcile tunnels", zap.Error(err))
 	}
-	if res.Added+res.Updated+res.Removed > 0 || !d.ready.Load() {
+	if res.Added+res.Updated+res.Removed > 0 || !d.ready.Load() || b.Full {
 		invalid := 0
 		for _, c := range b.Changes {
 			if c.Invalid != nil {
@@ -166,6 +179,9 @@ func (d *daemon) apply(rec *reconcile.Reconciler, b peers.Batch) {
 		d.log.Info("tunnels reconciled", zap.Int64("revision", b.Revision), zap.Bool("full", b.Full), zap.Int("changes", len(b.Changes)),
 			zap.Int("added", res.Added), zap.Int("updated", res.Updated), zap.Int("removed", res.Removed), zap.Int("unchanged", res.Unchanged),
 			zap.Int("invalid_leases", invalid), zap.Duration("took", time.Since(start)))
+	}
+	if b.Full {
+		releaseMemory()
 	}
 	d.lastSnapshot.Store(time.Now().UnixNano())
 	if !d.ready.Swap(true) {
@@ -214,4 +230,22 @@ func previousSubnet(path string) netip.Prefix {
 		}
 	}
 	return netip.Prefix{}
+}
+
+// errIPv6Only means the network config turns IPv4 off. flannel's schema
+// allows it, but Weft's data plane forwards IPv4 only so far, and a node
+// that went on would find no IPv4 subnet to lease.
+var errIPv6Only = errors.New("the network config has EnableIPv4 false (IPv6 only); Weft forwards IPv4 pod traffic only")
+
+// checkFamilies refuses an IPv6-only network and warns that a dual-stack
+// one is served for IPv4 only.
+func checkFamilies(cfg *flannel.NetworkConfig, log *zap.Logger) error {
+	if !cfg.EnableIPv4 {
+		return errIPv6Only
+	}
+	if cfg.EnableIPv6 {
+		log.Warn("dual-stack network config: Weft forwards the IPv4 family only; IPv6 pod traffic is dropped (drop_inner_ipv6)",
+			zap.Stringer("ipv6_network", cfg.IPv6Network))
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -87,6 +88,7 @@ type etcdStore struct {
 	cli *clientv3.Client
 	st  *store.Store
 	cfg *flannel.NetworkConfig
+	own atomic.Pointer[store.OwnLease] // after Acquire
 }
 
 func (d *daemon) openEtcd() (*etcdStore, error) {
@@ -158,21 +160,31 @@ func (e *etcdStore) Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me 
 	if err != nil {
 		return nil, err
 	}
+	e.own.Store(own)
 	return etcdLease{OwnLease: own, ip: me.PublicIP, mac: vtep}, nil
 }
 
-// Watch hands each full etcd snapshot on as a Full batch.
+// Watch hands etcd's changes on as they come: a Full batch after each
+// list, then only the keys each watch event affected (store.SyncBatches).
 func (e *etcdStore) Watch(ctx context.Context, apply func(peers.Batch)) error {
-	return e.st.Sync(ctx, e.cfg, func(s store.Snapshot) {
-		b := peers.Batch{Full: true, Revision: s.Revision, Changes: make([]peers.Change, 0, len(s.Leases)+len(s.Invalid))}
-		for i := range s.Leases {
-			b.Changes = append(b.Changes, peers.Change{Key: s.Leases[i].Key, Lease: &s.Leases[i]})
-		}
-		for _, bad := range s.Invalid {
-			b.Changes = append(b.Changes, peers.Change{Key: bad.Key, Invalid: bad})
-		}
-		apply(b)
-	})
+	return e.st.SyncBatches(ctx, e.cfg, apply)
+}
+
+// WatchConfig, Probe and Renewed let the health monitor watch the network
+// config and etcd's reachability (health.go).
+func (e *etcdStore) WatchConfig(ctx context.Context, fn func(*flannel.NetworkConfig, error)) {
+	e.st.WatchConfig(ctx, fn)
+}
+
+func (e *etcdStore) Probe(ctx context.Context, timeout time.Duration) error {
+	return e.st.Probe(ctx, timeout)
+}
+
+func (e *etcdStore) Renewed() time.Time {
+	if own := e.own.Load(); own != nil {
+		return own.Renewed()
+	}
+	return time.Time{}
 }
 
 type etcdLease struct {

@@ -29,15 +29,26 @@ func TestWritePrometheus(t *testing.T) {
 			t.Errorf("missing %q in\n%s", want, out)
 		}
 	}
-	// Every sample line is "name value" preceded by its HELP and TYPE.
-	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if len(lines)%3 != 0 {
-		t.Fatalf("%d lines", len(lines))
+	// The histograms, with the run just observed.
+	for _, want := range []string{
+		"# TYPE weft_reconcile_duration_seconds histogram\n",
+		"weft_reconcile_duration_seconds_count 1\n",
+		"weft_reconcile_duration_seconds_bucket{le=\"0.0016\"} 1\n",
+		"# TYPE weft_join_to_forwarding_seconds histogram\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in\n%s", want, out)
+		}
 	}
-	for i := 0; i < len(lines); i += 3 {
-		name := strings.Fields(lines[i+2])[0]
-		if !strings.HasPrefix(lines[i], "# HELP "+name+" ") || !strings.HasPrefix(lines[i+1], "# TYPE "+name+" ") {
-			t.Errorf("bad block %q", lines[i:i+3])
+	// Every sample is preceded by its HELP and TYPE.
+	for _, line := range strings.Split(out, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name := strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '{' })[0]
+		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
+		if !strings.Contains(out, "# HELP "+base+" ") || !strings.Contains(out, "# TYPE "+base+" ") {
+			t.Errorf("no HELP/TYPE for %s", name)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -35,6 +36,8 @@ var (
 	// the lease cannot be re-acquired; the node's pods are addressed in a
 	// subnet it no longer owns (flanneld exits in this case).
 	ErrSubnetTaken = errors.New("subnet taken by another node")
+	// errWatchBroken wraps a watch error (compaction, lost leader).
+	errWatchBroken = errors.New("watch broken")
 	// errRace is a lost compare-and-swap; the caller re-reads and retries.
 	errRace = errors.New("etcd key changed concurrently")
 )
@@ -57,6 +60,8 @@ type OwnLease struct {
 	cfg   *flannel.NetworkConfig
 	req   LeaseRequest
 	value []byte // our lease JSON
+
+	renewed atomic.Int64 // unix nanos of the last renewal or acquisition
 
 	mu     sync.Mutex
 	subnet netip.Prefix
@@ -300,6 +305,7 @@ func (o *OwnLease) reattach(ctx context.Context, mine flannel.Lease, granted *cl
 }
 
 func (o *OwnLease) set(sn netip.Prefix, id clientv3.LeaseID, rev int64) {
+	o.renewed.Store(time.Now().UnixNano())
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.subnet, o.id, o.rev = sn, id, rev
@@ -330,43 +336,119 @@ func (s *Store) revoke(id clientv3.LeaseID) {
 
 func ttlSeconds(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
 
-// KeepAlive renews the etcd lease until ctx is done, then returns
-// ctx.Err(). When the lease is lost it re-acquires the same subnet,
-// retrying with backoff while etcd is unreachable; it returns an error
-// wrapping ErrSubnetTaken if another node holds the subnet by then.
+// KeepAlive renews the etcd lease and guards the node's own key until ctx
+// is done, then returns ctx.Err().
+//
+//   - When the etcd lease is lost (etcd unreachable past the TTL, or the
+//     lease revoked) it re-acquires the same subnet, retrying with backoff
+//     while etcd is unreachable.
+//   - When the key itself changes behind our back while the lease lives (an
+//     operator's etcdctl del, another writer's put), a watch on the key
+//     notices it within one etcd round trip: a deleted key is written again
+//     (attached to our live etcd lease), a value of ours that someone else
+//     rewrote is put back.
+//
+// Either way it never moves the node to another subnet, whose pods already
+// have addresses in this one. It returns an error wrapping ErrSubnetTaken
+// if another node holds the subnet by then; the caller decides what the
+// node does without it (weftd stays up, unready, and says so).
 func (o *OwnLease) KeepAlive(ctx context.Context) error {
 	s := o.s
 	for {
 		id := o.ID()
-		if id == 0 { // a reservation has nothing to renew
-			<-ctx.Done()
-			return ctx.Err()
+		kctx, cancel := context.WithCancel(ctx)
+		var ka <-chan *clientv3.LeaseKeepAliveResponse
+		var kaErr error
+		if id != 0 { // a reservation has nothing to renew
+			ka, kaErr = s.cli.KeepAlive(kctx, id)
 		}
-		ch, err := s.cli.KeepAlive(ctx, id)
-		if err == nil {
-			for range ch { // closed when the lease is gone, unanswered past its TTL, or ctx is done
-			}
-		}
+		key := o.Key()
+		wch := s.cli.Watch(clientv3.WithRequireLeader(kctx), key, clientv3.WithRev(o.Revision()+1))
+		reason, err := o.guard(ctx, ka, kaErr, wch)
+		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		s.metrics.StoreErrors.Add(1)
-		s.log.Warn("etcd lease lost, re-acquiring the same subnet",
-			zap.Stringer("subnet", o.Subnet()), zap.Int64("lease_id", int64(id)), zap.Error(err))
-		if err := o.reacquire(ctx); err != nil {
+		if errors.Is(err, ErrWatchClosed) || errors.Is(err, errWatchBroken) {
+			// Not a change of ours: check the key (a no-op when intact)
+			// and watch again.
+			s.log.Info("own subnet key watch ended; checking the key", zap.String("key", key), zap.Error(err))
+			if err := o.reacquire(ctx, id); err != nil {
+				if errors.Is(err, ErrSubnetTaken) {
+					s.metrics.OwnLeaseLost.Store(1)
+				}
+				return err
+			}
+			continue
+		}
+		s.log.Warn(reason+", re-acquiring the same subnet",
+			zap.String("key", key), zap.Int64("lease_id", int64(id)), zap.Error(err))
+		if err := o.reacquire(ctx, id); err != nil {
+			if errors.Is(err, ErrSubnetTaken) {
+				s.metrics.OwnLeaseLost.Store(1)
+			}
 			return err
 		}
+		s.metrics.OwnLeaseRepairs.Add(1)
 		s.log.Info("subnet lease re-acquired", zap.Stringer("subnet", o.Subnet()), zap.Int64("lease_id", int64(o.ID())))
 	}
 }
 
-func (o *OwnLease) reacquire(ctx context.Context) error {
+// guard waits until the etcd lease is lost or the key changes under us,
+// and says which.
+func (o *OwnLease) guard(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse, kaErr error, wch clientv3.WatchChan) (string, error) {
+	if kaErr != nil {
+		return "etcd lease lost", kaErr
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case _, ok := <-ka:
+			if !ok { // closed when the lease is gone, unanswered past its TTL, or ctx is done
+				return "etcd lease lost", nil
+			}
+			o.renewed.Store(time.Now().UnixNano())
+		case resp, ok := <-wch:
+			if !ok || resp.Err() != nil || resp.Canceled {
+				// The watch broke (etcd restarted, lost leader): check the
+				// key once and watch again.
+				err := fmt.Errorf("%w: own key watch", ErrWatchClosed)
+				if ok && resp.Err() != nil {
+					err = fmt.Errorf("%w: %w", errWatchBroken, resp.Err())
+				}
+				return "own key watch ended", err
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					return "own subnet key deleted", nil
+				}
+				if string(ev.Kv.Value) != string(o.value) || clientv3.LeaseID(ev.Kv.Lease) != o.ID() {
+					return "own subnet key overwritten", fmt.Errorf("value now %q, etcd lease %x", ev.Kv.Value, ev.Kv.Lease)
+				}
+			}
+		}
+	}
+}
+
+// Renewed is when the etcd lease was last renewed (or acquired): how
+// recently etcd answered us.
+func (o *OwnLease) Renewed() time.Time { return time.Unix(0, o.renewed.Load()) }
+
+// reacquire takes our subnet's key back. live is the etcd lease we held,
+// which may still be alive (only the key was touched): the key is then
+// written attached to it again rather than to a new one.
+func (o *OwnLease) reacquire(ctx context.Context, live clientv3.LeaseID) error {
 	var (
 		b       backoff
 		granted clientv3.LeaseID
 	)
+	if live != 0 && o.leaseAlive(ctx, live) {
+		granted = live
+	}
 	defer func() {
-		if granted != 0 && o.ID() != granted {
+		if granted != 0 && granted != live && o.ID() != granted {
 			o.s.revoke(granted)
 		}
 	}()
@@ -385,6 +467,14 @@ func (o *OwnLease) reacquire(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// leaseAlive reports whether etcd still has lease id.
+func (o *OwnLease) leaseAlive(ctx context.Context, id clientv3.LeaseID) bool {
+	tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	r, err := o.s.cli.TimeToLive(tctx, id)
+	return err == nil && r.TTL > 0
 }
 
 func (o *OwnLease) tryReacquire(ctx context.Context, granted *clientv3.LeaseID) error {

@@ -13,12 +13,15 @@
 //     unreachable for longer than the TTL, or the lease was revoked)
 //     re-acquires the same subnet; it never silently moves the node, whose
 //     pods already have addresses in that subnet.
-//   - Sync lists the subnets, watches from the listed revision and hands the
-//     consumer the full, validated set after every change. Any watch failure
-//     (compaction, a closed channel, a cancelled watch) ends in a full
-//     re-list, the same recovery flannel's watchSubnets does on compaction,
-//     applied to every failure: the consumer diffs full sets, so a resync
-//     costs one list and can never leave it with a stale partial view.
+//   - SyncBatches (Peers, a peers.Source) lists the subnets, hands the
+//     consumer the validated set as one Full batch, then watches from the
+//     listed revision and hands over only the keys each change affected,
+//     validated and overlap-checked in O(change) by an index of owners per
+//     subnet (index.go). Any watch failure (compaction, a closed channel, a
+//     cancelled watch) ends in a full re-list and a Full batch, the same
+//     recovery flannel's watchSubnets does on compaction, applied to every
+//     failure, so the consumer can never keep a stale partial view. Sync
+//     folds the batches into whole snapshots for consumers that want them.
 //
 // Every etcd failure is counted in metrics.Metrics.StoreErrors.
 package store
@@ -39,8 +42,13 @@ import (
 // listTimeout bounds one list of all leases (10,000 leases are ~2 MB).
 const listTimeout = 30 * time.Second
 
-// ErrConfigNotFound means <prefix>/config does not exist.
-var ErrConfigNotFound = errors.New("network config not found in etcd")
+var (
+	// ErrConfigNotFound means <prefix>/config does not exist.
+	ErrConfigNotFound = errors.New("network config not found in etcd")
+	// ErrConfigInvalid means <prefix>/config was read but does not parse
+	// or validate; the error also wraps the flannel sentinel saying why.
+	ErrConfigInvalid = errors.New("invalid network config in etcd")
+)
 
 // Store reads and writes one flannel network under one etcd prefix.
 type Store struct {
@@ -70,7 +78,8 @@ func New(cli *clientv3.Client, prefix string, log *zap.Logger, m *metrics.Metric
 func (s *Store) Prefix() string { return s.prefix }
 
 // GetConfig reads and validates <prefix>/config. Errors wrap
-// ErrConfigNotFound, a flannel config sentinel, or the etcd error.
+// ErrConfigNotFound, ErrConfigInvalid and a flannel config sentinel, or
+// the etcd error.
 func (s *Store) GetConfig(ctx context.Context) (*flannel.NetworkConfig, error) {
 	key := flannel.ConfigKey(s.prefix)
 	resp, err := s.cli.Get(ctx, key)
@@ -83,7 +92,7 @@ func (s *Store) GetConfig(ctx context.Context) (*flannel.NetworkConfig, error) {
 	}
 	cfg, err := flannel.ParseConfig(resp.Kvs[0].Value)
 	if err != nil {
-		return nil, fmt.Errorf("get network config %s: %w", key, err)
+		return nil, fmt.Errorf("get network config %s: %w: %w", key, ErrConfigInvalid, err)
 	}
 	return cfg, nil
 }
@@ -106,21 +115,52 @@ func (s *Store) List(ctx context.Context, cfg *flannel.NetworkConfig) (Snapshot,
 }
 
 func (s *Store) listRaw(ctx context.Context) ([]flannel.KV, int64, error) {
+	var all []flannel.KV
+	rev, err := s.listPages(ctx, func(page []flannel.KV) { all = append(all, page...) })
+	return all, rev, err
+}
+
+// listPage is how many leases one list request returns. Paging bounds the
+// memory a list needs at once: 50,000 leases in one response were ~10 MB
+// of protobuf plus their decoded copies, all live together, and weftd's
+// peak RSS followed.
+var listPage int64 = 2000 // a variable so that a test can page through a few leases
+
+// listPages reads every lease at one revision, a page at a time, handing
+// each page to fn, and returns that revision. A compaction past it in the
+// middle fails the list (the caller lists again).
+func (s *Store) listPages(ctx context.Context, fn func([]flannel.KV)) (int64, error) {
 	// Bounded, so that an unreachable etcd shows up as errors (logged,
 	// counted, retried) rather than as one call blocked for the outage.
 	ctx, cancel := context.WithTimeout(ctx, listTimeout)
 	defer cancel()
-	resp, err := s.cli.Get(ctx, flannel.SubnetsPrefix(s.prefix), clientv3.WithPrefix())
-	if err != nil {
-		s.metrics.StoreErrors.Add(1)
-		return nil, 0, fmt.Errorf("list subnets under %s: %w", flannel.SubnetsPrefix(s.prefix), err)
+	prefix := flannel.SubnetsPrefix(s.prefix)
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	key, rev := prefix, int64(0)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, key, opts...)
+		if err != nil {
+			s.metrics.StoreErrors.Add(1)
+			return 0, fmt.Errorf("list subnets under %s: %w", prefix, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		page := make([]flannel.KV, 0, len(resp.Kvs))
+		for _, kv := range resp.Kvs {
+			page = append(page, flannel.KV{Key: string(kv.Key), Value: kv.Value,
+				CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, EtcdLease: kv.Lease})
+		}
+		fn(page)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	kvs := make([]flannel.KV, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		kvs = append(kvs, flannel.KV{Key: string(kv.Key), Value: kv.Value,
-			CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, EtcdLease: kv.Lease})
-	}
-	return kvs, resp.Header.Revision, nil
 }
 
 // sleep waits d or until ctx is done.

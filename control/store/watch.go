@@ -5,11 +5,16 @@ import (
 	"errors"
 	"fmt"
 
+	"slices"
+	"strings"
+	"time"
+
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/weftnet/weft/control/flannel"
+	"github.com/weftnet/weft/control/peers"
 )
 
 var (
@@ -117,19 +122,23 @@ func (s *Store) Watch(ctx context.Context, fromRevision int64) <-chan WatchBatch
 	return out
 }
 
-// Sync keeps apply fed with the full set of leases until ctx is done: a
-// list, then a watch from the next revision, one Snapshot after each
-// change. When the watch ends for any reason it re-lists (with backoff if
-// etcd is unreachable) and watches again, so apply always receives a
-// complete, current set and never has to reason about missed events.
+// SyncBatches keeps apply fed with the validated lease set as changes (see
+// control/peers) until ctx is done: a list, handed over as one Full batch,
+// then a watch from the next revision, one batch per watch response with
+// only the keys it affected. When the watch ends for any reason it re-lists
+// (with backoff if etcd is unreachable), hands over a Full batch and
+// watches again, so apply never has to reason about missed events: the
+// same recovery flannel's watchSubnets does on compaction, applied to every
+// failure.
 //
+// Validation, including overlaps, costs O(change) per event (see index).
 // Watch responses that arrive while apply runs are folded into the next
-// snapshot, so a burst of joins costs a few applies, not one each.
-// apply runs on Sync's goroutine. Sync returns ctx.Err().
-func (s *Store) Sync(ctx context.Context, cfg *flannel.NetworkConfig, apply func(Snapshot)) error {
+// batch, so a burst of joins costs a few applies, not one each.
+// apply runs on SyncBatches' goroutine. It returns ctx.Err().
+func (s *Store) SyncBatches(ctx context.Context, cfg *flannel.NetworkConfig, apply func(peers.Batch)) error {
 	var b backoff
 	for {
-		st, rev, err := s.listState(ctx, cfg)
+		ix, rev, err := s.listIndex(ctx, cfg)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -140,11 +149,11 @@ func (s *Store) Sync(ctx context.Context, cfg *flannel.NetworkConfig, apply func
 			}
 			continue
 		}
-		apply(st.snapshot(rev))
+		apply(peers.Batch{Full: true, Revision: rev, Changes: ix.all()})
 		if s.afterList != nil {
 			s.afterList()
 		}
-		events, err := s.follow(ctx, cfg, st, rev+1, apply)
+		events, err := s.follow(ctx, ix, rev+1, apply)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -160,9 +169,52 @@ func (s *Store) Sync(ctx context.Context, cfg *flannel.NetworkConfig, apply func
 	}
 }
 
-// follow applies watch batches to st until the watch fails, returning how
-// many batches it applied and why it stopped.
-func (s *Store) follow(ctx context.Context, cfg *flannel.NetworkConfig, st *syncState, from int64, apply func(Snapshot)) (int, error) {
+// Peers is the store as a peers.Source for the network cfg.
+func (s *Store) Peers(cfg *flannel.NetworkConfig) peers.Source { return source{s, cfg} }
+
+type source struct {
+	s   *Store
+	cfg *flannel.NetworkConfig
+}
+
+func (src source) Watch(ctx context.Context, apply func(peers.Batch)) error {
+	return src.s.SyncBatches(ctx, src.cfg, apply)
+}
+
+// Sync is SyncBatches for consumers that want the whole set every time: it
+// folds the batches into a Snapshot after each. That costs O(cluster) per
+// change; weftd uses SyncBatches. apply runs on Sync's goroutine.
+func (s *Store) Sync(ctx context.Context, cfg *flannel.NetworkConfig, apply func(Snapshot)) error {
+	var set map[string]peers.Change
+	return s.SyncBatches(ctx, cfg, func(b peers.Batch) {
+		if b.Full || set == nil {
+			set = make(map[string]peers.Change, len(b.Changes))
+		}
+		for _, c := range b.Changes {
+			if c.Deleted() {
+				delete(set, c.Key)
+			} else {
+				set[c.Key] = c
+			}
+		}
+		snap := Snapshot{Revision: b.Revision, Leases: make([]flannel.Lease, 0, len(set))}
+		for _, c := range set {
+			if c.Invalid != nil {
+				snap.Invalid = append(snap.Invalid, c.Invalid)
+			} else {
+				snap.Leases = append(snap.Leases, *c.Lease)
+			}
+		}
+		slices.SortFunc(snap.Leases, func(a, b flannel.Lease) int { return strings.Compare(a.Key, b.Key) })
+		slices.SortFunc(snap.Invalid, func(a, b *flannel.LeaseError) int { return strings.Compare(a.Key, b.Key) })
+		apply(snap)
+	})
+}
+
+// follow applies watch batches to ix until the watch fails, handing apply
+// the changed keys' states, and returns how many watch responses it applied
+// and why it stopped.
+func (s *Store) follow(ctx context.Context, ix *index, from int64, apply func(peers.Batch)) (int, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ch := s.Watch(wctx, from)
@@ -175,7 +227,8 @@ func (s *Store) follow(ctx context.Context, cfg *flannel.NetworkConfig, st *sync
 		if b.Err != nil {
 			return n, b.Err
 		}
-		st.update(cfg, s.prefix, b.Events)
+		received := time.Now()
+		dirty := ix.update(b.Events, true)
 		rev := b.Revision
 		n++
 	coalesce:
@@ -188,37 +241,38 @@ func (s *Store) follow(ctx context.Context, cfg *flannel.NetworkConfig, st *sync
 				if b.Err != nil {
 					return n, b.Err // the re-list covers what this batch would have added
 				}
-				st.update(cfg, s.prefix, b.Events)
+				dirty = append(dirty, ix.update(b.Events, true)...)
 				rev = b.Revision
 				n++
 			default:
 				break coalesce
 			}
 		}
-		apply(st.snapshot(rev))
+		apply(peers.Batch{Revision: rev, Changes: ix.changes(dedup(dirty))})
+		// apply has written the map: the change is forwarding now.
+		s.metrics.ObserveJoin(time.Since(received))
 	}
 }
 
-// syncState is the set of leases as last seen, each key checked on its own
-// once per value (ParseLease is the costly part with thousands of leases);
-// overlaps are checked over the whole set for every snapshot.
-type syncState struct {
-	byKey map[string]checked
+func dedup(keys []string) []string {
+	seen := make(map[string]bool, len(keys))
+	out := keys[:0]
+	for _, k := range keys {
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
-type checked struct {
-	lease flannel.Lease
-	err   *flannel.LeaseError // nil when lease is valid on its own
-}
-
-func (s *Store) listState(ctx context.Context, cfg *flannel.NetworkConfig) (*syncState, int64, error) {
-	kvs, rev, err := s.listRaw(ctx)
+func (s *Store) listIndex(ctx context.Context, cfg *flannel.NetworkConfig) (*index, int64, error) {
+	ix := newIndex(cfg, s.prefix, 0)
+	rev, err := s.listPages(ctx, func(page []flannel.KV) { ix.update(putEvents(page), false) })
 	if err != nil {
 		return nil, 0, err
 	}
-	st := &syncState{byKey: make(map[string]checked, len(kvs))}
-	st.update(cfg, s.prefix, putEvents(kvs))
-	return st, rev, nil
+	return ix, rev, nil
 }
 
 func putEvents(kvs []flannel.KV) []Event {
@@ -227,35 +281,4 @@ func putEvents(kvs []flannel.KV) []Event {
 		evs[i] = Event{Type: EventPut, KV: kv}
 	}
 	return evs
-}
-
-func (st *syncState) update(cfg *flannel.NetworkConfig, prefix string, evs []Event) {
-	for _, e := range evs {
-		if e.Type == EventDelete {
-			delete(st.byKey, e.KV.Key)
-			continue
-		}
-		l, err := cfg.ParseLease(prefix, e.KV)
-		if err != nil {
-			st.byKey[e.KV.Key] = checked{err: err.(*flannel.LeaseError)}
-			continue
-		}
-		st.byKey[e.KV.Key] = checked{lease: l}
-	}
-}
-
-func (st *syncState) snapshot(rev int64) Snapshot {
-	var (
-		valid   = make([]flannel.Lease, 0, len(st.byKey))
-		invalid []*flannel.LeaseError
-	)
-	for _, c := range st.byKey {
-		if c.err != nil {
-			invalid = append(invalid, c.err)
-		} else {
-			valid = append(valid, c.lease)
-		}
-	}
-	valid, invalid = flannel.CheckOverlaps(valid, invalid) // sorts both by key
-	return Snapshot{Revision: rev, Leases: valid, Invalid: invalid}
 }

@@ -27,6 +27,7 @@ var dpColor = map[cluster.DataPlane]color.Color{
 	cluster.KernelCollectMD: color.RGBA{R: 0xe6, G: 0x9f, B: 0x00, A: 0xff},
 	cluster.WeftTC:          color.RGBA{R: 0x56, G: 0xb4, B: 0xe9, A: 0xff},
 	cluster.WeftXDP:         color.RGBA{R: 0x00, G: 0x5a, B: 0xb5, A: 0xff},
+	cluster.WeftDirect:      color.RGBA{R: 0x00, G: 0x9e, B: 0x73, A: 0xff},
 }
 
 // writeChart draws, per underlay configuration, grouped bars of each data
@@ -64,12 +65,17 @@ func writeChart(path string, env machineEnv, rounds int, panels []chartPanel) er
 
 func ratioPlot(pn chartPanel, env machineEnv, rounds int) (*plot.Plot, error) {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s underlay: median / host-gw median (Gbit/s, pkt/s: higher is better; rr latency, CPU/pkt: lower is better)\n%s, kernel %s, %d rounds",
+	p.Title.Text = fmt.Sprintf("%s underlay: median / host-gw median (Gbit/s, pkt/s: higher is better; rr latency, CPU/pkt, CPU/GB: lower is better)\n%s, kernel %s, %d rounds",
 		pn.config, env.machine, env.kernel, rounds)
 	p.Title.TextStyle.Font.Size = vg.Points(11)
 	p.Y.Label.Text = "ratio to host-gw"
+	// The legend sits inside the data area, top left, with its thumbnails to
+	// the left of the names, pulled in from the frame: at the right edge
+	// gonum draws the thumbnails flush with the canvas, and they were cut off.
 	p.Legend.Top = true
-	p.Legend.Left = false
+	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(8)
+	p.Legend.YOffs = -vg.Points(4)
 	p.Legend.TextStyle.Font.Size = vg.Points(9)
 	p.Legend.ThumbnailWidth = vg.Points(14)
 	p.X.Tick.Label.Font.Size = vg.Points(10)
@@ -96,7 +102,7 @@ func ratioPlot(pn chartPanel, env machineEnv, rounds int) (*plot.Plot, error) {
 			if ok && bok && b != 0 {
 				vals[j] = v / b
 			}
-			ymax = math.Max(ymax, vals[j]*1.4) // headroom for labels and the legend
+			ymax = math.Max(ymax, vals[j]*1.7) // headroom for labels and the legend (about a third of the height)
 		}
 		bars, err := plotter.NewBarChart(vals, barW)
 		if err != nil {

@@ -1,12 +1,24 @@
-// Command bench measures pod-to-pod traffic across two nodes for every data
+// Command bench measures pod-to-pod traffic across nodes for every data
 // plane in one run: host-gw (no encapsulation, the limit), kernel-vxlan
 // (flannel v3), kernel-collect-md (Cilium-style BPF + external vxlan
-// device), weft-tc and weft-xdp. Each data plane gets an identical fresh
-// 2-node x 1-pod topology (test/cluster), data planes are interleaved round
-// by round, and the report gives medians with min-max and ratios.
+// device), weft-tc, weft-xdp and weft-direct (Weft's DirectRouting: BPF
+// forwarding without encapsulation). Each data plane gets an identical fresh
+// topology (test/cluster) per underlay, data planes are interleaved round by
+// round, and the report gives medians with min-max and ratios.
 //
-//	go run ./test/bench [--rounds 3] [--duration 3s] [--config both|wire|veth]
+// Underlays (--config): wire (2 nodes, both ends of every underlay veth
+// wire-like: the headline), bridged (3 nodes on one Linux bridge, wire-like
+// at the node end only, the bridge ports at veth defaults with TSO on, as
+// kind-like nodes have them: no GRO before the receiving node's tc hook) and
+// veth (veth defaults everywhere).
+//
+//	go run ./test/bench [--rounds 3] [--duration 3s] [--config all|wire,bridged,veth]
 //	                    [--dataplanes host-gw,...] [--metrics tcp_1_gbps,...] [--out test/bench/out]
+//	                    [--pin] [--only weft-tc:tcp_1_gbps]
+//
+// --only runs one data plane and one metric (one round unless --rounds is
+// given) and prints when the measured window starts and ends, for perf or
+// bpf_stats profiling from another shell.
 //
 // Needs root, iperf3, sockperf, ethtool. Everything runs in network
 // namespaces named with a run-unique prefix; Weft pins go under
@@ -33,9 +45,25 @@ import (
 
 // underlay configurations
 const (
-	cfgWire = "wire-like"
-	cfgVeth = "default-veth"
+	cfgWire    = "wire-like"
+	cfgBridged = "bridged"
+	cfgVeth    = "default-veth"
 )
+
+// underlays maps --config names to configurations, in report order.
+var underlays = []struct{ flag, name string }{{"wire", cfgWire}, {"bridged", cfgBridged}, {"veth", cfgVeth}}
+
+// clusterShape is what each underlay configuration builds.
+func clusterShape(cfg string) (nodes int, off topo.Offloads) {
+	switch cfg {
+	case cfgWire:
+		return 2, topo.WireLike
+	case cfgBridged:
+		// The third node only hangs off the bridge, as on a shared segment.
+		return 3, topo.NodeEndWireLike
+	}
+	return 2, topo.VethDefaults
+}
 
 type options struct {
 	rounds     int
@@ -45,10 +73,15 @@ type options struct {
 	metrics    map[string]bool
 	out        string
 	hold       string
+	only       bool // --only: announce the measured window
+	pin        bool // --pin
 }
 
 func main() {
-	o, err := parseFlags()
+	o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
@@ -61,6 +94,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+	pinCPUs = o.pin
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	run := run
@@ -73,18 +107,22 @@ func main() {
 	}
 }
 
-func parseFlags() (options, error) {
+func parseFlags(args []string) (options, error) {
 	var o options
-	var config, dps, metrics string
+	var config, dps, metrics, only string
+	flag := flag.NewFlagSet("bench", flag.ContinueOnError)
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; data planes are interleaved within each round")
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each measurement")
-	flag.StringVar(&config, "config", "both", "underlay: wire (wire-like offloads), veth (veth defaults) or both")
+	flag.StringVar(&config, "config", "all", "underlays, comma-separated: wire (2 nodes, wire-like offloads), bridged (3 nodes, wire-like at the node end, bridge ports with TSO on), veth (veth defaults); all; both = wire,veth")
 	flag.StringVar(&dps, "dataplanes", joinDP(cluster.DataPlanes), "comma-separated data planes")
 	flag.StringVar(&metrics, "metrics", strings.Join(allMetrics, ","), "comma-separated metrics (rr_* and cpu_* come with their test)")
 	flag.StringVar(&o.out, "out", filepath.Join("test", "bench", "out"), "output directory")
-	flag.BoolVar(&pinCPUs, "pin", false, "pin senders to CPU 0 and receivers to CPU 1 (iperf3 -A, taskset, sched_setaffinity): steadier on an idle machine, worse on a shared one")
+	flag.BoolVar(&o.pin, "pin", false, "pin senders to CPU 0 and receivers to CPU 1 (iperf3 -A, taskset, sched_setaffinity): steadier on an idle machine, worse on a shared one")
+	flag.StringVar(&only, "only", "", "PLANE:METRIC: run one data plane and one metric (1 round unless --rounds is given), for profiling")
 	flag.StringVar(&o.hold, "hold", "", "build one cluster of this data plane (first --config), print its namespaces and keep it until Ctrl-C: for profiling by hand")
-	flag.Parse()
+	if err := flag.Parse(args); err != nil {
+		return o, err
+	}
 	if flag.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", flag.Args())
 	}
@@ -92,14 +130,32 @@ func parseFlags() (options, error) {
 		return o, errors.New("--rounds must be >= 1 and --duration >= 1s")
 	}
 	switch config {
-	case "wire":
-		o.configs = []string{cfgWire}
-	case "veth":
-		o.configs = []string{cfgVeth}
+	case "all":
+		config = "wire,bridged,veth"
 	case "both":
-		o.configs = []string{cfgWire, cfgVeth}
-	default:
-		return o, fmt.Errorf("--config %q: want wire, veth or both", config)
+		config = "wire,veth"
+	}
+	for _, s := range strings.Split(config, ",") {
+		found := false
+		for _, u := range underlays {
+			if strings.TrimSpace(s) == u.flag {
+				o.configs, found = append(o.configs, u.name), true
+			}
+		}
+		if !found {
+			return o, fmt.Errorf("--config %q: want a comma-separated list of wire, bridged, veth, or all", config)
+		}
+	}
+	if only != "" {
+		dp, m, ok := strings.Cut(only, ":")
+		if !ok {
+			return o, fmt.Errorf("--only %q: want PLANE:METRIC, e.g. weft-tc:tcp_1_gbps", only)
+		}
+		dps, metrics = dp, m
+		if !flag.Changed("rounds") {
+			o.rounds = 1
+		}
+		o.only = true
 	}
 	for _, s := range strings.Split(dps, ",") {
 		dp, err := cluster.ParseDataPlane(strings.TrimSpace(s))
@@ -195,9 +251,11 @@ func run(ctx context.Context, o options) error {
 
 // measureOne builds one cluster, runs every metric on it and tears it down.
 func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane, prefix, pinRoot, tag string, res results) (err error) {
+	nodes, off := clusterShape(cfg)
 	c, err := cluster.New(cluster.Options{
 		DataPlane: dp,
-		WireLike:  cfg == cfgWire,
+		Nodes:     nodes,
+		Offloads:  off,
 		Lab:       topo.Options{Prefix: prefix},
 		PinRoot:   filepath.Join(pinRoot, prefix),
 	})
@@ -230,18 +288,31 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 		metric  string
 		streams int
 	}{{mTCP1, 1}, {mTCP4, 4}} {
-		if !o.metrics[t.metric] {
+		if !o.metrics[t.metric] && !(t.streams == 1 && o.metrics[mTCPCPU]) {
 			continue
 		}
+		before := rxStats(c)
+		o.window(tag, t.metric, true)
 		v, err := iperf3TCP(tctx, src, dst, t.streams, o.duration)
+		o.window(tag, t.metric, false)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", t.metric, err))
 			continue
 		}
-		report(t.metric, v)
+		if o.metrics[t.metric] {
+			report(t.metric, v.gbps)
+		}
+		if t.streams == 1 && o.metrics[mTCPCPU] && v.cpuSPerGB > 0 {
+			report(mTCPCPU, v.cpuSPerGB)
+		}
+		if line := rxSummary(before, rxStats(c)); line != "" {
+			fmt.Printf("%s   (%s: %s)\n", tag, t.metric, line)
+		}
 	}
 	if o.metrics[mUDP64] || o.metrics[mCPU] {
+		o.window(tag, mUDP64, true)
 		r, err := udpFlood(tctx, src, dst, 64, o.duration)
+		o.window(tag, mUDP64, false)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", mUDP64, err))
 		} else {
@@ -256,7 +327,9 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 		}
 	}
 	if o.metrics[mUDP1400] {
+		o.window(tag, mUDP1400, true)
 		r, err := udpFlood(tctx, src, dst, 1400, o.duration)
+		o.window(tag, mUDP1400, false)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", mUDP1400, err))
 		} else {
@@ -264,7 +337,9 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 		}
 	}
 	if o.metrics[mRRp50] || o.metrics[mRRp99] {
+		o.window(tag, "rr", true)
 		p50, p99, err := sockperfRR(tctx, src, dst, o.duration)
+		o.window(tag, "rr", false)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("rr: %w", err))
 		} else {
@@ -279,6 +354,51 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 	return errors.Join(errs...)
 }
 
+// window announces, with --only, when a measured window starts and ends
+// (wall clock), so a profiler run from another shell can be matched to it.
+func (o options) window(tag, what string, start bool) {
+	if !o.only {
+		return
+	}
+	ev := "end"
+	if start {
+		ev = "start"
+	}
+	fmt.Printf("%s %s window %s %s\n", tag, what, ev, time.Now().UTC().Format("15:04:05.000"))
+}
+
+// rxStats is the receiving node's data-plane counters (nil for the kernel data planes).
+func rxStats(c *cluster.Cluster) map[string]uint64 {
+	cs, err := c.Counters(c.Nodes[1])
+	if err != nil || cs == nil {
+		return nil
+	}
+	st := map[string]uint64{}
+	for _, x := range cs {
+		st[x.Name+"_packets"], st[x.Name+"_bytes"] = x.Packets, x.Bytes
+	}
+	return st
+}
+
+// rxSummary tells how much each receive program run carried during a test:
+// bytes per decap (or per direct receive) and per delivery. Around 1.5 KB
+// means nothing coalesced before the program; tens of KB, GRO did.
+func rxSummary(before, after map[string]uint64) string {
+	if before == nil || after == nil {
+		return ""
+	}
+	var parts []string
+	for _, k := range []string{"decap", "direct_rx", "deliver"} {
+		p := after[k+"_packets"] - before[k+"_packets"]
+		b := after[k+"_bytes"] - before[k+"_bytes"]
+		if p == 0 {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %d runs, %.1f KB each", k, p, float64(b)/float64(p)/1e3))
+	}
+	return strings.Join(parts, "; ")
+}
+
 // hold builds one cluster and keeps it until the context ends.
 func hold(ctx context.Context, o options) error {
 	dp, err := cluster.ParseDataPlane(o.hold)
@@ -289,7 +409,8 @@ func hold(ctx context.Context, o options) error {
 	pinRoot := filepath.Join(loader.BPFFSRoot, "weft-bench-"+runID)
 	defer os.RemoveAll(pinRoot)
 	defer topo.CleanupPrefix(runID)
-	c, err := cluster.New(cluster.Options{DataPlane: dp, WireLike: o.configs[0] == cfgWire,
+	nodes, off := clusterShape(o.configs[0])
+	c, err := cluster.New(cluster.Options{DataPlane: dp, Nodes: nodes, Offloads: off,
 		Lab: topo.Options{Prefix: runID}, PinRoot: pinRoot})
 	if err != nil {
 		return err

@@ -7,6 +7,12 @@
 //	                   (test/cluster/collectmd), the way Cilium encapsulates
 //	weft-tc            Weft, decapsulating at tc ingress
 //	weft-xdp           Weft, decapsulating in XDP
+//	weft-direct        Weft with DirectRouting: BPF forwarding, no encapsulation
+//	                   (what the tunnel costs, against what skipping the
+//	                   node stacks saves; host-gw's counterpart)
+//
+// and, for A/B runs only (MoreDataPlanes), weft-tc-nocell and
+// weft-direct-nocell: the same without the GRO cell (loader/grocell.go).
 //
 // Node i (0-based) is named "a", "b", ..., owns pod subnet 10.244.<i+1>.0/24
 // and VtepMAC 0e:77:00:00:00:<i+1>; its pods get <subnet>.2, .3, ... Every
@@ -21,6 +27,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/weftnet/weft/loader"
@@ -37,30 +44,45 @@ const (
 	KernelCollectMD DataPlane = "kernel-collect-md"
 	WeftTC          DataPlane = "weft-tc"
 	WeftXDP         DataPlane = "weft-xdp"
+	WeftDirect      DataPlane = "weft-direct"
+	// WeftTCNoCell is weft-tc without the GRO cell (loader.NodeConfig.NoGROCell):
+	// the receive path before aggregation after decap existed, for A/B runs.
+	WeftTCNoCell DataPlane = "weft-tc-nocell"
+	// WeftDirectNoCell is weft-direct without the GRO cell, for A/B runs.
+	WeftDirectNoCell DataPlane = "weft-direct-nocell"
 )
 
 // DataPlanes lists every data plane, baselines first.
-var DataPlanes = []DataPlane{HostGW, KernelVXLAN, KernelCollectMD, WeftTC, WeftXDP}
+var DataPlanes = []DataPlane{HostGW, KernelVXLAN, KernelCollectMD, WeftTC, WeftXDP, WeftDirect}
 
-// ParseDataPlane accepts one of DataPlanes' names.
+// MoreDataPlanes are built on request only (bench --dataplanes), for A/B runs.
+var MoreDataPlanes = []DataPlane{WeftTCNoCell, WeftDirectNoCell}
+
+// ParseDataPlane accepts one of DataPlanes' or MoreDataPlanes' names.
 func ParseDataPlane(s string) (DataPlane, error) {
-	for _, d := range DataPlanes {
+	all := append(slices.Clone(DataPlanes), MoreDataPlanes...)
+	for _, d := range all {
 		if string(d) == s {
 			return d, nil
 		}
 	}
-	names := make([]string, len(DataPlanes))
-	for i, d := range DataPlanes {
+	names := make([]string, len(all))
+	for i, d := range all {
 		names[i] = string(d)
 	}
 	return "", fmt.Errorf("data plane %q: want one of %s", s, strings.Join(names, ", "))
 }
 
 // Weft reports whether d is one of Weft's flavours.
-func (d DataPlane) Weft() bool { return d == WeftTC || d == WeftXDP }
+func (d DataPlane) Weft() bool {
+	return d == WeftTC || d == WeftXDP || d == WeftDirect || d == WeftTCNoCell || d == WeftDirectNoCell
+}
 
-// Encap reports whether d encapsulates (every data plane but host-gw).
-func (d DataPlane) Encap() bool { return d != HostGW }
+// direct reports whether d routes between nodes without encapsulation.
+func (d DataPlane) direct() bool { return d == WeftDirect || d == WeftDirectNoCell }
+
+// Encap reports whether d encapsulates (every data plane but host-gw and weft-direct).
+func (d DataPlane) Encap() bool { return d != HostGW && !d.direct() }
 
 // Defaults for Options.
 var (
@@ -81,7 +103,9 @@ type Options struct {
 	DataPlane   DataPlane
 	Nodes       int  // default 2
 	PodsPerNode int  // default 1
-	WireLike    bool // wire-like underlay offloads (topo.Lab.SetWireLike)
+	WireLike    bool // wire-like underlay offloads (topo.Lab.SetWireLike); same as Offloads: topo.WireLike
+	// Offloads shapes the underlay veths (topo.Offloads); WireLike wins if set.
+	Offloads topo.Offloads
 	// Lab is passed to topo.New (prefix, underlay, MTU, logs).
 	Lab topo.Options
 	// PinRoot holds Weft's pins, one directory per node. Default
@@ -165,8 +189,11 @@ func New(o Options) (c *Cluster, err error) {
 		}
 	}
 	if o.WireLike {
+		o.Offloads = topo.WireLike
+	}
+	if o.Offloads != topo.VethDefaults {
 		// Before any node exists: nodes inherit it as they are added.
-		if err := lab.SetWireLike(true); err != nil {
+		if err := lab.SetOffloads(o.Offloads); err != nil {
 			return c, err
 		}
 	}
@@ -226,7 +253,7 @@ func (c *Cluster) addPods(n *Node, count int) error {
 		switch c.DataPlane {
 		case KernelVXLAN:
 			po = n.Topo.Flannel.PodOptions(ip)
-		case WeftTC, WeftXDP:
+		case WeftTC, WeftXDP, WeftDirect, WeftTCNoCell, WeftDirectNoCell:
 			// Weft's from_pod answers the pod's ARP for its gateway, as with weft-cni.
 			po = topo.PodOptions{IP: netip.PrefixFrom(ip, n.Subnet.Bits()), Gateway: gw, MTU: c.PodMTU(), GatewayByARP: true}
 		default:
@@ -254,9 +281,13 @@ func (c *Cluster) peers(n *Node) []*Node {
 }
 
 func (c *Cluster) tunnels(n *Node) []maps.Tunnel {
+	mode := maps.ModeVXLAN
+	if c.DataPlane.direct() {
+		mode = maps.ModeDirect
+	}
 	var ts []maps.Tunnel
 	for _, p := range c.peers(n) {
-		ts = append(ts, maps.Tunnel{Subnet: p.Subnet, Remote: p.Topo.UnderlayIP, VtepMAC: p.VtepMAC, VNI: c.VNI, Mode: maps.ModeVXLAN})
+		ts = append(ts, maps.Tunnel{Subnet: p.Subnet, Remote: p.Topo.UnderlayIP, VtepMAC: p.VtepMAC, VNI: c.VNI, Mode: mode})
 	}
 	return ts
 }
@@ -302,7 +333,8 @@ func (c *Cluster) program(n *Node) error {
 // This process keeps no handle: the data plane runs on its pins.
 func (c *Cluster) loadWeft(n *Node) error {
 	decap := loader.DecapTC
-	if c.DataPlane == WeftXDP {
+	switch c.DataPlane {
+	case WeftXDP:
 		decap = loader.DecapXDP
 	}
 	return n.Topo.Do(func() error {
@@ -312,13 +344,14 @@ func (c *Cluster) loadWeft(n *Node) error {
 		}
 		defer d.Close()
 		if _, err := loader.SetupNode(d, loader.NodeConfig{
-			Underlay: n.Topo.UnderlayIf,
-			Network:  c.Network,
-			Subnet:   n.Subnet,
-			VtepMAC:  n.VtepMAC,
-			VNI:      c.VNI,
-			Port:     c.Port,
-			Decap:    decap,
+			Underlay:  n.Topo.UnderlayIf,
+			Network:   c.Network,
+			Subnet:    n.Subnet,
+			VtepMAC:   n.VtepMAC,
+			VNI:       c.VNI,
+			Port:      c.Port,
+			Decap:     decap,
+			NoGROCell: c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirectNoCell,
 		}); err != nil {
 			return err
 		}
@@ -352,6 +385,23 @@ func (c *Cluster) Stats(n *Node) (map[string]uint64, error) {
 		return set.Stats.Snapshot()
 	case n.cmd != nil:
 		return maps.NewStatsMap(n.cmd.objs.Stats).Snapshot()
+	}
+	return nil, nil
+}
+
+// Counters returns a node's data-plane counters with packets and bytes
+// (Weft and kernel-collect-md nodes; nil for the kernel-only data planes).
+func (c *Cluster) Counters(n *Node) ([]maps.Counter, error) {
+	switch {
+	case c.DataPlane.Weft():
+		set, err := maps.OpenPinned(n.PinPath)
+		if err != nil {
+			return nil, err
+		}
+		defer set.Close()
+		return set.Stats.All()
+	case n.cmd != nil:
+		return maps.NewStatsMap(n.cmd.objs.Stats).All()
 	}
 	return nil, nil
 }

@@ -298,7 +298,10 @@ func removePins(root string) error {
 	}
 	var errs []error
 	for _, e := range ents {
-		errs = append(errs, loader.Remove(filepath.Join(root, e.Name())))
+		pin := filepath.Join(root, e.Name())
+		errs = append(errs, loader.Remove(pin))
+		// Every process of the run is gone by now (see Close and Down).
+		errs = append(errs, loader.ForgetPinPath(pin))
 	}
 	errs = append(errs, os.RemoveAll(root))
 	return errors.Join(errs...)

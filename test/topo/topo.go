@@ -89,7 +89,7 @@ type Lab struct {
 	procs      map[*exec.Cmd]*proc
 	seq        int
 	nodeCount  int // node slots handed out, also for failed AddNode calls
-	wireLike   bool
+	offloads   Offloads
 	segments   []*Segment // routed nodes' segments, see AddRoutedNode
 	closed     bool
 	ownLogDir  bool
@@ -279,13 +279,13 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 	}
 	l.mu.Lock()
 	l.Nodes = append(l.Nodes, n)
-	wire := l.wireLike
+	off := l.offloads
 	l.mu.Unlock()
 	if err := n.routeSegments(); err != nil {
 		return n, fmt.Errorf("add node %q: %w", name, err)
 	}
-	if wire {
-		if err := n.setWireLike(true); err != nil {
+	if off != VethDefaults {
+		if err := n.setOffloads(off); err != nil {
 			return n, fmt.Errorf("add node %q: %w", name, err)
 		}
 	}

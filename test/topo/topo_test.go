@@ -3,6 +3,7 @@ package topo
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -315,6 +317,9 @@ func TestCleanupPrefix(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- stray.Wait() }()
 	t.Cleanup(func() { stray.Process.Kill() })
+	// On a loaded machine nsenter may not have entered the namespace yet
+	// when CleanupPrefix scans for processes in it: wait until it has.
+	waitInNetns(t, stray.Process.Pid, a.NSPath)
 
 	ok(t, CleanupPrefix(l.Prefix))
 	if got := labNamespaces(t, l.Prefix); len(got) != 0 {
@@ -324,6 +329,25 @@ func TestCleanupPrefix(t *testing.T) {
 	case <-exited:
 	case <-time.After(5 * time.Second):
 		t.Error("process in the namespace survived CleanupPrefix")
+	}
+}
+
+// waitInNetns polls until process pid is in the network namespace at nsPath.
+func waitInNetns(t *testing.T, pid int, nsPath string) {
+	t.Helper()
+	var want syscall.Stat_t
+	ok(t, syscall.Stat(nsPath, &want))
+	target := fmt.Sprintf("net:[%d]", want.Ino)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if err == nil && got == target {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d not in %s after 10s (in %q, %v)", pid, nsPath, got, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -29,30 +29,67 @@ var wireFeatures = []feature{
 	{set: "gro", show: "generic-receive-offload", wire: true, veth: false},
 }
 
+// Offloads is a shape of the underlay veths' offloads.
+type Offloads int
+
+const (
+	// VethDefaults leaves both ends of every underlay veth as a fresh veth
+	// has them: GSO super-packets cross the underlay whole, which no wire does.
+	VethDefaults Offloads = iota
+	// WireLike makes both ends behave like a wire (wireFeatures): the node
+	// segments before sending, GRO on receive.
+	WireLike
+	// NodeEndWireLike makes only the node's eth0 wire-like and leaves the
+	// bridge-side port at veth defaults (TSO on), as on container-based
+	// nodes (kind) or VMs whose host side nobody tuned. A veth runs NAPI and
+	// GRO only for skbs from a peer without TSO (veth_skb_is_eligible_for_gro),
+	// so here nothing coalesces before the receiving node's tc hook.
+	NodeEndWireLike
+)
+
+func (o Offloads) String() string {
+	switch o {
+	case WireLike:
+		return "wire-like"
+	case NodeEndWireLike:
+		return "node-end-wire-like"
+	}
+	return "veth-defaults"
+}
+
 // SetWireLike switches every underlay veth end (each node's eth0 and its
 // bridge-side peer) to wire-like offloads (on) or back to veth defaults
 // (off). Nodes added later inherit the current setting. Features a kernel
 // lacks (tx-udp-segmentation) are skipped.
 func (l *Lab) SetWireLike(on bool) error {
+	if on {
+		return l.SetOffloads(WireLike)
+	}
+	return l.SetOffloads(VethDefaults)
+}
+
+// SetOffloads gives every underlay veth end the offloads of shape o; nodes
+// added later inherit it.
+func (l *Lab) SetOffloads(o Offloads) error {
 	l.mu.Lock()
-	l.wireLike = on
+	l.offloads = o
 	nodes := append([]*Node(nil), l.Nodes...)
 	l.mu.Unlock()
 	var errs []error
 	for _, n := range nodes {
-		errs = append(errs, n.setWireLike(on))
+		errs = append(errs, n.setOffloads(o))
 	}
 	return errors.Join(errs...)
 }
 
-func (n *Node) setWireLike(on bool) error {
+func (n *Node) setOffloads(o Offloads) error {
 	peerNS := n.Lab.UnderlayPath
 	if n.Segment != nil {
 		peerNS = netnsPath(n.Segment.Router2NS)
 	}
 	return errors.Join(
-		setFeatures(n.NSPath, n.UnderlayIf, on),
-		setFeatures(peerNS, n.UnderlayPeer, on),
+		setFeatures(n.NSPath, n.UnderlayIf, o != VethDefaults),
+		setFeatures(peerNS, n.UnderlayPeer, o == WireLike),
 	)
 }
 

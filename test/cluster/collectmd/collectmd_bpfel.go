@@ -58,7 +58,8 @@ type CollectmdNodeConfig struct {
 	Flags           uint32
 	Layout          uint32
 	GroIfindex      uint32
-	Reserved        [3]uint32
+	GroCellIfindex  uint32
+	Reserved        [2]uint32
 }
 
 type CollectmdPeerKey struct {
