@@ -13,8 +13,13 @@
 
 #include <linux/types.h>
 
-/* Bumped whenever a pinned map's key or value layout changes. */
-#define WEFT_PIN_LAYOUT 1
+/* Bumped whenever a pinned map's key or value layout changes.
+ * 1: the first pinned layout (pins without a layout marker are layout 1).
+ * 2: the stats map has a fixed WEFT_STATS_SLOTS entries (it had one per
+ *    counter, so every new counter changed its size); node_config carries
+ *    flags (NODE_F_XDP_DECAP), gro_ifindex and gro_cell_ifindex in what was
+ *    reserved space. */
+#define WEFT_PIN_LAYOUT 2
 
 #define WEFT_ADDR_LEN 16
 

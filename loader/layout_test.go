@@ -22,17 +22,14 @@ func TestPinLayoutVersioned(t *testing.T) {
 		t.Fatalf("new pins: layout %d marked %v (%v), want %d", n, marked, err, maps.PinLayout)
 	}
 
-	// Pins from before the marker existed are layout 1: adopted and marked.
+	// Pins from before the marker existed are layout 1, which this layout
+	// cannot read: refused, naming both layouts.
 	if err := os.Remove(filepath.Join(pin, maps.LayoutMarker())); err != nil {
 		t.Fatal(err)
 	}
-	d, err = Load(Options{PinPath: pin})
-	if err != nil {
-		t.Fatalf("load unmarked pins: %+v", err)
-	}
-	d.Close()
-	if _, marked, _ := maps.PinnedLayout(pin); !marked {
-		t.Fatal("unmarked pins not marked on load")
+	_, err = Load(Options{PinPath: pin})
+	if !errors.Is(err, maps.ErrPinLayout) || !strings.Contains(err.Error(), "layout 1,") {
+		t.Fatalf("load unmarked (layout 1) pins: %v, want ErrPinLayout naming layout 1", err)
 	}
 
 	// Pins of another layout are refused, by the loader and by readers.

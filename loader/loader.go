@@ -88,7 +88,7 @@ func Load(opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("stat %s: %w", pinPath, err)
 	} else {
 		// Pins of another layout are refused before anything reads them;
-		// unmarked pins predate versioning and are layout 1: marked now.
+		// unmarked pins predate versioning (layout 1). Marked after loading.
 		if err := maps.CheckLayout(pinPath); err != nil {
 			return nil, err
 		}

@@ -160,6 +160,11 @@ func TestLoadRejectsIncompatiblePins(t *testing.T) {
 	if err := m.Pin(filepath.Join(pin, "tunnels")); err != nil {
 		t.Fatal(err)
 	}
+	// Marked with this binary's layout, so the map check behind the marker
+	// (a layout change nobody versioned) is what must catch it.
+	if err := maps.MarkLayout(pin); err != nil {
+		t.Fatal(err)
+	}
 	_, err = Load(Options{PinPath: pin})
 	if !errors.Is(err, ErrIncompatiblePins) {
 		t.Fatalf("load against incompatible pins: err = %v, want ErrIncompatiblePins", err)

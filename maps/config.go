@@ -16,7 +16,7 @@ import (
 const VXLANOverhead = 50
 
 // PinLayout versions the pinned maps' key and value layouts (WEFT_PIN_LAYOUT in bpf/weft.h).
-const PinLayout = 1
+const PinLayout = 2
 
 // Defaults shared with flannel.
 const (

@@ -48,11 +48,21 @@ func PinnedLayout(dir string) (layout int, marked bool, err error) {
 }
 
 // CheckLayout returns an error wrapping ErrPinLayout, saying what to do,
-// unless dir holds pins of PinLayout (or unmarked pins, which are layout 1).
+// unless dir holds pins of PinLayout. Unmarked pins are layout 1; an empty
+// directory holds none.
 func CheckLayout(dir string) error {
 	n, marked, err := PinnedLayout(dir)
-	if err != nil || !marked || n == PinLayout {
+	if err != nil {
 		return err
+	}
+	if !marked {
+		if ents, err := os.ReadDir(dir); err == nil && len(ents) == 0 {
+			return nil // nothing pinned yet
+		}
+		n = 1 // pins older than the marker
+	}
+	if n == PinLayout {
+		return nil
 	}
 	return fmt.Errorf("%w: %s holds pin layout %d, this binary reads layout %d; run the Weft version that made them, or remove them (weftd --cleanup-on-exit, or delete %s) and start again",
 		ErrPinLayout, dir, n, PinLayout, dir)
