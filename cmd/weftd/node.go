@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/control/flannel"
 )
 
 // underlay is the NIC weftd tunnels over and the address peers reach it at.
@@ -112,24 +114,13 @@ func machineID() string {
 	return h
 }
 
-// subnetEnv is flannel's /run/flannel/subnet.env, which CNI plugins and
-// other tools read to learn the node's subnet and MTU.
-type subnetEnv struct {
-	Network netip.Prefix
-	Subnet  netip.Prefix // the node's subnet; written as <first address>/<len> like flannel
-	MTU     int
-	IPMasq  bool
-}
-
-func (s subnetEnv) String() string {
-	first := s.Subnet.Masked().Addr().Next()
-	return fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s/%d\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n",
-		s.Network.Masked(), first, s.Subnet.Bits(), s.MTU, s.IPMasq)
-}
-
 // writeSubnetEnv replaces path atomically (temp file + rename) so readers
 // never see half a file.
-func writeSubnetEnv(path string, s subnetEnv) error {
+func writeSubnetEnv(path string, env flannel.SubnetEnv) error {
+	b, err := env.Marshal()
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -138,7 +129,7 @@ func writeSubnetEnv(path string, s subnetEnv) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(s.String()); err != nil {
+	if _, err := tmp.Write(b); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -147,7 +146,7 @@ func (d *daemon) setupDataplane(ul underlay, netCfg *flannel.NetworkConfig, own 
 		Log:         d.log,
 	})
 	if err == nil {
-		err = writeSubnetEnv(d.cfg.SubnetFile, subnetEnv{
+		err = writeSubnetEnv(d.cfg.SubnetFile, flannel.SubnetEnv{
 			Network: netCfg.Network, Subnet: own.Subnet(), MTU: loader.PodMTU(int(nodeState.Config.MTU)), IPMasq: d.cfg.IPMasq,
 		})
 	}
@@ -222,14 +221,11 @@ func previousSubnet(path string) netip.Prefix {
 	if err != nil {
 		return netip.Prefix{}
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "FLANNEL_SUBNET="); ok {
-			if p, err := netip.ParsePrefix(strings.TrimSpace(v)); err == nil {
-				return p.Masked()
-			}
-		}
+	env, err := flannel.ParseSubnetEnv(b)
+	if err != nil {
+		return netip.Prefix{}
 	}
-	return netip.Prefix{}
+	return env.Subnet
 }
 
 // errIPv6Only means the network config turns IPv4 off. flannel's schema
