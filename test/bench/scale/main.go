@@ -51,7 +51,6 @@ import (
 	"time"
 
 	flag "github.com/spf13/pflag"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weftnet/weft/test/lab"
 )
@@ -71,7 +70,7 @@ func main() {
 	flag.StringVar(&o.binDir, "bin-dir", "bin", "directory holding weftd (built there with go build when missing)")
 	flag.StringSliceVar(&nodes, "nodes", []string{"100", "1000", "10000", "50000"}, "remote node counts to measure, ascending")
 	flag.IntVar(&o.joins, "joins", 100, "single leases added one at a time at each node count, to time one join (p50, p99)")
-	flag.StringSliceVar(&o.stores, "store", []string{"etcd"}, "lease stores to measure (etcd)")
+	flag.StringSliceVar(&o.stores, "store", []string{"etcd", "kube"}, "lease stores to measure: etcd (flannel's etcd schema), kube (Node objects on a real kube-apiserver)")
 	flag.StringVar(&o.out, "out", "test/bench/out", "directory for scale.json and scale.png")
 	flag.IntVar(&o.rounds, "rounds", 3, "weftd cold starts per node count (medians reported; flannel's way is programmed once)")
 	flag.Parse()
@@ -84,8 +83,8 @@ func main() {
 		o.nodes = append(o.nodes, n)
 	}
 	for _, s := range o.stores {
-		if s != "etcd" {
-			fmt.Fprintf(os.Stderr, "scale: store %q is not available on this build (have: etcd)\n", s)
+		if s != "etcd" && s != "kube" {
+			fmt.Fprintf(os.Stderr, "scale: unknown store %q (have: etcd, kube)\n", s)
 			os.Exit(2)
 		}
 	}
@@ -135,37 +134,45 @@ func run(ctx context.Context, o options) error {
 
 // runStore measures every node count on one lab cluster: leases are added
 // between counts, and each count starts weftd cold on a wiped node.
-func runStore(ctx context.Context, o options, bin, store string) (rows []result, err error) {
-	c, err := lab.New(lab.Options{BinDir: bin, NetConfig: netConfig,
-		RunDir: filepath.Join(os.TempDir(), fmt.Sprintf("weft-scale-%d", os.Getpid()))})
-	if err != nil {
+func runStore(ctx context.Context, o options, bin, name string) (rows []result, err error) {
+	fmt.Printf("[%s] starting the lab (etcd%s)...\n", name, map[bool]string{true: ", kube-apiserver"}[name == "kube"])
+	c, st, err := newStore(name, lab.Options{BinDir: bin, NetConfig: netConfig,
+		RunDir: filepath.Join(os.TempDir(), fmt.Sprintf("weft-scale-%s-%d", name, os.Getpid()))})
+	if c == nil {
 		return nil, err
 	}
 	closed := make(chan struct{})
 	defer func() {
 		close(closed)
+		if es, ok := st.(*etcdStore); ok {
+			es.close()
+		}
 		err = errors.Join(err, c.Close())
 	}()
-	go func() { // Ctrl-C: the deferred Close runs once run returns
-		select {
-		case <-ctx.Done():
-			c.Etcd.Stop() // unblock whatever waits on etcd
-		case <-closed:
-		}
-	}()
-	cli, err := c.Etcd.Client()
 	if err != nil {
 		return nil, err
 	}
-	defer cli.Close()
+	go func() { // Ctrl-C: the deferred Close runs once run returns
+		select {
+		case <-ctx.Done():
+			if c.Kube != nil {
+				c.Kube.API.Stop()
+			}
+			c.Etcd.Stop() // unblock whatever waits on the store
+		case <-closed:
+		}
+	}()
+	store := name
 
 	var n *lab.Node
 	have := 0
 	for _, nodes := range o.nodes {
-		fmt.Printf("[%s] writing leases %d..%d into etcd...\n", store, have, nodes)
-		if err := writeLeases(ctx, cli, c.EtcdPrefix, have, nodes); err != nil {
+		fmt.Printf("[%s] writing leases %d..%d...\n", store, have, nodes)
+		t0 := time.Now()
+		if err := st.write(ctx, have, nodes); err != nil {
 			return rows, err
 		}
+		fmt.Printf("[%s] wrote %d leases in %v\n", store, nodes-have, time.Since(t0).Round(time.Millisecond))
 		have = nodes
 		r := result{Store: store, Nodes: nodes, Joins: o.joins, LoadAvg: loadAvg()}
 
@@ -187,7 +194,7 @@ func runStore(ctx context.Context, o options, bin, store string) (rows []result,
 		if err != nil {
 			return rows, err
 		}
-		f, err := flannelProgram(ctx, c, cli, fn, nodes)
+		f, err := flannelProgram(ctx, st, fn, nodes)
 		if err != nil {
 			fn.h.Close()
 			return rows, err
@@ -197,7 +204,7 @@ func runStore(ctx context.Context, o options, bin, store string) (rows []result,
 		fmt.Printf("[%s %6d] flannel list+decode %v, netlink %v (%d routes, %d neighbours, %d fdb): %.0fx Weft's writes\n", store, nodes,
 			f.list.Round(time.Millisecond), f.program.Round(time.Millisecond), f.routes, f.neighs, f.fdb, r.BulkRatio)
 
-		joins, err := timeJoins(ctx, cli, c, n, nodes, o.joins)
+		joins, err := timeJoins(ctx, st, n, nodes, o.joins)
 		if err != nil {
 			fn.h.Close()
 			return rows, err
@@ -215,7 +222,7 @@ func runStore(ctx context.Context, o options, bin, store string) (rows []result,
 				return rows, err
 			}
 		}
-		fjoins, err := flannelJoins(ctx, cli, c, fn, nodes+o.joins, o.joins)
+		fjoins, err := flannelJoins(ctx, st, fn, nodes+o.joins, o.joins)
 		fn.h.Close()
 		if err != nil {
 			return rows, err
@@ -225,7 +232,7 @@ func runStore(ctx context.Context, o options, bin, store string) (rows []result,
 			store, nodes, r.JoinP50MS, r.JoinP99MS, r.FlannelJoinP50MS, r.FlannelJoinP99MS, r.RSSMB, r.RSSHWMMB, r.RSSAnonMB, r.RSSFileMB)
 
 		// Back to exactly N leases for the next count.
-		if err := deleteLeases(ctx, cli, c.EtcdPrefix, nodes, nodes+2*o.joins); err != nil {
+		if err := st.remove(ctx, nodes, nodes+2*o.joins); err != nil {
 			return rows, err
 		}
 		rows = append(rows, r)
@@ -254,36 +261,6 @@ func weftdDir(dir string) (string, error) {
 		return "", fmt.Errorf("no weftd in %s and go build ./cmd/weftd failed (run from the repository root): %w\n%s", dir, err, out)
 	}
 	return tmp, nil
-}
-
-// writeLeases puts leases [from, to) in transactions of 128 (etcd's
-// default --max-txn-ops).
-func writeLeases(ctx context.Context, cli *clientv3.Client, prefix string, from, to int) error {
-	for i := from; i < to; {
-		var ops []clientv3.Op
-		for ; i < to && len(ops) < 128; i++ {
-			sn, ip, mac := remote(i)
-			ops = append(ops, clientv3.OpPut(leaseKey(prefix, sn), leaseJSON(ip, mac)))
-		}
-		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-			return fmt.Errorf("write leases: %w", err)
-		}
-	}
-	return nil
-}
-
-func deleteLeases(ctx context.Context, cli *clientv3.Client, prefix string, from, to int) error {
-	for i := from; i < to; {
-		var ops []clientv3.Op
-		for ; i < to && len(ops) < 128; i++ {
-			sn, _, _ := remote(i)
-			ops = append(ops, clientv3.OpDelete(leaseKey(prefix, sn)))
-		}
-		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-			return fmt.Errorf("delete leases: %w", err)
-		}
-	}
-	return nil
 }
 
 type machineEnv struct{ machine, kernel string }
