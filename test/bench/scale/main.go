@@ -62,6 +62,10 @@ type options struct {
 	stores []string
 	out    string
 	rounds int
+	// writeBudget bounds the setup time of one node count: a count whose
+	// leases would take longer to write (at the rate measured for the
+	// previous count) is skipped, and so are the larger ones.
+	writeBudget time.Duration
 }
 
 func main() {
@@ -73,6 +77,7 @@ func main() {
 	flag.StringSliceVar(&o.stores, "store", []string{"etcd", "kube"}, "lease stores to measure: etcd (flannel's etcd schema), kube (Node objects on a real kube-apiserver)")
 	flag.StringVar(&o.out, "out", "test/bench/out", "directory for scale.json and scale.png")
 	flag.IntVar(&o.rounds, "rounds", 3, "weftd cold starts per node count (medians reported; flannel's way is programmed once)")
+	flag.DurationVar(&o.writeBudget, "write-budget", 3*time.Minute, "skip a node count (and larger ones) whose leases would take longer than this to write into the store, estimated from the previous count's rate")
 	flag.Parse()
 	for _, s := range nodes {
 		n, err := strconv.Atoi(s)
@@ -110,15 +115,24 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	env := machine()
-	var rows []result
+	var (
+		rows  []result
+		notes []string
+	)
 	for _, store := range o.stores {
-		r, err := runStore(ctx, o, bin, store)
+		r, note, err := runStore(ctx, o, bin, store)
 		rows = append(rows, r...)
+		if note != "" {
+			notes = append(notes, note)
+		}
 		if err != nil {
 			return err
 		}
 	}
 	printTable(os.Stdout, env, rows)
+	for _, n := range notes {
+		fmt.Println(n)
+	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}
@@ -133,13 +147,14 @@ func run(ctx context.Context, o options) error {
 }
 
 // runStore measures every node count on one lab cluster: leases are added
-// between counts, and each count starts weftd cold on a wiped node.
-func runStore(ctx context.Context, o options, bin, name string) (rows []result, err error) {
+// between counts, and each count starts weftd cold on a wiped node. note
+// says which counts were skipped for taking too long to set up.
+func runStore(ctx context.Context, o options, bin, name string) (rows []result, note string, err error) {
 	fmt.Printf("[%s] starting the lab (etcd%s)...\n", name, map[bool]string{true: ", kube-apiserver"}[name == "kube"])
 	c, st, err := newStore(name, lab.Options{BinDir: bin, NetConfig: netConfig,
 		RunDir: filepath.Join(os.TempDir(), fmt.Sprintf("weft-scale-%s-%d", name, os.Getpid()))})
 	if c == nil {
-		return nil, err
+		return nil, "", err
 	}
 	closed := make(chan struct{})
 	defer func() {
@@ -150,7 +165,7 @@ func runStore(ctx context.Context, o options, bin, name string) (rows []result, 
 		err = errors.Join(err, c.Close())
 	}()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	go func() { // Ctrl-C: the deferred Close runs once run returns
 		select {
@@ -166,13 +181,22 @@ func runStore(ctx context.Context, o options, bin, name string) (rows []result, 
 
 	var n *lab.Node
 	have := 0
+	var perLease time.Duration // the last count's write time per lease
 	for _, nodes := range o.nodes {
+		if est := time.Duration(nodes-have) * perLease; est > o.writeBudget {
+			note = fmt.Sprintf("%s: %d nodes and above skipped: writing %d more leases would take ~%v at the %.0f/s measured up to %d (--write-budget %v)",
+				store, nodes, nodes-have, est.Round(time.Second), float64(time.Second)/float64(perLease), have, o.writeBudget)
+			fmt.Println("[" + store + "] skipped: " + note)
+			break
+		}
 		fmt.Printf("[%s] writing leases %d..%d...\n", store, have, nodes)
 		t0 := time.Now()
 		if err := st.write(ctx, have, nodes); err != nil {
-			return rows, err
+			return rows, note, err
 		}
-		fmt.Printf("[%s] wrote %d leases in %v\n", store, nodes-have, time.Since(t0).Round(time.Millisecond))
+		took := time.Since(t0)
+		perLease = took / time.Duration(nodes-have)
+		fmt.Printf("[%s] wrote %d leases in %v (%.0f/s)\n", store, nodes-have, took.Round(time.Millisecond), float64(nodes-have)/took.Seconds())
 		have = nodes
 		r := result{Store: store, Nodes: nodes, Joins: o.joins, LoadAvg: loadAvg()}
 
@@ -182,7 +206,7 @@ func runStore(ctx context.Context, o options, bin, name string) (rows []result, 
 		for round := range o.rounds {
 			var w weftResult
 			if n, w, err = weftColdStart(ctx, c, n, nodes); err != nil {
-				return rows, err
+				return rows, note, err
 			}
 			colds, writes = append(colds, w.coldStart), append(writes, w.program)
 			fmt.Printf("[%s %6d] weftd cold start %d: %v (kernel writes %v, batch syscalls %v)\n", store, nodes, round+1,
@@ -192,12 +216,12 @@ func runStore(ctx context.Context, o options, bin, name string) (rows []result, 
 
 		fn, err := newFlannelNode(c, fmt.Sprintf("f%d", len(rows)))
 		if err != nil {
-			return rows, err
+			return rows, note, err
 		}
 		f, err := flannelProgram(ctx, st, fn, nodes)
 		if err != nil {
 			fn.h.Close()
-			return rows, err
+			return rows, note, err
 		}
 		r.FlannelListMS, r.FlannelProgramMS = ms(f.list), ms(f.program)
 		r.BulkRatio = f.program.Seconds() / median(writes).Seconds()
@@ -207,7 +231,7 @@ func runStore(ctx context.Context, o options, bin, name string) (rows []result, 
 		joins, err := timeJoins(ctx, st, n, nodes, o.joins)
 		if err != nil {
 			fn.h.Close()
-			return rows, err
+			return rows, note, err
 		}
 		r.JoinP50MS, r.JoinP99MS, r.JoinMaxMS = ms(pct(joins, 50)), ms(pct(joins, 99)), ms(joins[len(joins)-1])
 		mem := readRSS(n.Cmd.Process.Pid)
@@ -219,13 +243,13 @@ func runStore(ctx context.Context, o options, bin, name string) (rows []result, 
 			sn, ip, mac := remote(i)
 			if err := fn.program(peer{sn: sn, ip: ip.AsSlice(), mac: mac}); err != nil {
 				fn.h.Close()
-				return rows, err
+				return rows, note, err
 			}
 		}
 		fjoins, err := flannelJoins(ctx, st, fn, nodes+o.joins, o.joins)
 		fn.h.Close()
 		if err != nil {
-			return rows, err
+			return rows, note, err
 		}
 		r.FlannelJoinP50MS, r.FlannelJoinP99MS = ms(pct(fjoins, 50)), ms(pct(fjoins, 99))
 		fmt.Printf("[%s %6d] join p50 %.3f ms p99 %.3f ms (flannel p50 %.3f ms p99 %.3f ms); weftd RSS %.1f MB (HWM %.1f MB; anon %.1f, file %.1f)\n",
@@ -233,11 +257,11 @@ func runStore(ctx context.Context, o options, bin, name string) (rows []result, 
 
 		// Back to exactly N leases for the next count.
 		if err := st.remove(ctx, nodes, nodes+2*o.joins); err != nil {
-			return rows, err
+			return rows, note, err
 		}
 		rows = append(rows, r)
 	}
-	return rows, nil
+	return rows, note, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
