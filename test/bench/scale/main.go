@@ -14,7 +14,7 @@
 //
 // Run it as root from the repository root (make bench does):
 //
-//	go run ./test/bench/scale [--bin-dir bin] [--nodes 100,1000,10000,50000] [--joins 100] [--rounds 3] [--store etcd]
+//	go run ./test/bench/scale [--bin-dir bin] [--nodes 100,1000,10000,50000] [--joins 100] [--rounds 3] [--store etcd,kube] [--write-budget 3m]
 //
 // Needs root. Everything lives in lab namespaces (test/lab) with a run-unique
 // prefix and is removed at the end, also on failure or Ctrl-C. Only the
@@ -31,8 +31,23 @@
 // after the last netlink request returns, so flannel's figure has no
 // polling delay in it).
 //
-// Stores. --store names the lease stores to measure; "etcd" is flannel's
-// etcd schema. The Kubernetes store is measured once it exists here.
+// Stores (--store, both by default, each on its own lab cluster, one after
+// the other; see leaseStore):
+//
+//   - etcd: flannel's etcd schema, leases written in transactions of 128;
+//     flannel's way follows them with an etcd watch.
+//   - kube: flanneld's --kube-subnet-mgr schema on a real kube-apiserver
+//     (test/kubetest, on the lab's etcd): remote node i is a Node with its
+//     podCIDR and flannel's lease annotations, created by 32 parallel
+//     requests without client-side rate limits; weftd runs as in the kube
+//     lab (--kube-subnet-mgr, a ServiceAccount kubeconfig through a
+//     forwarder on the underlay, --net-config-path). A join is one Node
+//     created until its entry is in weftd's map; flannel's way is a Node
+//     informer's add event and the netlink trio, with client-go's default
+//     (JSON) client as flanneld has. Creating Nodes is much slower than
+//     etcd puts: a count whose Nodes would take longer than --write-budget
+//     to create (estimated from the previous count's rate) is skipped, and
+//     the run says so.
 package main
 
 import (
