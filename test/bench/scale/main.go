@@ -81,6 +81,7 @@ type options struct {
 	// leases would take longer to write (at the rate measured for the
 	// previous count) is skipped, and so are the larger ones.
 	writeBudget time.Duration
+	replot      string
 }
 
 func main() {
@@ -93,6 +94,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "test/bench/out", "directory for scale.json and scale.png")
 	flag.IntVar(&o.rounds, "rounds", 3, "weftd cold starts per node count (medians reported; flannel's way is programmed once)")
 	flag.DurationVar(&o.writeBudget, "write-budget", 3*time.Minute, "skip a node count (and larger ones) whose leases would take longer than this to write into the store, estimated from the previous count's rate")
+	flag.StringVar(&o.replot, "replot", "", "measure nothing: print the table and draw scale.png in --out from this scale.json")
 	flag.Parse()
 	for _, s := range nodes {
 		n, err := strconv.Atoi(s)
@@ -111,6 +113,13 @@ func main() {
 	if flag.NArg() > 0 || o.joins < 2 || o.rounds < 1 {
 		fmt.Fprintln(os.Stderr, "scale: want --joins >= 2, --rounds >= 1 and no arguments")
 		os.Exit(2)
+	}
+	if o.replot != "" {
+		if err := replot(o); err != nil {
+			fmt.Fprintln(os.Stderr, "scale:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "scale: needs root (network namespaces, BPF)")
@@ -161,12 +170,27 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
+// replot redraws the chart of a finished run (the machine it ran on is
+// taken to be this one).
+func replot(o options) error {
+	rows, err := readJSON(o.replot)
+	if err != nil {
+		return err
+	}
+	env := machine()
+	printTable(os.Stdout, env, rows)
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	return writeChart(filepath.Join(o.out, "scale.png"), env, rows)
+}
+
 // runStore measures every node count on one lab cluster: leases are added
 // between counts, and each count starts weftd cold on a wiped node. note
 // says which counts were skipped for taking too long to set up.
 func runStore(ctx context.Context, o options, bin, name string) (rows []result, note string, err error) {
 	fmt.Printf("[%s] starting the lab (etcd%s)...\n", name, map[bool]string{true: ", kube-apiserver"}[name == "kube"])
-	c, st, err := newStore(name, lab.Options{BinDir: bin, NetConfig: netConfig,
+	c, st, err := newStore(name, lab.Options{BinDir: bin, NetConfig: netConfig, ReadyTimeout: 3 * time.Minute,
 		RunDir: filepath.Join(os.TempDir(), fmt.Sprintf("weft-scale-%s-%d", name, os.Getpid()))})
 	if c == nil {
 		return nil, "", err
