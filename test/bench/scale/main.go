@@ -147,7 +147,7 @@ func run(ctx context.Context, o options) error {
 		r, note, err := runStore(ctx, o, bin, store)
 		rows = append(rows, r...)
 		if note != "" {
-			notes = append(notes, note)
+			notes = append(notes, store+": "+note)
 		}
 		if err != nil {
 			return err
@@ -223,9 +223,9 @@ func runStore(ctx context.Context, o options, bin, name string) (rows []result, 
 	var perLease time.Duration // the last count's write time per lease
 	for _, nodes := range o.nodes {
 		if est := time.Duration(nodes-have) * perLease; est > o.writeBudget {
-			note = fmt.Sprintf("%s: %d nodes and above skipped: writing %d more leases would take ~%v at the %.0f/s measured up to %d (--write-budget %v)",
-				store, nodes, nodes-have, est.Round(time.Second), float64(time.Second)/float64(perLease), have, o.writeBudget)
-			fmt.Println("[" + store + "] skipped: " + note)
+			note = fmt.Sprintf("%d nodes and above skipped: writing %d more leases would take ~%v at the %.0f/s measured up to %d (--write-budget %v)",
+				nodes, nodes-have, est.Round(time.Second), float64(time.Second)/float64(perLease), have, o.writeBudget)
+			fmt.Printf("[%s] %s\n", store, note)
 			break
 		}
 		fmt.Printf("[%s] writing leases %d..%d...\n", store, have, nodes)
