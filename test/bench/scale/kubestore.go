@@ -32,14 +32,13 @@ const kubeWorkers = 32
 // request (a real node gets them in a later PATCH of nodes/status; the
 // benchmark's join starts when the lease exists, as in etcd).
 type kubeStore struct {
-	setup   kubernetes.Interface // bulk writes: protobuf, no client-side rate limit
-	flannel kubernetes.Interface // flannel's side: client-go defaults (JSON), as flanneld's client
+	setup   kubernetes.Interface // bulk writes: no client-side rate limit
+	flannel kubernetes.Interface // flannel's side and the joins: client-go's defaults (protobuf for Nodes since 0.34)
 }
 
 func newKubeStore(api *kubetest.APIServer) *kubeStore {
 	cfg := api.AdminConfig()
 	cfg.QPS, cfg.Burst = -1, 0 // no client-side throttling of the bulk creates
-	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	fcfg := api.AdminConfig()
 	fcfg.QPS = -1
 	return &kubeStore{setup: kubernetes.NewForConfigOrDie(cfg), flannel: kubernetes.NewForConfigOrDie(fcfg)}
