@@ -1,9 +1,14 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"strings"
 	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/weftnet/weft/control/flannel"
 )
 
 func envOf(kv map[string]string) func(string) string {
@@ -61,5 +66,25 @@ func TestKubeFlags(t *testing.T) {
 	// etcd mode does not need the node's name.
 	if _, err := parseFlags(nil, none, io.Discard); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestCheckFamilies(t *testing.T) {
+	for _, tc := range []struct {
+		json    string
+		wantErr bool
+	}{
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`, false},
+		{`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:10:244::/48","Backend":{"Type":"vxlan"}}`, false},
+		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:10:244::/48","Backend":{"Type":"vxlan"}}`, true},
+	} {
+		cfg, err := flannel.ParseConfig([]byte(tc.json))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.json, err)
+		}
+		err = checkFamilies(cfg, zap.NewNop())
+		if (err != nil) != tc.wantErr || (tc.wantErr && !errors.Is(err, errIPv6Only)) {
+			t.Errorf("%s: checkFamilies = %v, want error %t", tc.json, err, tc.wantErr)
+		}
 	}
 }

@@ -74,6 +74,9 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := checkFamilies(netCfg, log); err != nil {
+		return err
+	}
 	d.log.Info("network config", zap.Stringer("network", netCfg.Network), zap.Int("subnet_len", netCfg.SubnetLen),
 		zap.String("backend", netCfg.Backend.Type), zap.Int("vni", int(netCfg.Backend.VNI)), zap.Int("port", int(netCfg.Backend.Port)),
 		zap.Bool("direct_routing", netCfg.Backend.DirectRouting))
@@ -221,4 +224,22 @@ func previousSubnet(path string) netip.Prefix {
 		}
 	}
 	return netip.Prefix{}
+}
+
+// errIPv6Only means the network config turns IPv4 off. flannel's schema
+// allows it, but Weft's data plane forwards IPv4 only so far, and a node
+// that went on would find no IPv4 subnet to lease.
+var errIPv6Only = errors.New("the network config has EnableIPv4 false (IPv6 only); Weft forwards IPv4 pod traffic only")
+
+// checkFamilies refuses an IPv6-only network and warns that a dual-stack
+// one is served for IPv4 only.
+func checkFamilies(cfg *flannel.NetworkConfig, log *zap.Logger) error {
+	if !cfg.EnableIPv4 {
+		return errIPv6Only
+	}
+	if cfg.EnableIPv6 {
+		log.Warn("dual-stack network config: Weft forwards the IPv4 family only; IPv6 pod traffic is dropped (drop_inner_ipv6)",
+			zap.Stringer("ipv6_network", cfg.IPv6Network))
+	}
+	return nil
 }

@@ -42,8 +42,6 @@ import (
 	authv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -71,7 +69,7 @@ type Options struct {
 
 // Manager is one node's view of the cluster through the apiserver.
 type Manager struct {
-	client   kubernetes.Interface
+	client   *apiClient
 	ann      Annotations
 	cfg      *flannel.NetworkConfig
 	nodeName string
@@ -138,9 +136,9 @@ func New(ctx context.Context, o Options, log *zap.Logger, m *metrics.Metrics) (*
 		return nil, err
 	}
 	rc.UserAgent = "weftd"
-	cs, err := kubernetes.NewForConfig(rc)
+	cs, err := newAPIClient(rc)
 	if err != nil {
-		return nil, fmt.Errorf("kube client: %w", err)
+		return nil, err
 	}
 	mgr := &Manager{client: cs, ann: ann, cfg: cfg, log: log, metrics: m, republish: make(chan struct{}, 1)}
 	// The apiserver may not answer yet (a node booting with the control
@@ -205,7 +203,7 @@ func (m *Manager) findNodeName(ctx context.Context, o Options) (string, error) {
 	if o.PodName == "" || o.PodNamespace == "" {
 		return "", errNoNodeName
 	}
-	pod, err := m.client.CoreV1().Pods(o.PodNamespace).Get(ctx, o.PodName, metav1.GetOptions{})
+	pod, err := m.client.getPod(ctx, o.PodNamespace, o.PodName)
 	if err != nil {
 		return "", apiError("get", "pods", err)
 	}
@@ -232,7 +230,7 @@ func (m *Manager) CheckAccess(ctx context.Context) error {
 	var missing []error
 	for _, ra := range access {
 		r := &authv1.SelfSubjectAccessReview{Spec: authv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &ra}}
-		got, err := m.client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, r, metav1.CreateOptions{})
+		got, err := m.client.createSelfSubjectAccessReview(ctx, r)
 		if err != nil {
 			return fmt.Errorf("kube: check RBAC permissions: %w", err)
 		}
@@ -282,7 +280,7 @@ var waitPodCIDR = 2 * time.Second
 // A Node without any annotation is fine: it has not been published yet.
 func (m *Manager) OwnNode(ctx context.Context) (Own, error) {
 	for {
-		n, err := m.client.CoreV1().Nodes().Get(ctx, m.nodeName, metav1.GetOptions{})
+		n, err := m.client.getNode(ctx, m.nodeName)
 		if err != nil {
 			m.metrics.StoreErrors.Add(1)
 			if apierrors.IsForbidden(err) || apierrors.IsNotFound(err) || ctx.Err() != nil {

@@ -62,8 +62,8 @@ func (m *Manager) Publish(ctx context.Context, attrs flannel.LeaseAttrs) error {
 		return err
 	}
 	err = m.retry(ctx, "publish the lease", func() error {
-		if _, err := m.client.CoreV1().Nodes().Patch(ctx, m.nodeName, types.StrategicMergePatchType, patch,
-			metav1.PatchOptions{FieldManager: "weftd"}, "status"); err != nil {
+		if err := m.client.patchNodeStatus(ctx, m.nodeName, types.StrategicMergePatchType, patch,
+			metav1.PatchOptions{FieldManager: "weftd"}); err != nil {
 			return apiError("patch", "nodes/status", err)
 		}
 		return nil

@@ -63,12 +63,12 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 	var broken atomic.Bool
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			l, err := m.client.CoreV1().Nodes().List(ctx, o)
+			l, err := m.client.listNodes(ctx, o)
 			m.noteAPI(&broken, "list", err)
 			return l, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			w, err := m.client.CoreV1().Nodes().Watch(ctx, o)
+			w, err := m.client.watchNodes(ctx, o)
 			m.noteAPI(&broken, "watch", err)
 			return w, err
 		},
@@ -279,7 +279,7 @@ func (m *Manager) probe(ctx context.Context, broken *atomic.Bool, cancel func())
 			continue
 		}
 		pctx, pcancel := context.WithTimeout(ctx, probeInterval)
-		_, err := m.client.Discovery().RESTClient().Get().AbsPath("/version").Do(pctx).Raw()
+		err := m.client.version(pctx)
 		pcancel()
 		if err == nil {
 			cancel()
