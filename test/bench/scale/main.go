@@ -44,7 +44,9 @@
 //     forwarder on the underlay, --net-config-path). A join is one Node
 //     created until its entry is in weftd's map; flannel's way is a Node
 //     informer's add event and the netlink trio, with client-go's default
-//     client (as weftd's). Creating Nodes is much slower than
+//     client (as weftd's). weftd reaches the apiserver through the lab's
+//     forwarder on the underlay, flannel's way on loopback: that favours
+//     flannel by one proxy hop per event. Creating Nodes is much slower than
 //     etcd puts: a count whose Nodes would take longer than --write-budget
 //     to create (estimated from the previous count's rate) is skipped, and
 //     the run says so.
