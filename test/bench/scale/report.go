@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"math"
 	"os"
 
 	"gonum.org/v1/plot"
@@ -129,6 +130,9 @@ func writeChart(path string, env machineEnv, rows []result) error {
 			return err
 		}
 	}
+	// Whole decades, so the log axis has labelled ticks at both ends.
+	lat.Y.Min = math.Pow(10, math.Floor(math.Log10(lat.Y.Min)))
+	lat.Y.Max = math.Pow(10, math.Ceil(math.Log10(lat.Y.Max)))
 	target := plotter.NewFunction(func(float64) float64 { return 40 })
 	target.Color, target.Dashes = color.RGBA{R: 0xcc, A: 0xff}, []vg.Length{vg.Points(2), vg.Points(2)}
 	mem.Add(target)
