@@ -66,7 +66,7 @@ lab-up: deps build ## build a lab cluster and keep it running until Ctrl-C (weft
 lab-down: ## remove what the last lab run made, also after a crash
 	./$(BIN)/weft-lab down
 
-bench: deps build ## data planes side by side and the control plane at 100 to 50,000 nodes (test/bench/out; needs root)
+bench: deps build kube-bins ## data planes side by side and the control plane at 100 to 50,000 nodes, etcd and kube stores (test/bench/out; needs root)
 	@./.ci/ensure-deps.sh $(DEPS_BENCH)
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 	$(GO) run ./test/bench/scale --bin-dir $(BIN) $(SCALE_FLAGS)

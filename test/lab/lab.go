@@ -57,7 +57,11 @@ type Options struct {
 	// Manifest is applied in StoreKube mode: its ServiceAccount and RBAC
 	// are what weftd runs with. Default: deploy/kube-weft.yml as built in.
 	Manifest string
-	Logf     func(format string, args ...any)
+	// ReadyTimeout bounds how long StartWeftd waits for /healthz; default
+	// 30 s. A kube-mode weftd lists every Node before it is ready: tens of
+	// seconds at 50,000 Nodes on a loaded 2-core machine.
+	ReadyTimeout time.Duration
+	Logf         func(format string, args ...any)
 }
 
 // Cluster is a running lab.
@@ -144,6 +148,9 @@ func New(opts Options) (*Cluster, error) {
 	}
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
+	}
+	if opts.ReadyTimeout <= 0 {
+		opts.ReadyTimeout = 30 * time.Second
 	}
 	if opts.Prefix == "" {
 		b := make([]byte, 3)
@@ -374,7 +381,7 @@ func (c *Cluster) StartWeftd(n *Node, extra ...string) error {
 		return fmt.Errorf("start weftd on %s: %w", n.Name, err)
 	}
 	n.Cmd = cmd
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(c.Opts.ReadyTimeout)
 	for {
 		code, _, err := n.Get("/healthz")
 		if err == nil && code == http.StatusOK {
@@ -386,7 +393,7 @@ func (c *Cluster) StartWeftd(n *Node, extra ...string) error {
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("weftd on %s not ready after 30s (last: %d %v):\n%s", n.Name, code, err, n.Log())
+			return fmt.Errorf("weftd on %s not ready after %v (last: %d %v):\n%s", n.Name, c.Opts.ReadyTimeout, code, err, n.Log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

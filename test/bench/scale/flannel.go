@@ -13,7 +13,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/test/lab"
@@ -110,18 +109,12 @@ func (f *flannelNode) program(p peer) error {
 
 // flannelProgram programs every lease on a fresh flannel node, timed from
 // the list.
-func flannelProgram(ctx context.Context, c *lab.Cluster, cli *clientv3.Client, f *flannelNode, leases int) (flannelResult, error) {
+func flannelProgram(ctx context.Context, st leaseStore, f *flannelNode, leases int) (flannelResult, error) {
 	var r flannelResult
 	start := time.Now()
-	resp, err := cli.Get(ctx, c.EtcdPrefix+"/subnets/", clientv3.WithPrefix())
+	peers, err := st.list(ctx)
 	if err != nil {
 		return r, err
-	}
-	peers := make([]peer, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		if p, ok := decodePeer(c.EtcdPrefix, kv.Key, kv.Value); ok {
-			peers = append(peers, p)
-		}
 	}
 	r.list = time.Since(start)
 	for _, p := range peers {
@@ -172,38 +165,34 @@ func flannelProgram(ctx context.Context, c *lab.Cluster, cli *clientv3.Client, f
 	return r, nil
 }
 
-// flannelJoins times single leases the flannel way: a watch event, decode,
-// three netlink requests.
-func flannelJoins(ctx context.Context, cli *clientv3.Client, c *lab.Cluster, f *flannelNode, from, count int) ([]time.Duration, error) {
-	wctx, cancel := context.WithCancel(ctx)
+// flannelJoins times single leases the flannel way: the store's event
+// (etcd watch, Node informer), decode, three netlink requests.
+func flannelJoins(ctx context.Context, st leaseStore, f *flannelNode, from, count int) ([]time.Duration, error) {
+	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wch := cli.Watch(wctx, c.EtcdPrefix+"/subnets/", clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-	if resp, ok := <-wch; !ok || !resp.Created {
-		return nil, errors.New("flannel: watch not created")
+	events, err := st.follow(fctx)
+	if err != nil {
+		return nil, err
 	}
 	var out []time.Duration
 	for i := from; i < from+count; i++ {
-		sn, ip, mac := remote(i)
+		sn, _, _ := remote(i)
 		start := time.Now()
-		if _, err := cli.Put(ctx, leaseKey(c.EtcdPrefix, sn), leaseJSON(ip, mac)); err != nil {
+		if err := st.put(ctx, i); err != nil {
 			return nil, err
 		}
 	wait:
 		for {
 			select {
-			case resp, ok := <-wch:
-				if !ok || resp.Err() != nil {
-					return nil, fmt.Errorf("flannel: watch ended: %v", resp.Err())
+			case p, ok := <-events:
+				if !ok {
+					return nil, errors.New("flannel: the store's event stream ended")
 				}
-				for _, ev := range resp.Events {
-					if p, ok := decodePeer(c.EtcdPrefix, ev.Kv.Key, ev.Kv.Value); ok {
-						if err := f.program(p); err != nil {
-							return nil, err
-						}
-						if p.sn == sn {
-							break wait
-						}
-					}
+				if err := f.program(p); err != nil {
+					return nil, err
+				}
+				if p.sn == sn {
+					break wait
 				}
 			case <-time.After(30 * time.Second):
 				return nil, fmt.Errorf("flannel: no event for %s after 30s", sn)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"math"
 	"os"
 
 	"gonum.org/v1/plot"
@@ -62,6 +63,29 @@ var storeColor = []color.Color{
 	color.RGBA{R: 0xe6, G: 0x9f, B: 0x00, A: 0xff},
 }
 
+// flannelLine tells flannel's way apart per store: grey, solid for the
+// first store, dotted for the second.
+var flannelLine = []struct {
+	color  color.Color
+	dashes []vg.Length
+}{
+	{color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff}, nil},
+	{color.RGBA{R: 0x55, G: 0x55, B: 0x55, A: 0xff}, []vg.Length{vg.Points(1.5), vg.Points(2.5)}},
+}
+
+// readJSON reads rows writeJSON wrote (for --replot).
+func readJSON(path string) ([]result, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rows []result
+	if err := json.Unmarshal(b, &rows); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return rows, nil
+}
+
 // writeChart draws join latency and weftd RSS against node count (log
 // scale), per store, with flannel's join latency beside Weft's.
 func writeChart(path string, env machineEnv, rows []result) error {
@@ -95,7 +119,8 @@ func writeChart(path string, env machineEnv, rows []result) error {
 		if err := addLine(lat, "weft "+s+" p99", p99, c, []vg.Length{vg.Points(4), vg.Points(3)}); err != nil {
 			return err
 		}
-		if err := addLine(lat, "flannel way "+s+" p50", fl, color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff}, nil); err != nil {
+		fline := flannelLine[i%len(flannelLine)]
+		if err := addLine(lat, "flannel way "+s+" p50", fl, fline.color, fline.dashes); err != nil {
 			return err
 		}
 		if err := addLine(mem, "weftd "+s+" VmRSS", rss, c, nil); err != nil {
@@ -105,6 +130,9 @@ func writeChart(path string, env machineEnv, rows []result) error {
 			return err
 		}
 	}
+	// Whole decades, so the log axis has labelled ticks at both ends.
+	lat.Y.Min = math.Pow(10, math.Floor(math.Log10(lat.Y.Min)))
+	lat.Y.Max = math.Pow(10, math.Ceil(math.Log10(lat.Y.Max)))
 	target := plotter.NewFunction(func(float64) float64 { return 40 })
 	target.Color, target.Dashes = color.RGBA{R: 0xcc, A: 0xff}, []vg.Length{vg.Points(2), vg.Points(2)}
 	mem.Add(target)

@@ -14,14 +14,15 @@ import (
 	"syscall"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/weftnet/weft/loader"
 	"github.com/weftnet/weft/maps"
 	"github.com/weftnet/weft/test/lab"
 )
 
-// network is large enough for 60,000 /24 leases.
+// network is large enough for 60,000 /24 leases; netConfig is its
+// flannel network config (etcd's <prefix>/config, kube's net-conf.json).
+var network = netip.MustParsePrefix("10.0.0.0/8")
+
 const netConfig = `{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}`
 
 var remotes = netip.MustParsePrefix("172.20.0.0/16")
@@ -141,7 +142,7 @@ func readLog(c *lab.Cluster, n *lab.Node, start time.Time) (weftResult, error) {
 
 // timeJoins adds leases one at a time and times each until the tunnels map
 // has it (a kernel LPM lookup, polled every 50 µs).
-func timeJoins(ctx context.Context, cli *clientv3.Client, c *lab.Cluster, n *lab.Node, from, count int) ([]time.Duration, error) {
+func timeJoins(ctx context.Context, st leaseStore, n *lab.Node, from, count int) ([]time.Duration, error) {
 	set, err := n.Maps()
 	if err != nil {
 		return nil, err
@@ -149,9 +150,9 @@ func timeJoins(ctx context.Context, cli *clientv3.Client, c *lab.Cluster, n *lab
 	defer set.Close()
 	var out []time.Duration
 	for i := from; i < from+count; i++ {
-		sn, ip, mac := remote(i)
+		sn, ip, _ := remote(i)
 		start := time.Now()
-		if _, err := cli.Put(ctx, leaseKey(c.EtcdPrefix, sn), leaseJSON(ip, mac)); err != nil {
+		if err := st.put(ctx, i); err != nil {
 			return nil, err
 		}
 		for {
