@@ -74,7 +74,7 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 		},
 	}
 	inf := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Node{}, cache.SharedIndexInformerOptions{ResyncPeriod: ResyncPeriod})
-	if err := inf.SetTransform(slimNode); err != nil {
+	if err := inf.SetTransform(m.ann.slimNode); err != nil {
 		return fmt.Errorf("node informer: %w", err)
 	}
 
@@ -136,19 +136,33 @@ func (m *Manager) session(ctx context.Context, apply func(peers.Batch)) error {
 	}
 }
 
-// slimNode keeps only what ParseNode reads. A real Node carries its image
-// list, conditions and managed fields (tens of kB); the informer's cache
-// holds every Node of the cluster, so this is most of weftd's memory in a
-// large cluster.
-func slimNode(obj any) (any, error) {
+// slimNode is the informer's transform: it keeps only what weftd reads of
+// a Node (name, UID, versions, creation time, podCIDRs and the annotations
+// of our prefix), copied out of the decode buffers. At 10,000 Nodes the
+// full objects (kubelet's annotations, managedFields, status) were most of
+// weftd's heap in kube mode.
+func (a Annotations) slimNode(obj any) (any, error) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return obj, nil // a DeletedFinalStateUnknown tombstone
 	}
+	var ann map[string]string
+	for _, k := range [...]string{a.BackendType, a.BackendData, a.PublicIP, a.PublicIPOverwrite, a.KubeManaged} {
+		if v, ok := n.Annotations[k]; ok {
+			if ann == nil {
+				ann = make(map[string]string, 5)
+			}
+			ann[k] = strings.Clone(v)
+		}
+	}
+	cidrs := make([]string, len(n.Spec.PodCIDRs))
+	for i, c := range n.Spec.PodCIDRs {
+		cidrs[i] = strings.Clone(c)
+	}
 	return &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: n.Name, ResourceVersion: n.ResourceVersion, UID: n.UID,
-			CreationTimestamp: n.CreationTimestamp, Annotations: n.Annotations},
-		Spec: corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
+		ObjectMeta: metav1.ObjectMeta{Name: strings.Clone(n.Name), ResourceVersion: strings.Clone(n.ResourceVersion),
+			UID: n.UID, CreationTimestamp: n.CreationTimestamp, Annotations: ann},
+		Spec: corev1.NodeSpec{PodCIDR: strings.Clone(n.Spec.PodCIDR), PodCIDRs: cidrs},
 	}, nil
 }
 
