@@ -101,6 +101,18 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	if err := own.Publish(ctx); err != nil {
 		return err
 	}
+	if own.Subnet() != subnet {
+		// Another node took the planned subnet first (etcd): the data plane
+		// is set up again for the one we got (SetupNode is idempotent). The
+		// planned one was never published, so no peer saw it.
+		log.Warn("planned subnet taken by another node; setting up the data plane for the subnet leased instead",
+			zap.Stringer("planned", subnet), zap.Stringer("leased", own.Subnet()))
+		subnet = own.Subnet()
+		d.subnet.Store(&subnet)
+		if nodeState, err = d.setupNode(dp, ul, netCfg, own); err != nil {
+			return d.releaseOnError(own, err)
+		}
+	}
 	if err := applyIPMasq(ctx, log, cfg.IPMasq, netCfg.Network); err != nil {
 		return err
 	}
@@ -133,6 +145,17 @@ func (d *daemon) setupDataplane(ul underlay, netCfg *flannel.NetworkConfig, own 
 		return nil, nil, err
 	}
 	d.dp.Store(dp)
+	nodeState, err := d.setupNode(dp, ul, netCfg, own)
+	if err != nil {
+		dp.Close()
+		return nil, nil, err
+	}
+	return dp, nodeState, nil
+}
+
+// setupNode attaches the programs, fills the node config for own's subnet
+// and writes subnet.env. Run again for another subnet, it moves the node.
+func (d *daemon) setupNode(dp *loader.Datapath, ul underlay, netCfg *flannel.NetworkConfig, own ownLease) (*loader.NodeState, error) {
 	nodeState, err := loader.SetupNode(dp, loader.NodeConfig{
 		Underlay:    ul.Link.Attrs().Name,
 		UnderlayIP:  ul.IP,
@@ -151,14 +174,13 @@ func (d *daemon) setupDataplane(ul underlay, netCfg *flannel.NetworkConfig, own 
 		})
 	}
 	if err != nil {
-		dp.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	d.log.Info("data plane ready", zap.Stringer("subnet", own.Subnet()), zap.Stringer("vtep_mac", own.VtepMAC()),
 		zap.String("decap", string(nodeState.Decap)),
 		zap.Stringer("public_ip", own.PublicIP()), zap.String("subnet_file", d.cfg.SubnetFile),
 		zap.Int("pod_mtu", loader.PodMTU(int(nodeState.Config.MTU))))
-	return dp, &nodeState, nil
+	return &nodeState, nil
 }
 
 // apply hands one batch of peer changes to the reconciler.

@@ -28,8 +28,9 @@ type subnetStore interface {
 	// NetworkConfig returns the network config, waiting for a valid one
 	// where an operator may still write it (etcd).
 	NetworkConfig(ctx context.Context) (*flannel.NetworkConfig, error)
-	// Acquire finds this node's subnet (etcd: leases one; Kubernetes: reads
-	// the podCIDR the controller manager assigned) and what to publish.
+	// Acquire finds this node's subnet (etcd: picks one, written only by
+	// Publish; Kubernetes: reads the podCIDR the controller manager
+	// assigned) and what to publish.
 	Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me identity) (ownLease, error)
 	// Source streams the peers after Acquire.
 	peers.Source
@@ -60,7 +61,8 @@ type ownLease interface {
 	PublicIP() netip.Addr
 	VtepMAC() net.HardwareAddr
 	// Publish announces the lease once the data plane is up (Kubernetes:
-	// annotations and NetworkUnavailable=False; etcd wrote it in Acquire).
+	// annotations and NetworkUnavailable=False; etcd: the subnet key, taken
+	// in a transaction, so Subnet may change if another node won it).
 	Publish(ctx context.Context) error
 	// KeepAlive holds the lease until ctx is done.
 	KeepAlive(ctx context.Context) error
@@ -149,19 +151,22 @@ func (e *etcdStore) NetworkConfig(ctx context.Context) (*flannel.NetworkConfig, 
 	}
 }
 
+// Acquire only plans: it picks the subnet (our lease of an earlier run,
+// the one in subnet.env if free, else a free one) without writing, so that
+// no peer programs a tunnel to this node before its data plane is set up.
+// Publish takes it.
 func (e *etcdStore) Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me identity) (ownLease, error) {
-	vtep := me.vtepOr(nil)
-	own, err := e.st.AcquireLease(ctx, cfg, store.LeaseRequest{
+	req := store.LeaseRequest{
 		PublicIP: me.PublicIP,
-		VtepMAC:  vtep,
+		VtepMAC:  me.vtepOr(nil),
 		TTL:      e.d.cfg.LeaseTTL,
 		Previous: previousSubnet(me.SubnetFile),
-	})
+	}
+	plan, err := e.st.PlanLease(ctx, cfg, req)
 	if err != nil {
 		return nil, err
 	}
-	e.own.Store(own)
-	return etcdLease{OwnLease: own, ip: me.PublicIP, mac: vtep}, nil
+	return &etcdLease{e: e, cfg: cfg, req: req, plan: plan}, nil
 }
 
 // Watch hands etcd's changes on as they come: a Full batch after each
@@ -187,15 +192,58 @@ func (e *etcdStore) Renewed() time.Time {
 	return time.Time{}
 }
 
+// etcdLease is a planned subnet until Publish takes it in etcd.
 type etcdLease struct {
-	*store.OwnLease
-	ip  netip.Addr
-	mac net.HardwareAddr
+	e    *etcdStore
+	cfg  *flannel.NetworkConfig
+	req  store.LeaseRequest
+	plan store.Plan
+	own  *store.OwnLease // after Publish
 }
 
-func (l etcdLease) PublicIP() netip.Addr              { return l.ip }
-func (l etcdLease) VtepMAC() net.HardwareAddr         { return l.mac }
-func (l etcdLease) Publish(ctx context.Context) error { return nil }
+func (l *etcdLease) PublicIP() netip.Addr      { return l.req.PublicIP }
+func (l *etcdLease) VtepMAC() net.HardwareAddr { return l.req.VtepMAC }
+
+// Subnet is the planned subnet, and after Publish the one taken, which
+// differs when another node won the planned one in between.
+func (l *etcdLease) Subnet() netip.Prefix {
+	if l.own != nil {
+		return l.own.Subnet()
+	}
+	return l.plan.Subnet
+}
+
+// Publish takes the planned subnet with AcquireLease's transaction: an
+// existing lease of ours is kept as it is (nothing written when its value
+// is unchanged), a free subnet is created. A lost race takes another free
+// subnet; the caller sees it in Subnet and sets the data plane up again.
+func (l *etcdLease) Publish(ctx context.Context) error {
+	req := l.req
+	req.Previous = l.plan.Subnet
+	own, err := l.e.st.AcquireLease(ctx, l.cfg, req)
+	if err != nil {
+		return err
+	}
+	l.own = own
+	l.e.own.Store(own)
+	return nil
+}
+
+func (l *etcdLease) KeepAlive(ctx context.Context) error {
+	if l.own == nil {
+		return errors.New("keep lease alive: not published")
+	}
+	return l.own.KeepAlive(ctx)
+}
+
+// Release revokes the taken lease; before Publish, an existing lease of
+// ours that the plan found (peers already see it).
+func (l *etcdLease) Release(ctx context.Context) error {
+	if l.own != nil {
+		return l.own.Release(ctx)
+	}
+	return l.e.st.ReleasePlan(ctx, l.plan)
+}
 
 // ---- Kubernetes ----
 
