@@ -98,21 +98,10 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	}
 	defer dp.Close()
 	// Only now may peers send us traffic.
-	if err := own.Publish(ctx); err != nil {
+	if nodeState, err = d.publish(ctx, dp, ul, netCfg, own, nodeState); err != nil {
 		return err
 	}
-	if own.Subnet() != subnet {
-		// Another node took the planned subnet first (etcd): the data plane
-		// is set up again for the one we got (SetupNode is idempotent). The
-		// planned one was never published, so no peer saw it.
-		log.Warn("planned subnet taken by another node; setting up the data plane for the subnet leased instead",
-			zap.Stringer("planned", subnet), zap.Stringer("leased", own.Subnet()))
-		subnet = own.Subnet()
-		d.subnet.Store(&subnet)
-		if nodeState, err = d.setupNode(dp, ul, netCfg, own); err != nil {
-			return d.releaseOnError(own, err)
-		}
-	}
+	subnet = own.Subnet()
 	if err := applyIPMasq(ctx, log, cfg.IPMasq, netCfg.Network); err != nil {
 		return err
 	}
@@ -181,6 +170,33 @@ func (d *daemon) setupNode(dp *loader.Datapath, ul underlay, netCfg *flannel.Net
 		zap.Stringer("public_ip", own.PublicIP()), zap.String("subnet_file", d.cfg.SubnetFile),
 		zap.Int("pod_mtu", loader.PodMTU(int(nodeState.Config.MTU))))
 	return &nodeState, nil
+}
+
+// publishAttempts bounds how often the planned subnet may be taken by
+// another node between plan and publish; each time the data plane is set
+// up again. Like acquireAttempts, it covers a crowd starting together.
+const publishAttempts = 10
+
+// publish announces own once the data plane serves its subnet. With etcd
+// the planned subnet may be leased by another node in between: the node is
+// then set up for the newly planned subnet before publishing that, so a
+// peer never sees a lease of ours before our data plane serves it.
+func (d *daemon) publish(ctx context.Context, dp *loader.Datapath, ul underlay, netCfg *flannel.NetworkConfig, own ownLease,
+	nodeState *loader.NodeState) (*loader.NodeState, error) {
+	for attempt := 1; ; attempt++ {
+		planned := own.Subnet()
+		err := own.Publish(ctx)
+		if !errors.Is(err, errReplanned) || attempt == publishAttempts {
+			return nodeState, err
+		}
+		d.log.Warn("planned subnet taken by another node before publishing; setting the data plane up for another",
+			zap.Stringer("planned", planned), zap.Stringer("now", own.Subnet()), zap.Error(err))
+		sn := own.Subnet()
+		d.subnet.Store(&sn)
+		if nodeState, err = d.setupNode(dp, ul, netCfg, own); err != nil {
+			return nil, d.releaseOnError(own, err)
+		}
+	}
 }
 
 // apply hands one batch of peer changes to the reconciler.

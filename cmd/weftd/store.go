@@ -61,8 +61,9 @@ type ownLease interface {
 	PublicIP() netip.Addr
 	VtepMAC() net.HardwareAddr
 	// Publish announces the lease once the data plane is up (Kubernetes:
-	// annotations and NetworkUnavailable=False; etcd: the subnet key, taken
-	// in a transaction, so Subnet may change if another node won it).
+	// annotations and NetworkUnavailable=False; etcd: the subnet key,
+	// created in a transaction). An error wrapping errReplanned means
+	// Subnet changed: set the data plane up for it and Publish again.
 	Publish(ctx context.Context) error
 	// KeepAlive holds the lease until ctx is done.
 	KeepAlive(ctx context.Context) error
@@ -84,6 +85,11 @@ func (d *daemon) openStore(ctx context.Context) (subnetStore, error) {
 }
 
 // ---- etcd ----
+
+// errReplanned is Publish saying that the planned subnet was taken by
+// another node before it could be published and Subnet is now another one:
+// set the data plane up for it and Publish again.
+var errReplanned = errors.New("planned subnet taken; planned another")
 
 type etcdStore struct {
 	d   *daemon
@@ -166,6 +172,8 @@ func (e *etcdStore) Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me 
 	if err != nil {
 		return nil, err
 	}
+	e.d.log.Info("subnet planned; its lease is published once the data plane is set up",
+		zap.Stringer("subnet", plan.Subnet), zap.Bool("existing_lease", plan.Existing != nil))
 	return &etcdLease{e: e, cfg: cfg, req: req, plan: plan}, nil
 }
 
@@ -213,14 +221,21 @@ func (l *etcdLease) Subnet() netip.Prefix {
 	return l.plan.Subnet
 }
 
-// Publish takes the planned subnet with AcquireLease's transaction: an
+// Publish takes exactly the planned subnet, whose data plane is set up: an
 // existing lease of ours is kept as it is (nothing written when its value
-// is unchanged), a free subnet is created. A lost race takes another free
-// subnet; the caller sees it in Subnet and sets the data plane up again.
+// is unchanged), a free subnet is created. If another node took it since
+// the plan, Publish writes nothing, plans again and returns errReplanned:
+// the caller sets the data plane up for the new Subnet and publishes again.
 func (l *etcdLease) Publish(ctx context.Context) error {
-	req := l.req
-	req.Previous = l.plan.Subnet
-	own, err := l.e.st.AcquireLease(ctx, l.cfg, req)
+	own, err := l.e.st.AcquirePlan(ctx, l.cfg, l.req, l.plan)
+	if errors.Is(err, store.ErrPlanStale) {
+		plan, perr := l.e.st.PlanLease(ctx, l.cfg, l.req)
+		if perr != nil {
+			return errors.Join(err, perr)
+		}
+		l.plan = plan
+		return fmt.Errorf("%w: %w", errReplanned, err)
+	}
 	if err != nil {
 		return err
 	}

@@ -36,6 +36,10 @@ var (
 	// the lease cannot be re-acquired; the node's pods are addressed in a
 	// subnet it no longer owns (flanneld exits in this case).
 	ErrSubnetTaken = errors.New("subnet taken by another node")
+	// ErrPlanStale means the subnet of a Plan is no longer ours to take
+	// (another node leased it since PlanLease): plan again, set the data
+	// plane up for the new subnet, then AcquirePlan again.
+	ErrPlanStale = errors.New("planned subnet no longer free")
 	// errWatchBroken wraps a watch error (compaction, lost leader).
 	errWatchBroken = errors.New("watch broken")
 	// errRace is a lost compare-and-swap; the caller re-reads and retries.
@@ -59,7 +63,8 @@ type OwnLease struct {
 	s     *Store
 	cfg   *flannel.NetworkConfig
 	req   LeaseRequest
-	value []byte // our lease JSON
+	value []byte       // our lease JSON
+	plan  netip.Prefix // AcquirePlan: the only subnet it may take
 
 	renewed atomic.Int64 // unix nanos of the last renewal or acquisition
 
@@ -87,6 +92,32 @@ func (o *OwnLease) Key() string { return flannel.LeaseKey(o.s.prefix, o.Subnet()
 // one of the first 100 free subnets. Errors wrap ErrNoFreeSubnet,
 // ErrAcquireConflict or the etcd error.
 func (s *Store) AcquireLease(ctx context.Context, cfg *flannel.NetworkConfig, req LeaseRequest) (*OwnLease, error) {
+	o, err := s.newOwnLease(cfg, req)
+	if err != nil {
+		return nil, err
+	}
+	return s.acquire(ctx, o)
+}
+
+// AcquirePlan takes exactly the subnet of plan (from PlanLease), keeping an
+// existing lease as AcquireLease does (nothing written when unchanged), so
+// that a lease key only ever appears for a subnet the caller has set its
+// data plane up for. When plan.Subnet was taken meanwhile (or our lease is
+// now another subnet) it writes nothing and returns an error wrapping
+// ErrPlanStale.
+func (s *Store) AcquirePlan(ctx context.Context, cfg *flannel.NetworkConfig, req LeaseRequest, plan Plan) (*OwnLease, error) {
+	if !plan.Subnet.IsValid() {
+		return nil, fmt.Errorf("acquire lease for %s: no planned subnet", req.PublicIP)
+	}
+	o, err := s.newOwnLease(cfg, req)
+	if err != nil {
+		return nil, err
+	}
+	o.plan = plan.Subnet
+	return s.acquire(ctx, o)
+}
+
+func (s *Store) newOwnLease(cfg *flannel.NetworkConfig, req LeaseRequest) (*OwnLease, error) {
 	if req.TTL == 0 {
 		req.TTL = DefaultTTL
 	}
@@ -101,8 +132,12 @@ func (s *Store) AcquireLease(ctx context.Context, cfg *flannel.NetworkConfig, re
 	if err != nil {
 		return nil, fmt.Errorf("acquire lease: %w", err)
 	}
-	o := &OwnLease{s: s, cfg: cfg, req: req, value: value}
+	return &OwnLease{s: s, cfg: cfg, req: req, value: value}, nil
+}
 
+// acquire runs the list-then-transaction loop for o.
+func (s *Store) acquire(ctx context.Context, o *OwnLease) (*OwnLease, error) {
+	req := o.req
 	// A granted etcd lease is reused across lost races and revoked if we
 	// give up, so that failed attempts leave nothing behind.
 	var granted clientv3.LeaseID
@@ -147,12 +182,24 @@ func (o *OwnLease) tryAcquire(ctx context.Context, granted *clientv3.LeaseID) er
 		}
 		return errRace // re-read without them
 	}
+	if o.plan.IsValid() {
+		// AcquirePlan: only the planned subnet, whose data plane is set up.
+		switch {
+		case sv.mine != nil && sv.mine.Subnet != o.plan:
+			return fmt.Errorf("%w: %s, our lease is now %s", ErrPlanStale, o.plan, sv.mine.Subnet)
+		case sv.mine == nil && (!cfg.InRange(o.plan) || !isFree(sv.used, o.plan)):
+			return fmt.Errorf("%w: %s", ErrPlanStale, o.plan)
+		}
+	}
 	if sv.mine != nil {
 		return o.reattach(ctx, *sv.mine, granted)
 	}
-	candidate, err := sv.pickFree(cfg, o.req.Previous)
-	if err != nil {
-		return err
+	candidate := o.plan
+	if !candidate.IsValid() {
+		var err error
+		if candidate, err = sv.pickFree(cfg, o.req.Previous); err != nil {
+			return err
+		}
 	}
 	return o.create(ctx, candidate, granted)
 }
@@ -220,8 +267,7 @@ type Plan struct {
 
 // PlanLease picks this node's subnet by AcquireLease's rules (our lease by
 // PublicIP, else req.Previous if free, else a random free one) and writes
-// nothing. Pass Plan.Subnet as req.Previous to AcquireLease to take it: a
-// lost race then yields another subnet, which the caller must check.
+// nothing. AcquirePlan takes it.
 func (s *Store) PlanLease(ctx context.Context, cfg *flannel.NetworkConfig, req LeaseRequest) (Plan, error) {
 	kvs, _, err := s.listRaw(ctx)
 	if err != nil {

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,7 +19,7 @@ func revision(t *testing.T, cli *clientv3.Client) int64 {
 }
 
 // TestPlanLease: weftd plans its subnet without writing, sets its data
-// plane up, then takes the plan with AcquireLease (req.Previous = plan).
+// plane up, then takes exactly that subnet with AcquirePlan.
 func TestPlanLease(t *testing.T) {
 	cli := shared.client(t)
 	s := newTestStore(t, cli, smallNet)
@@ -43,8 +44,7 @@ func TestPlanLease(t *testing.T) {
 		if err := s.ReleasePlan(ctx, plan); err != nil || revision(t, cli) != rev {
 			t.Fatalf("ReleasePlan of a new subnet: %v, revision %d -> %d", err, rev, revision(t, cli))
 		}
-		req.Previous = plan.Subnet
-		o, err := s.AcquireLease(ctx, cfg, req)
+		o, err := s.AcquirePlan(ctx, cfg, req, plan)
 		if err != nil || o.Subnet() != plan.Subnet {
 			t.Fatalf("acquire the plan: %v %v, want %v", o, err, plan.Subnet)
 		}
@@ -67,8 +67,7 @@ func TestPlanLease(t *testing.T) {
 		if plan.Subnet != first.Subnet() || plan.Existing == nil || plan.Existing.EtcdLease != int64(first.ID()) {
 			t.Fatalf("plan %v existing %+v, want our lease %v", plan.Subnet, plan.Existing, first.Subnet())
 		}
-		req.Previous = plan.Subnet
-		again, err := s2.AcquireLease(ctx, cfg, req)
+		again, err := s2.AcquirePlan(ctx, cfg, req, plan)
 		if err != nil || again.Subnet() != first.Subnet() || again.ID() != first.ID() {
 			t.Fatalf("acquire: %v %v", again, err)
 		}
@@ -94,7 +93,7 @@ func TestPlanLease(t *testing.T) {
 		}
 	})
 
-	t.Run("LostRaceTakesAnotherSubnet", func(t *testing.T) {
+	t.Run("LostRaceWritesNothingAndReplans", func(t *testing.T) {
 		req := node(4)
 		plan, err := s.PlanLease(ctx, cfg, req)
 		if err != nil {
@@ -108,15 +107,23 @@ func TestPlanLease(t *testing.T) {
 			t.Fatalf("rival: %v %v", r, err)
 		}
 		t.Cleanup(func() { r.Release(context.Background()) })
-		req.Previous = plan.Subnet
-		o, err := s.AcquireLease(ctx, cfg, req)
-		if err != nil {
-			t.Fatal(err)
+		rev := revision(t, cli)
+		if _, err := s.AcquirePlan(ctx, cfg, req, plan); !errors.Is(err, ErrPlanStale) {
+			t.Fatalf("acquire a plan taken meanwhile: %v, want ErrPlanStale", err)
+		}
+		if got := revision(t, cli); got != rev {
+			t.Fatalf("a stale plan wrote: revision %d -> %d", rev, got)
+		}
+		// Plan again (the caller sets its data plane up anew), then take it.
+		plan2, err := s.PlanLease(ctx, cfg, req)
+		if err != nil || plan2.Subnet == plan.Subnet {
+			t.Fatalf("re-plan: %v %v", plan2.Subnet, err)
+		}
+		o, err := s.AcquirePlan(ctx, cfg, req, plan2)
+		if err != nil || o.Subnet() != plan2.Subnet {
+			t.Fatalf("acquire the new plan: %v %v", o, err)
 		}
 		t.Cleanup(func() { o.Release(context.Background()) })
-		if o.Subnet() == plan.Subnet || !cfg.InRange(o.Subnet()) {
-			t.Fatalf("after a lost race got %v (planned %v)", o.Subnet(), plan.Subnet)
-		}
 		v, _, _, _ := getKV(t, cli, r.Key())
 		if v != leaseValue("192.168.8.5", mac(5)) {
 			t.Fatalf("rival's lease overwritten: %q", v)
