@@ -98,9 +98,10 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	}
 	defer dp.Close()
 	// Only now may peers send us traffic.
-	if err := own.Publish(ctx); err != nil {
+	if nodeState, err = d.publish(ctx, dp, ul, netCfg, own, nodeState); err != nil {
 		return err
 	}
+	subnet = own.Subnet()
 	if err := applyIPMasq(ctx, log, cfg.IPMasq, netCfg.Network); err != nil {
 		return err
 	}
@@ -133,6 +134,17 @@ func (d *daemon) setupDataplane(ul underlay, netCfg *flannel.NetworkConfig, own 
 		return nil, nil, err
 	}
 	d.dp.Store(dp)
+	nodeState, err := d.setupNode(dp, ul, netCfg, own)
+	if err != nil {
+		dp.Close()
+		return nil, nil, err
+	}
+	return dp, nodeState, nil
+}
+
+// setupNode attaches the programs, fills the node config for own's subnet
+// and writes subnet.env. Run again for another subnet, it moves the node.
+func (d *daemon) setupNode(dp *loader.Datapath, ul underlay, netCfg *flannel.NetworkConfig, own ownLease) (*loader.NodeState, error) {
 	nodeState, err := loader.SetupNode(dp, loader.NodeConfig{
 		Underlay:    ul.Link.Attrs().Name,
 		UnderlayIP:  ul.IP,
@@ -151,14 +163,40 @@ func (d *daemon) setupDataplane(ul underlay, netCfg *flannel.NetworkConfig, own 
 		})
 	}
 	if err != nil {
-		dp.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	d.log.Info("data plane ready", zap.Stringer("subnet", own.Subnet()), zap.Stringer("vtep_mac", own.VtepMAC()),
 		zap.String("decap", string(nodeState.Decap)),
 		zap.Stringer("public_ip", own.PublicIP()), zap.String("subnet_file", d.cfg.SubnetFile),
 		zap.Int("pod_mtu", loader.PodMTU(int(nodeState.Config.MTU))))
-	return dp, &nodeState, nil
+	return &nodeState, nil
+}
+
+// publishAttempts bounds how often the planned subnet may be taken by
+// another node between plan and publish; each time the data plane is set
+// up again. Like acquireAttempts, it covers a crowd starting together.
+const publishAttempts = 10
+
+// publish announces own once the data plane serves its subnet. With etcd
+// the planned subnet may be leased by another node in between: the node is
+// then set up for the newly planned subnet before publishing that, so a
+// peer never sees a lease of ours before our data plane serves it.
+func (d *daemon) publish(ctx context.Context, dp *loader.Datapath, ul underlay, netCfg *flannel.NetworkConfig, own ownLease,
+	nodeState *loader.NodeState) (*loader.NodeState, error) {
+	for attempt := 1; ; attempt++ {
+		planned := own.Subnet()
+		err := own.Publish(ctx)
+		if !errors.Is(err, errReplanned) || attempt == publishAttempts {
+			return nodeState, err
+		}
+		d.log.Warn("planned subnet taken by another node before publishing; setting the data plane up for another",
+			zap.Stringer("planned", planned), zap.Stringer("now", own.Subnet()), zap.Error(err))
+		sn := own.Subnet()
+		d.subnet.Store(&sn)
+		if nodeState, err = d.setupNode(dp, ul, netCfg, own); err != nil {
+			return nil, d.releaseOnError(own, err)
+		}
+	}
 }
 
 // apply hands one batch of peer changes to the reconciler.

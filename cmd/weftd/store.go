@@ -28,8 +28,9 @@ type subnetStore interface {
 	// NetworkConfig returns the network config, waiting for a valid one
 	// where an operator may still write it (etcd).
 	NetworkConfig(ctx context.Context) (*flannel.NetworkConfig, error)
-	// Acquire finds this node's subnet (etcd: leases one; Kubernetes: reads
-	// the podCIDR the controller manager assigned) and what to publish.
+	// Acquire finds this node's subnet (etcd: picks one, written only by
+	// Publish; Kubernetes: reads the podCIDR the controller manager
+	// assigned) and what to publish.
 	Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me identity) (ownLease, error)
 	// Source streams the peers after Acquire.
 	peers.Source
@@ -60,7 +61,9 @@ type ownLease interface {
 	PublicIP() netip.Addr
 	VtepMAC() net.HardwareAddr
 	// Publish announces the lease once the data plane is up (Kubernetes:
-	// annotations and NetworkUnavailable=False; etcd wrote it in Acquire).
+	// annotations and NetworkUnavailable=False; etcd: the subnet key,
+	// created in a transaction). An error wrapping errReplanned means
+	// Subnet changed: set the data plane up for it and Publish again.
 	Publish(ctx context.Context) error
 	// KeepAlive holds the lease until ctx is done.
 	KeepAlive(ctx context.Context) error
@@ -82,6 +85,11 @@ func (d *daemon) openStore(ctx context.Context) (subnetStore, error) {
 }
 
 // ---- etcd ----
+
+// errReplanned is Publish saying that the planned subnet was taken by
+// another node before it could be published and Subnet is now another one:
+// set the data plane up for it and Publish again.
+var errReplanned = errors.New("planned subnet taken; planned another")
 
 type etcdStore struct {
 	d   *daemon
@@ -149,19 +157,24 @@ func (e *etcdStore) NetworkConfig(ctx context.Context) (*flannel.NetworkConfig, 
 	}
 }
 
+// Acquire only plans: it picks the subnet (our lease of an earlier run,
+// the one in subnet.env if free, else a free one) without writing, so that
+// no peer programs a tunnel to this node before its data plane is set up.
+// Publish takes it.
 func (e *etcdStore) Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me identity) (ownLease, error) {
-	vtep := me.vtepOr(nil)
-	own, err := e.st.AcquireLease(ctx, cfg, store.LeaseRequest{
+	req := store.LeaseRequest{
 		PublicIP: me.PublicIP,
-		VtepMAC:  vtep,
+		VtepMAC:  me.vtepOr(nil),
 		TTL:      e.d.cfg.LeaseTTL,
 		Previous: previousSubnet(me.SubnetFile),
-	})
+	}
+	plan, err := e.st.PlanLease(ctx, cfg, req)
 	if err != nil {
 		return nil, err
 	}
-	e.own.Store(own)
-	return etcdLease{OwnLease: own, ip: me.PublicIP, mac: vtep}, nil
+	e.d.log.Info("subnet planned; its lease is published once the data plane is set up",
+		zap.Stringer("subnet", plan.Subnet), zap.Bool("existing_lease", plan.Existing != nil))
+	return &etcdLease{e: e, cfg: cfg, req: req, plan: plan}, nil
 }
 
 // Watch hands etcd's changes on as they come: a Full batch after each
@@ -187,15 +200,65 @@ func (e *etcdStore) Renewed() time.Time {
 	return time.Time{}
 }
 
+// etcdLease is a planned subnet until Publish takes it in etcd.
 type etcdLease struct {
-	*store.OwnLease
-	ip  netip.Addr
-	mac net.HardwareAddr
+	e    *etcdStore
+	cfg  *flannel.NetworkConfig
+	req  store.LeaseRequest
+	plan store.Plan
+	own  *store.OwnLease // after Publish
 }
 
-func (l etcdLease) PublicIP() netip.Addr              { return l.ip }
-func (l etcdLease) VtepMAC() net.HardwareAddr         { return l.mac }
-func (l etcdLease) Publish(ctx context.Context) error { return nil }
+func (l *etcdLease) PublicIP() netip.Addr      { return l.req.PublicIP }
+func (l *etcdLease) VtepMAC() net.HardwareAddr { return l.req.VtepMAC }
+
+// Subnet is the planned subnet, and after Publish the one taken, which
+// differs when another node won the planned one in between.
+func (l *etcdLease) Subnet() netip.Prefix {
+	if l.own != nil {
+		return l.own.Subnet()
+	}
+	return l.plan.Subnet
+}
+
+// Publish takes exactly the planned subnet, whose data plane is set up: an
+// existing lease of ours is kept as it is (nothing written when its value
+// is unchanged), a free subnet is created. If another node took it since
+// the plan, Publish writes nothing, plans again and returns errReplanned:
+// the caller sets the data plane up for the new Subnet and publishes again.
+func (l *etcdLease) Publish(ctx context.Context) error {
+	own, err := l.e.st.AcquirePlan(ctx, l.cfg, l.req, l.plan)
+	if errors.Is(err, store.ErrPlanStale) {
+		plan, perr := l.e.st.PlanLease(ctx, l.cfg, l.req)
+		if perr != nil {
+			return errors.Join(err, perr)
+		}
+		l.plan = plan
+		return fmt.Errorf("%w: %w", errReplanned, err)
+	}
+	if err != nil {
+		return err
+	}
+	l.own = own
+	l.e.own.Store(own)
+	return nil
+}
+
+func (l *etcdLease) KeepAlive(ctx context.Context) error {
+	if l.own == nil {
+		return errors.New("keep lease alive: not published")
+	}
+	return l.own.KeepAlive(ctx)
+}
+
+// Release revokes the taken lease; before Publish, an existing lease of
+// ours that the plan found (peers already see it).
+func (l *etcdLease) Release(ctx context.Context) error {
+	if l.own != nil {
+		return l.own.Release(ctx)
+	}
+	return l.e.st.ReleasePlan(ctx, l.plan)
+}
 
 // ---- Kubernetes ----
 

@@ -36,6 +36,10 @@ var (
 	// the lease cannot be re-acquired; the node's pods are addressed in a
 	// subnet it no longer owns (flanneld exits in this case).
 	ErrSubnetTaken = errors.New("subnet taken by another node")
+	// ErrPlanStale means the subnet of a Plan is no longer ours to take
+	// (another node leased it since PlanLease): plan again, set the data
+	// plane up for the new subnet, then AcquirePlan again.
+	ErrPlanStale = errors.New("planned subnet no longer free")
 	// errWatchBroken wraps a watch error (compaction, lost leader).
 	errWatchBroken = errors.New("watch broken")
 	// errRace is a lost compare-and-swap; the caller re-reads and retries.
@@ -59,7 +63,8 @@ type OwnLease struct {
 	s     *Store
 	cfg   *flannel.NetworkConfig
 	req   LeaseRequest
-	value []byte // our lease JSON
+	value []byte       // our lease JSON
+	plan  netip.Prefix // AcquirePlan: the only subnet it may take
 
 	renewed atomic.Int64 // unix nanos of the last renewal or acquisition
 
@@ -87,6 +92,32 @@ func (o *OwnLease) Key() string { return flannel.LeaseKey(o.s.prefix, o.Subnet()
 // one of the first 100 free subnets. Errors wrap ErrNoFreeSubnet,
 // ErrAcquireConflict or the etcd error.
 func (s *Store) AcquireLease(ctx context.Context, cfg *flannel.NetworkConfig, req LeaseRequest) (*OwnLease, error) {
+	o, err := s.newOwnLease(cfg, req)
+	if err != nil {
+		return nil, err
+	}
+	return s.acquire(ctx, o)
+}
+
+// AcquirePlan takes exactly the subnet of plan (from PlanLease), keeping an
+// existing lease as AcquireLease does (nothing written when unchanged), so
+// that a lease key only ever appears for a subnet the caller has set its
+// data plane up for. When plan.Subnet was taken meanwhile (or our lease is
+// now another subnet) it writes nothing and returns an error wrapping
+// ErrPlanStale.
+func (s *Store) AcquirePlan(ctx context.Context, cfg *flannel.NetworkConfig, req LeaseRequest, plan Plan) (*OwnLease, error) {
+	if !plan.Subnet.IsValid() {
+		return nil, fmt.Errorf("acquire lease for %s: no planned subnet", req.PublicIP)
+	}
+	o, err := s.newOwnLease(cfg, req)
+	if err != nil {
+		return nil, err
+	}
+	o.plan = plan.Subnet
+	return s.acquire(ctx, o)
+}
+
+func (s *Store) newOwnLease(cfg *flannel.NetworkConfig, req LeaseRequest) (*OwnLease, error) {
 	if req.TTL == 0 {
 		req.TTL = DefaultTTL
 	}
@@ -101,8 +132,12 @@ func (s *Store) AcquireLease(ctx context.Context, cfg *flannel.NetworkConfig, re
 	if err != nil {
 		return nil, fmt.Errorf("acquire lease: %w", err)
 	}
-	o := &OwnLease{s: s, cfg: cfg, req: req, value: value}
+	return &OwnLease{s: s, cfg: cfg, req: req, value: value}, nil
+}
 
+// acquire runs the list-then-transaction loop for o.
+func (s *Store) acquire(ctx context.Context, o *OwnLease) (*OwnLease, error) {
+	req := o.req
 	// A granted etcd lease is reused across lost races and revoked if we
 	// give up, so that failed attempts leave nothing behind.
 	var granted clientv3.LeaseID
@@ -133,42 +168,12 @@ func (o *OwnLease) tryAcquire(ctx context.Context, granted *clientv3.LeaseID) er
 	if err != nil {
 		return err
 	}
-	// Every key that parses blocks its subnet, valid or not: a subnet is
-	// only free if its key does not exist at all.
-	var (
-		used  []netip.Prefix
-		mine  *flannel.Lease
-		stale []flannel.KV // ours, but the config no longer allows the subnet
-	)
-	for _, kv := range kvs {
-		l, err := cfg.ParseLease(s.prefix, kv)
-		if err != nil {
-			var le *flannel.LeaseError
-			if errors.As(err, &le) && le.Subnet.IsValid() {
-				used = append(used, le.Subnet)
-			}
-			if errors.Is(err, flannel.ErrOutsideNetwork) || errors.Is(err, flannel.ErrSubnetSize) {
-				if a, aerr := flannel.ParseLeaseAttrs(kv.Value); aerr == nil && a.PublicIP == o.req.PublicIP {
-					stale = append(stale, kv)
-				}
-			}
-			continue
-		}
-		used = append(used, l.Subnet)
-		if l.PublicIP() != o.req.PublicIP {
-			continue
-		}
-		if !cfg.InRange(l.Subnet) {
-			stale = append(stale, kv)
-		} else if mine == nil || l.CreateRevision < mine.CreateRevision {
-			mine = &l
-		}
-	}
+	sv := survey(s.prefix, cfg, o.req.PublicIP, kvs)
 
 	// flannel deletes a lease of its PublicIP that the config no longer
 	// allows (the Network or SubnetLen changed) before allocating anew.
-	if len(stale) > 0 {
-		for _, kv := range stale {
+	if len(sv.stale) > 0 {
+		for _, kv := range sv.stale {
 			s.log.Info("deleting our lease that does not fit the network config",
 				zap.String("key", kv.Key), zap.Stringer("network", cfg.Network), zap.Int("subnet_len", cfg.SubnetLen))
 			if err := s.deleteIfUnchanged(ctx, kv); err != nil {
@@ -177,21 +182,122 @@ func (o *OwnLease) tryAcquire(ctx context.Context, granted *clientv3.LeaseID) er
 		}
 		return errRace // re-read without them
 	}
-	if mine != nil {
-		return o.reattach(ctx, *mine, granted)
-	}
-
-	var candidate netip.Prefix
-	if p := o.req.Previous; p.IsValid() && cfg.InRange(p) && isFree(used, p) {
-		candidate = p
-	} else {
-		free := cfg.FreeSubnets(used, 100)
-		if len(free) == 0 {
-			return fmt.Errorf("%w: %s, range %s-%s", ErrNoFreeSubnet, cfg.Network, cfg.SubnetMin, cfg.SubnetMax)
+	if o.plan.IsValid() {
+		// AcquirePlan: only the planned subnet, whose data plane is set up.
+		switch {
+		case sv.mine != nil && sv.mine.Subnet != o.plan:
+			return fmt.Errorf("%w: %s, our lease is now %s", ErrPlanStale, o.plan, sv.mine.Subnet)
+		case sv.mine == nil && (!cfg.InRange(o.plan) || !isFree(sv.used, o.plan)):
+			return fmt.Errorf("%w: %s", ErrPlanStale, o.plan)
 		}
-		candidate = free[rand.IntN(len(free))]
+	}
+	if sv.mine != nil {
+		return o.reattach(ctx, *sv.mine, granted)
+	}
+	candidate := o.plan
+	if !candidate.IsValid() {
+		var err error
+		if candidate, err = sv.pickFree(cfg, o.req.Previous); err != nil {
+			return err
+		}
 	}
 	return o.create(ctx, candidate, granted)
+}
+
+// subnetSurvey is what one list of the subnets says about this node.
+type subnetSurvey struct {
+	used  []netip.Prefix // every subnet whose key exists, valid or not
+	mine  *flannel.Lease // our oldest valid lease in range, if any
+	stale []flannel.KV   // ours, but the config no longer allows the subnet
+}
+
+func survey(prefix string, cfg *flannel.NetworkConfig, publicIP netip.Addr, kvs []flannel.KV) subnetSurvey {
+	// Every key that parses blocks its subnet, valid or not: a subnet is
+	// only free if its key does not exist at all.
+	var sv subnetSurvey
+	for _, kv := range kvs {
+		l, err := cfg.ParseLease(prefix, kv)
+		if err != nil {
+			var le *flannel.LeaseError
+			if errors.As(err, &le) && le.Subnet.IsValid() {
+				sv.used = append(sv.used, le.Subnet)
+			}
+			if errors.Is(err, flannel.ErrOutsideNetwork) || errors.Is(err, flannel.ErrSubnetSize) {
+				if a, aerr := flannel.ParseLeaseAttrs(kv.Value); aerr == nil && a.PublicIP == publicIP {
+					sv.stale = append(sv.stale, kv)
+				}
+			}
+			continue
+		}
+		sv.used = append(sv.used, l.Subnet)
+		if l.PublicIP() != publicIP {
+			continue
+		}
+		if !cfg.InRange(l.Subnet) {
+			sv.stale = append(sv.stale, kv)
+		} else if sv.mine == nil || l.CreateRevision < sv.mine.CreateRevision {
+			sv.mine = &l
+		}
+	}
+	return sv
+}
+
+// pickFree is previous if it is in range and free, else a random one of
+// the first 100 free subnets.
+func (sv subnetSurvey) pickFree(cfg *flannel.NetworkConfig, previous netip.Prefix) (netip.Prefix, error) {
+	if previous.IsValid() && cfg.InRange(previous) && isFree(sv.used, previous) {
+		return previous, nil
+	}
+	free := cfg.FreeSubnets(sv.used, 100)
+	if len(free) == 0 {
+		return netip.Prefix{}, fmt.Errorf("%w: %s, range %s-%s", ErrNoFreeSubnet, cfg.Network, cfg.SubnetMin, cfg.SubnetMax)
+	}
+	return free[rand.IntN(len(free))], nil
+}
+
+// Plan is the subnet AcquireLease would take, found without writing, so
+// that the node can set up its data plane for it before peers see a lease
+// (they program a tunnel to the node as soon as the key appears).
+type Plan struct {
+	Subnet netip.Prefix
+	// Existing is our valid lease of an earlier run, which peers already
+	// see; nil when the subnet is to be created.
+	Existing *flannel.Lease
+}
+
+// PlanLease picks this node's subnet by AcquireLease's rules (our lease by
+// PublicIP, else req.Previous if free, else a random free one) and writes
+// nothing. AcquirePlan takes it.
+func (s *Store) PlanLease(ctx context.Context, cfg *flannel.NetworkConfig, req LeaseRequest) (Plan, error) {
+	kvs, _, err := s.listRaw(ctx)
+	if err != nil {
+		return Plan{}, fmt.Errorf("plan lease for %s: %w", req.PublicIP, err)
+	}
+	sv := survey(s.prefix, cfg, req.PublicIP, kvs)
+	if sv.mine != nil {
+		return Plan{Subnet: sv.mine.Subnet, Existing: sv.mine}, nil
+	}
+	sn, err := sv.pickFree(cfg, req.Previous)
+	if err != nil {
+		return Plan{}, fmt.Errorf("plan lease for %s: %w", req.PublicIP, err)
+	}
+	return Plan{Subnet: sn}, nil
+}
+
+// ReleasePlan gives up a plan that was never acquired: nothing was written
+// for a new subnet, but an existing lease of ours is revoked (as
+// OwnLease.Release would), so peers stop sending to a node whose data
+// plane could not be set up. A reservation (no etcd lease) is left alone.
+func (s *Store) ReleasePlan(ctx context.Context, p Plan) error {
+	if p.Existing == nil || p.Existing.EtcdLease == 0 {
+		return nil
+	}
+	if _, err := s.cli.Revoke(ctx, clientv3.LeaseID(p.Existing.EtcdLease)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		s.metrics.StoreErrors.Add(1)
+		return fmt.Errorf("release lease %s: %w", p.Existing.Key, err)
+	}
+	s.log.Info("released subnet lease", zap.String("key", p.Existing.Key))
+	return nil
 }
 
 func isFree(used []netip.Prefix, p netip.Prefix) bool {

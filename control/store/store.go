@@ -9,6 +9,10 @@
 //     new one, so a restart that changes nothing writes nothing and other
 //     nodes see no event. A new subnet is taken with a transaction
 //     (CreateRevision == 0, put with an etcd lease), retried on conflict.
+//   - PlanLease picks that subnet by the same rules without writing, and
+//     AcquirePlan then takes exactly it (ErrPlanStale if another node took
+//     it meanwhile), so that weftd publishes its lease only once its data
+//     plane serves the subnet; flanneld writes the lease first.
 //   - OwnLease.KeepAlive renews the etcd lease, and when it is lost (etcd was
 //     unreachable for longer than the TTL, or the lease was revoked)
 //     re-acquires the same subnet; it never silently moves the node, whose
