@@ -41,12 +41,15 @@ func binaries(t *testing.T) string {
 // netConfig "" means the default vxlan config for 10.244.0.0/16.
 func newLab(t *testing.T, netConfig string) *lab.Cluster {
 	t.Helper()
-	c, err := lab.New(lab.Options{
-		BinDir:    binaries(t),
-		RunDir:    filepath.Join(t.TempDir(), "run"),
-		NetConfig: netConfig,
-		Logf:      t.Logf,
-	})
+	return startLab(t, lab.Options{NetConfig: netConfig})
+}
+
+// startLab starts a lab with opts (BinDir, RunDir and Logf filled in) and
+// tears it down when the test ends, printing the weftd logs of a failed test.
+func startLab(t *testing.T, opts lab.Options) *lab.Cluster {
+	t.Helper()
+	opts.BinDir, opts.RunDir, opts.Logf = binaries(t), filepath.Join(t.TempDir(), "run"), t.Logf
+	c, err := lab.New(opts)
 	if err != nil {
 		t.Fatalf("start lab: %v", err)
 	}

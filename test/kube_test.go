@@ -37,32 +37,7 @@ var kubeNetwork = netip.MustParsePrefix("10.244.0.0/16")
 
 func newKubeLab(t *testing.T) *lab.Cluster {
 	t.Helper()
-	c, err := lab.New(lab.Options{
-		BinDir:   binaries(t),
-		RunDir:   filepath.Join(t.TempDir(), "run"),
-		Store:    lab.StoreKube,
-		Manifest: deploy.KubeWeftPath(),
-		Logf:     t.Logf,
-	})
-	if err != nil {
-		t.Fatalf("start kube lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, n := range c.Nodes {
-				if l := n.Log(); l != "" {
-					if len(l) > 8000 {
-						l = "...\n" + l[len(l)-8000:]
-					}
-					t.Logf("weftd log of %s:\n%s", n.Name, l)
-				}
-			}
-		}
-		if err := c.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
-	return c
+	return startLab(t, lab.Options{Store: lab.StoreKube, Manifest: deploy.KubeWeftPath()})
 }
 
 // kubePeer reads a Node as a flannel node would: kube-subnet-manager
