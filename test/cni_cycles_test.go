@@ -61,8 +61,14 @@ func TestCNIAddDelCycles(t *testing.T) {
 	if got := cniNodeLinks(t, n); got != links {
 		t.Errorf("node has %d interfaces, had %d before the cycles", got, links)
 	}
-	if got := cniOpenFDs(t); got != fds {
-		t.Errorf("test process has %d open fds, had %d before the cycles", got, fds)
+	// A leak of one fd per ADD or DEL shows as +100 or more. A single fd
+	// that a library opens lazily once during the cycles (seen once under
+	// load: +1) is not a leak, so a slack of 2 keeps the check meaningful
+	// without failing on it.
+	if got := cniOpenFDs(t); got > fds+2 {
+		t.Errorf("test process has %d open fds, had %d before %d cycles: a leak", got, fds, cycles)
+	} else if got != fds {
+		t.Logf("open fds %d -> %d over %d cycles (within the slack for a one-time lazy open)", fds, got, cycles)
 	}
 	// The node's own links (underlay, host, weftgro0, the GRO cell) stay;
 	// no pod's may.
