@@ -187,30 +187,14 @@ func TestKubeProxy(t *testing.T) {
 }
 
 func testKubeProxy(t *testing.T, mode, decap string) {
-	c := newLab(t, "")
 	// --ip-masq as kube-flannel.yml runs flanneld: beside kube-proxy's own NAT.
-	n1 := mustAddWeftNode(t, c, "n1", "--decap", decap, "--ip-masq")
-	n2 := mustAddWeftNode(t, c, "n2", "--decap", decap, "--ip-masq")
-	k1, err := c.AddFlannelNode("k1", netip.MustParsePrefix("10.244.200.0/24"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sc := newServiceCluster(t, "--decap", decap, "--ip-masq")
+	c, n1, n2, k1 := sc.c, sc.n1, sc.n2, sc.k1
+	client, local, remote, flannel := sc.client, sc.local, sc.remote, sc.flannel
 	outside, err := c.Lab.AddNode("outside")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []struct {
-		n    *lab.Node
-		name string
-	}{{n1, "client"}, {n1, "local"}, {n2, "remote"}, {k1, "flannel"}} {
-		if _, err := c.AddPod(p.n, p.name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, n := range []*lab.Node{n1, n2} {
-		waitFor(t, 10*time.Second, func() bool { ts, _ := n.Tunnels(); return len(ts) == 2 }, "%s has 2 tunnels", n.Name)
-	}
-	client, local, remote, flannel := n1.Pods[0], n1.Pods[1], n2.Pods[0], k1.Pods[0]
 	const port, target = 80, 8080
 	for _, p := range []*topo.Pod{client, local, remote, flannel} {
 		startEcho(t, p.NSPath, netip.AddrPortFrom(p.IP, target))

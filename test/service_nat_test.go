@@ -7,6 +7,7 @@ import (
 
 	"github.com/weftnet/weft/loader"
 	"github.com/weftnet/weft/test/lab"
+	"github.com/weftnet/weft/test/topo"
 )
 
 // counter reads one data-plane counter of a Weft node.
@@ -38,10 +39,20 @@ func TestServiceNATFastPath(t *testing.T) {
 	}
 }
 
-func testServiceNAT(t *testing.T, decap string) {
+// serviceCluster is the cluster the Service tests share: Weft nodes n1 and
+// n2 and a flannel-style node k1, with a client and a same-node backend on
+// n1, a backend on n2 and one on k1, every tunnel in place.
+type serviceCluster struct {
+	c                              *lab.Cluster
+	n1, n2, k1                     *lab.Node
+	client, local, remote, flannel *topo.Pod
+}
+
+func newServiceCluster(t *testing.T, weftdArgs ...string) serviceCluster {
+	t.Helper()
 	c := newLab(t, "")
-	n1 := mustAddWeftNode(t, c, "n1", "--decap", decap)
-	n2 := mustAddWeftNode(t, c, "n2", "--decap", decap)
+	n1 := mustAddWeftNode(t, c, "n1", weftdArgs...)
+	n2 := mustAddWeftNode(t, c, "n2", weftdArgs...)
 	k1, err := c.AddFlannelNode("k1", netip.MustParsePrefix("10.244.200.0/24"))
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +68,14 @@ func testServiceNAT(t *testing.T, decap string) {
 	for _, n := range []*lab.Node{n1, n2} {
 		waitFor(t, 10*time.Second, func() bool { ts, _ := n.Tunnels(); return len(ts) == 2 }, "%s has 2 tunnels", n.Name)
 	}
-	client, local, remote, flannel := n1.Pods[0], n1.Pods[1], n2.Pods[0], k1.Pods[0]
+	return serviceCluster{c: c, n1: n1, n2: n2, k1: k1,
+		client: n1.Pods[0], local: n1.Pods[1], remote: n2.Pods[0], flannel: k1.Pods[0]}
+}
+
+func testServiceNAT(t *testing.T, decap string) {
+	sc := newServiceCluster(t, "--decap", decap)
+	n1, n2 := sc.n1, sc.n2
+	client, local, remote, flannel := sc.client, sc.local, sc.remote, sc.flannel
 
 	const port = 8080
 	backends := map[string]netip.Addr{"same node": local.IP, "other Weft node": remote.IP,
