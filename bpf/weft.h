@@ -18,8 +18,12 @@
  * 2: the stats map has a fixed WEFT_STATS_SLOTS entries (it had one per
  *    counter, so every new counter changed its size); node_config carries
  *    flags (NODE_F_XDP_DECAP), gro_ifindex and gro_cell_ifindex in what was
- *    reserved space. */
-#define WEFT_PIN_LAYOUT 2
+ *    reserved space.
+ * 3: IPv6 (issue 14): node_config carries the node's IPv6 underlay address
+ *    and weft0's IPv6 address (underlay_ip6, host_ip6), so one node can
+ *    carry IPv4 pods over its IPv4 underlay and IPv6 pods over its IPv6
+ *    underlay as flannel's two devices do. */
+#define WEFT_PIN_LAYOUT 3
 
 #define WEFT_ADDR_LEN 16
 
@@ -84,6 +88,14 @@ struct node_config {
 	 */
 	__u32 gro_cell_ifindex;
 	__u32 reserved[2];
+	/*
+	 * IPv6 (layout 3). All-zero means "none". underlay_ip6 is the source of
+	 * outer IPv6 headers (flannel's PublicIPv6); underlay_ip then holds the
+	 * IPv4 underlay address, or is all-zero on an IPv6-only underlay.
+	 * host_ip6 is weft0's IPv6 address, the source of ICMPv6 errors.
+	 */
+	__u8 underlay_ip6[WEFT_ADDR_LEN];
+	__u8 host_ip6[WEFT_ADDR_LEN];
 };
 
 /* node_config.flags */

@@ -101,6 +101,8 @@ type WeftNodeConfig struct {
 	GroIfindex      uint32
 	GroCellIfindex  uint32
 	Reserved        [2]uint32
+	UnderlayIp6     [16]uint8
+	HostIp6         [16]uint8
 }
 
 type WeftNodeFlags uint32

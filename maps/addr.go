@@ -78,3 +78,20 @@ func macFrom6(b [6]byte) net.HardwareAddr {
 	copy(mac, b[:])
 	return mac
 }
+
+// optAddrTo16 is addrTo16 for optional addresses: an invalid one (none) is
+// stored all-zero, which the programs read as "not set".
+func optAddrTo16(a netip.Addr) ([16]byte, error) {
+	if !a.IsValid() {
+		return [16]byte{}, nil
+	}
+	return addrTo16(a)
+}
+
+// optAddrFrom16 reads an optional address: all-zero is none (invalid).
+func optAddrFrom16(b [16]byte) netip.Addr {
+	if b == [16]byte{} {
+		return netip.Addr{}
+	}
+	return addrFrom16(b)
+}

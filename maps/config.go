@@ -16,7 +16,7 @@ import (
 const VXLANOverhead = 50
 
 // PinLayout versions the pinned maps' key and value layouts (WEFT_PIN_LAYOUT in bpf/weft.h).
-const PinLayout = 2
+const PinLayout = 3
 
 // Defaults shared with flannel.
 const (
@@ -46,6 +46,12 @@ type Config struct {
 	// GROCellIfIndex is weftgc0 on nodes that aggregate after decap
 	// (loader/grocell.go: tc-decap nodes); 0 delivers directly.
 	GROCellIfIndex uint32 `json:"gro_cell_ifindex,omitempty"`
+	// UnderlayIP6 is the node's IPv6 underlay address (flannel's
+	// PublicIPv6), the source of outer IPv6 headers; invalid: none.
+	UnderlayIP6 netip.Addr `json:"underlay_ip6,omitzero"`
+	// HostIP6 is weft0's IPv6 address, the source of ICMPv6 errors Weft
+	// sends; invalid: none.
+	HostIP6 netip.Addr `json:"host_ip6,omitzero"`
 }
 
 // NodeFlagXDPDecap says Weft's XDP program is attached to the underlay and
@@ -60,10 +66,18 @@ func (c Config) Validate() error {
 		return errors.New("config: underlay ifindex 0")
 	case c.HostIfIndex == 0:
 		return errors.New("config: host (weft0) ifindex 0")
-	case !c.UnderlayIP.Unmap().Is4():
+	case !c.UnderlayIP.IsValid() && !c.UnderlayIP6.IsValid():
+		return errors.New("config: no underlay address (IPv4 or IPv6)")
+	case c.UnderlayIP.IsValid() && !c.UnderlayIP.Unmap().Is4():
 		return fmt.Errorf("config: underlay IP %v is not IPv4", c.UnderlayIP)
-	case !c.HostIP.Unmap().Is4():
+	case c.UnderlayIP6.IsValid() && !isPlainIPv6(c.UnderlayIP6):
+		return fmt.Errorf("config: underlay IPv6 %v is not IPv6", c.UnderlayIP6)
+	case !c.HostIP.IsValid() && !c.HostIP6.IsValid():
+		return errors.New("config: no host (weft0) address (IPv4 or IPv6)")
+	case c.HostIP.IsValid() && !c.HostIP.Unmap().Is4():
 		return fmt.Errorf("config: host IP %v is not IPv4", c.HostIP)
+	case c.HostIP6.IsValid() && !isPlainIPv6(c.HostIP6):
+		return fmt.Errorf("config: host IPv6 %v is not IPv6", c.HostIP6)
 	case len(c.UnderlayMAC) != 6 || len(c.VtepMAC) != 6:
 		return fmt.Errorf("config: MACs must be 6 bytes (underlay %q, vtep %q)", c.UnderlayMAC, c.VtepMAC)
 	case c.VNI >= 1<<24:
@@ -77,6 +91,10 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// isPlainIPv6 is true for an IPv6 address that is not IPv4-mapped (the maps
+// store IPv4 mapped, so a mapped address here would be an IPv4 one in disguise).
+func isPlainIPv6(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }
 
 // ConfigMap is the `config` array (one entry).
 type ConfigMap struct{ m *ebpf.Map }
@@ -95,8 +113,10 @@ func (cm *ConfigMap) Set(c Config) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	ul, _ := addrTo16(c.UnderlayIP)
-	host, _ := addrTo16(c.HostIP)
+	ul, _ := optAddrTo16(c.UnderlayIP)
+	host, _ := optAddrTo16(c.HostIP)
+	ul6, _ := optAddrTo16(c.UnderlayIP6)
+	host6, _ := optAddrTo16(c.HostIP6)
 	ulMAC, _ := macTo6(c.UnderlayMAC)
 	vtep, _ := macTo6(c.VtepMAC)
 	val := bpf.WeftNodeConfig{
@@ -115,6 +135,8 @@ func (cm *ConfigMap) Set(c Config) error {
 		Layout:          PinLayout,
 		GroIfindex:      c.GROIfIndex,
 		GroCellIfindex:  c.GROCellIfIndex,
+		UnderlayIp6:     ul6,
+		HostIp6:         host6,
 	}
 	if err := cm.m.Put(uint32(0), &val); err != nil {
 		return fmt.Errorf("set config: %w", err)
@@ -133,10 +155,10 @@ func (cm *ConfigMap) Get() (Config, error) {
 	}
 	return Config{
 		UnderlayIfIndex: v.UnderlayIfindex,
-		UnderlayIP:      addrFrom16(v.UnderlayIp),
+		UnderlayIP:      optAddrFrom16(v.UnderlayIp),
 		UnderlayMAC:     macFrom6(v.UnderlayMac),
 		HostIfIndex:     v.HostIfindex,
-		HostIP:          addrFrom16(v.HostIp),
+		HostIP:          optAddrFrom16(v.HostIp),
 		VtepMAC:         macFrom6(v.VtepMac),
 		VNI:             v.Vni,
 		Port:            v.Port,
@@ -147,6 +169,8 @@ func (cm *ConfigMap) Get() (Config, error) {
 		Layout:          v.Layout,
 		GROIfIndex:      v.GroIfindex,
 		GROCellIfIndex:  v.GroCellIfindex,
+		UnderlayIP6:     optAddrFrom16(v.UnderlayIp6),
+		HostIP6:         optAddrFrom16(v.HostIp6),
 	}, nil
 }
 

@@ -363,6 +363,9 @@ func TestConfigValidate(t *testing.T) {
 		"underlay ifindex 0":    func(c *maps.Config) { c.UnderlayIfIndex = 0 },
 		"host ifindex 0":        func(c *maps.Config) { c.HostIfIndex = 0 },
 		"no underlay IP":        func(c *maps.Config) { c.UnderlayIP = netip.Addr{} },
+		"no host IP":            func(c *maps.Config) { c.HostIP = netip.Addr{} },
+		"mapped underlay IPv6":  func(c *maps.Config) { c.UnderlayIP6 = netip.MustParseAddr("::ffff:192.168.8.1") },
+		"IPv4 as host IPv6":     func(c *maps.Config) { c.HostIP6 = netip.MustParseAddr("10.244.0.0") },
 		"IPv6 underlay":         func(c *maps.Config) { c.UnderlayIP = netip.MustParseAddr("fd00::1") },
 		"IPv6 host IP":          func(c *maps.Config) { c.HostIP = netip.MustParseAddr("fd00::1") },
 		"short underlay MAC":    func(c *maps.Config) { c.UnderlayMAC = c.UnderlayMAC[:5] },
@@ -389,6 +392,54 @@ func TestConfigValidate(t *testing.T) {
 	c.MTU = 626
 	if err := c.Validate(); err != nil {
 		t.Errorf("MTU 626 rejected: %v", err)
+	}
+	// An IPv6-only node: no IPv4 underlay or weft0 address.
+	c = goodConfig()
+	c.UnderlayIP, c.HostIP = netip.Addr{}, netip.Addr{}
+	c.UnderlayIP6, c.HostIP6 = netip.MustParseAddr("fd00:8::1"), netip.MustParseAddr("fc00:10:244::")
+	if err := c.Validate(); err != nil {
+		t.Errorf("IPv6-only config rejected: %v", err)
+	}
+}
+
+func TestConfigIPv6RoundTrip(t *testing.T) {
+	raw, s := load(t)
+	for name, c := range map[string]maps.Config{
+		"dual-stack": func() maps.Config {
+			c := goodConfig()
+			c.UnderlayIP6, c.HostIP6 = netip.MustParseAddr("fd00:8::1"), netip.MustParseAddr("fc00:10:244::")
+			return c
+		}(),
+		"IPv6 only": func() maps.Config {
+			c := goodConfig()
+			c.UnderlayIP, c.HostIP = netip.Addr{}, netip.Addr{}
+			c.UnderlayIP6, c.HostIP6 = netip.MustParseAddr("fd00:8::1"), netip.MustParseAddr("fc00:10:244::")
+			return c
+		}(),
+	} {
+		if err := s.Config.Set(c); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got, err := s.Config.Get()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		c.Layout = maps.PinLayout
+		gj, _ := json.Marshal(got)
+		cj, _ := json.Marshal(c)
+		if string(gj) != string(cj) {
+			t.Errorf("%s round trip:\n got %s\nwant %s", name, gj, cj)
+		}
+		var v bpf.WeftNodeConfig
+		if err := raw.Config.Lookup(uint32(0), &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.UnderlayIp6 != netip.MustParseAddr("fd00:8::1").As16() || v.HostIp6 != netip.MustParseAddr("fc00:10:244::").As16() {
+			t.Errorf("%s: raw IPv6 fields %x %x", name, v.UnderlayIp6, v.HostIp6)
+		}
+		if !c.UnderlayIP.IsValid() && v.UnderlayIp != [16]byte{} {
+			t.Errorf("%s: absent IPv4 underlay stored as %x, want all-zero", name, v.UnderlayIp)
+		}
 	}
 }
 

@@ -60,6 +60,8 @@ type CollectmdNodeConfig struct {
 	GroIfindex      uint32
 	GroCellIfindex  uint32
 	Reserved        [2]uint32
+	UnderlayIp6     [16]uint8
+	HostIp6         [16]uint8
 }
 
 type CollectmdPeerKey struct {
