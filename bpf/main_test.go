@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 const netnsEnv = "WEFT_BPF_TEST_NETNS"
@@ -82,6 +83,11 @@ func setupNetns() error {
 		if err := netlink.AddrAdd(ul, addr); err != nil {
 			return fmt.Errorf("address %s: %w", ul.Attrs().Name, err)
 		}
+		// The IPv6 underlay (no DAD: a tentative address routes nothing).
+		addr6 := &netlink.Addr{IPNet: &net.IPNet{IP: underlayIP6.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrAdd(ul, addr6); err != nil {
+			return fmt.Errorf("address %s: %w", ul.Attrs().Name, err)
+		}
 		for _, name := range []string{"ul0", "ul0peer"} {
 			l, err := netlink.LinkByName(name)
 			if err != nil {
@@ -96,7 +102,15 @@ func setupNetns() error {
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 		return err
 	}
-	// Peer C (DirectRouting) as the kernel would have learnt it from C's ARP.
-	return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V4,
-		State: netlink.NUD_PERMANENT, IP: peerC.Remote.AsSlice(), HardwareAddr: peerCMAC})
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644); err != nil {
+		return err
+	}
+	// Peer C (DirectRouting) as the kernel would have learnt it from C's ARP,
+	// and on the IPv6 underlay from its Neighbour Advertisement.
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V4,
+		State: netlink.NUD_PERMANENT, IP: peerC.Remote.AsSlice(), HardwareAddr: peerCMAC}); err != nil {
+		return err
+	}
+	return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V6,
+		State: netlink.NUD_PERMANENT, IP: peerC6Remote.AsSlice(), HardwareAddr: peerCMAC})
 }

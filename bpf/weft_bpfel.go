@@ -60,7 +60,10 @@ const (
 	WeftCounterCNT_DROP_ARP_SPOOF              WeftCounter = 41
 	WeftCounterCNT_PASS_CONNTRACK              WeftCounter = 42
 	WeftCounterCNT_DROP_DIRECT_PEER            WeftCounter = 43
-	WeftCounterCNT__MAX                        WeftCounter = 44
+	WeftCounterCNT_ND_REPLY                    WeftCounter = 44
+	WeftCounterCNT_DROP_ND_SPOOF               WeftCounter = 45
+	WeftCounterCNT_PACKET_TOO_BIG              WeftCounter = 46
+	WeftCounterCNT__MAX                        WeftCounter = 47
 )
 
 type WeftCounterValue struct {

@@ -470,7 +470,8 @@ func TestCounters(t *testing.T) {
 	appendedNonDrops := map[bpf.WeftCounter]bool{
 		bpf.WeftCounterCNT_PASS_FRAGMENT: true, bpf.WeftCounterCNT_DECAP_REASSEMBLED: true, bpf.WeftCounterCNT_ECN_CE: true,
 		bpf.WeftCounterCNT_PASS_NO_XDP_META: true, bpf.WeftCounterCNT_ENCAP_KERNEL: true,
-		bpf.WeftCounterCNT_PASS_CONNTRACK: true,
+		bpf.WeftCounterCNT_PASS_CONNTRACK: true, bpf.WeftCounterCNT_ND_REPLY: true,
+		bpf.WeftCounterCNT_PACKET_TOO_BIG: true,
 	}
 	for i, n := range names {
 		drop := i >= int(bpf.WeftCounterCNT_DROP_NO_TUNNEL) && !appendedNonDrops[bpf.WeftCounter(i)]
