@@ -429,6 +429,14 @@ func TestVerdictSets(t *testing.T) {
 			frames = append(frames, podFrame(t, pod1, p), hostFrame(t, p))
 		}
 	}
+	for _, dst := range []netip.Addr{remotePodB6, remotePodC6, pod2v6.IP, hostIP6, netip.MustParseAddr("2001:db8::1")} {
+		for _, p := range []pkt6{{}, {hopLimit: 1}, {size: 1500}, {size: 1500, proto: layers.IPProtocolICMPv6}} {
+			p.dst = dst
+			frames = append(frames, podFrame6(t, pod1v6, p), hostFrame6(t, p))
+		}
+	}
+	group, groupMAC := solicitedNode(gatewayIP6)
+	frames = append(frames, ndFrame(t, nd{ethSrc: pod1.MAC, ethDst: groupMAC, src: pod1v6.IP, dst: group, target: gatewayIP6, lladdr: pod1.MAC}))
 	for _, fr := range frames {
 		for name := range verdictSets {
 			if name != "from_underlay_xdp" && !tcRunnable(fr) {
