@@ -30,6 +30,14 @@ func BenchmarkProgramCost(b *testing.B) {
 			return ether(b, underlayMAC, peerCMAC, layers.EthernetTypeIPv4,
 				ipv4(b, pkt{src: remoteSrcC, dst: pod2.IP, proto: layers.IPProtocolUDP, size: 64, ttl: 255}))
 		}, "direct_rx"},
+		// The same paths for IPv6 pods (issue 14).
+		{"from_pod/udp64-v6-to-local-pod", "from_pod", func(e *env) []byte {
+			return podFrame6(b, pod1v6, pkt6{dst: pod2v6.IP, proto: layers.IPProtocolUDP, size: 64, hopLimit: 255})
+		}, "local"},
+		{"from_underlay/direct-rx-udp64-v6-to-local-pod", "from_underlay", func(e *env) []byte {
+			return ether(b, underlayMAC, peerCMAC, layers.EthernetTypeIPv6,
+				ipv6(b, pkt6{src: remoteSrcC6, dst: pod2v6.IP, proto: layers.IPProtocolUDP, size: 64, hopLimit: 255}))
+		}, "direct_rx"},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			e := newEnv(b)

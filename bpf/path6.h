@@ -254,7 +254,8 @@ static __always_inline int from_host6(struct __sk_buff *skb, const struct node_c
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
 	const struct tunnel_info *tun;
 
-	if ((void *)(ip6 + 1) > data_end)
+	/* The host's stack sends IPv6 only: anything else cannot be carried. */
+	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 		goto drop;
 	tun = tunnel_for_v6(&ip6->daddr);
 	if (tun)

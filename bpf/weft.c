@@ -645,6 +645,7 @@ int from_underlay(struct __sk_buff *skb)
 	struct vxlan_frame f = {};
 	enum counter c;
 	__be32 inner_w0 = 0;
+	__u32 parse_len;
 	int inner6;
 
 	if (!cfg) {
@@ -667,13 +668,14 @@ int from_underlay(struct __sk_buff *skb)
 	}
 
 	data_end = (void *)(long)skb->data_end;
-	if (data + VXLAN_PARSE_LEN6 > data_end && skb->len >= VXLAN_PARSE_LEN && may_be_vxlan(skb, cfg)) {
+	/* Enough for an inner IPv6 header where the frame is that long. */
+	parse_len = skb->len < VXLAN_PARSE_LEN6 ? skb->len : VXLAN_PARSE_LEN6;
+	if (data + parse_len > data_end && skb->len >= VXLAN_PARSE_LEN && may_be_vxlan(skb, cfg)) {
 		/*
 		 * Headers split across fragments: make them linear first, but only
 		 * for what can be VXLAN to us (pulling copies; others pay nothing).
-		 * Enough for an inner IPv6 header where the frame has it.
 		 */
-		bpf_skb_pull_data(skb, skb->len < VXLAN_PARSE_LEN6 ? VXLAN_PARSE_LEN : VXLAN_PARSE_LEN6);
+		bpf_skb_pull_data(skb, parse_len);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
