@@ -30,6 +30,7 @@ type daemon struct {
 	subnet       atomic.Pointer[netip.Prefix]
 	configErrors atomic.Uint64 // reads of <prefix>/config that failed or were invalid
 	health       health        // why weftd is unready after it was ready (health.go)
+	live         liveness      // whether the monitor loop still runs (/livez, live.go)
 }
 
 // run is weftd from flags to shutdown.
