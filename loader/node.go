@@ -27,13 +27,13 @@ type NodeConfig struct {
 	// remote is IPv6 (bpf/outer6.h). Zero: none. It must be a plain IPv6
 	// address assigned to the underlay device.
 	UnderlayIP6 netip.Addr
-	Network    netip.Prefix
-	Subnet     netip.Prefix // this node's pod subnet
-	VtepMAC    net.HardwareAddr
-	VNI        uint32
-	Port       uint16
-	Decap      DecapMode
-	HostDevice string // default DefaultHostDevice
+	Network     netip.Prefix
+	Subnet      netip.Prefix // this node's pod subnet
+	VtepMAC     net.HardwareAddr
+	VNI         uint32
+	Port        uint16
+	Decap       DecapMode
+	HostDevice  string // default DefaultHostDevice
 	// NoGRODevice skips weftgro0 (see gro.go), e.g. when another kernel
 	// vxlan device must bind the same port. Without it, VXLAN that a router
 	// fragmented cannot be delivered (the kernel has no socket to give it to).
