@@ -29,6 +29,8 @@
 
 /* Outer Ethernet is reused; VXLAN adds outer IPv4 + UDP + VXLAN + inner Ethernet. */
 #define VXLAN_OVERHEAD (20 + 8 + 8 + 14)
+/* Over an IPv6 underlay (a tunnel whose remote is not IPv4-mapped): outer IPv6 instead. */
+#define VXLAN6_OVERHEAD (40 + 8 + 8 + 14)
 
 /* tunnels: LPM trie, one entry per remote node's pod subnet. */
 struct tunnel_key {
@@ -170,6 +172,12 @@ enum counter {
 	CNT_DROP_ARP_SPOOF,     /* ARP from a pod naming another IP or MAC as sender */
 	CNT_PASS_CONNTRACK,     /* flow the host's conntrack NATed (or must see: fragment, ICMP error): host stack */
 	CNT_DROP_DIRECT_PEER,   /* plain IPv4 from a DirectRouting subnet whose L2 sender is not that peer */
+	/* IPv6 underlay (issue 14, branch v6-outer; outer6.h). Appended, like the blocks above. */
+	CNT_DROP_NO_UNDERLAY6,  /* tunnel over IPv6, but this node has no IPv6 underlay address to send from */
+	CNT_DROP_OUTER6_NEEDS_KERNEL, /* over IPv6 only the kernel can checksum it (GSO, ...) and there is no weftgro0 */
+	CNT_DROP_OUTER6_ZERO_CSUM, /* IPv6 VXLAN to us with UDP checksum 0 (udpv6 drops it too: udp6zerocsumrx off) */
+	CNT_PASS_OUTER6_CSUM,   /* IPv6 VXLAN whose UDP checksum only the kernel can judge: its socket (weftgro0), then gro_sink */
+	CNT_PASS_OUTER6_EXTHDR, /* IPv6 VXLAN behind extension headers: the kernel parses it, weftgro0 + gro_sink deliver */
 	CNT__MAX,
 };
 

@@ -60,7 +60,12 @@ const (
 	WeftCounterCNT_DROP_ARP_SPOOF              WeftCounter = 41
 	WeftCounterCNT_PASS_CONNTRACK              WeftCounter = 42
 	WeftCounterCNT_DROP_DIRECT_PEER            WeftCounter = 43
-	WeftCounterCNT__MAX                        WeftCounter = 44
+	WeftCounterCNT_DROP_NO_UNDERLAY6           WeftCounter = 44
+	WeftCounterCNT_DROP_OUTER6NEEDS_KERNEL     WeftCounter = 45
+	WeftCounterCNT_DROP_OUTER6ZERO_CSUM        WeftCounter = 46
+	WeftCounterCNT_PASS_OUTER6CSUM             WeftCounter = 47
+	WeftCounterCNT_PASS_OUTER6EXTHDR           WeftCounter = 48
+	WeftCounterCNT__MAX                        WeftCounter = 49
 )
 
 type WeftCounterValue struct {

@@ -21,14 +21,19 @@ const DefaultHostDevice = "weft0"
 // NodeConfig is what a node's data plane needs to know about itself.
 type NodeConfig struct {
 	Underlay   string     // underlay NIC name, e.g. eth0
-	UnderlayIP netip.Addr // zero: the NIC's first IPv4 address
-	Network    netip.Prefix
-	Subnet     netip.Prefix // this node's pod subnet
-	VtepMAC    net.HardwareAddr
-	VNI        uint32
-	Port       uint16
-	Decap      DecapMode
-	HostDevice string // default DefaultHostDevice
+	UnderlayIP netip.Addr // zero: the NIC's first IPv4 address (none on an IPv6-only underlay with UnderlayIP6)
+	// UnderlayIP6 is the node's IPv6 underlay address (flannel's
+	// PublicIPv6), the source of outer IPv6 headers for tunnels whose
+	// remote is IPv6 (bpf/outer6.h). Zero: none. It must be a plain IPv6
+	// address assigned to the underlay device.
+	UnderlayIP6 netip.Addr
+	Network     netip.Prefix
+	Subnet      netip.Prefix // this node's pod subnet
+	VtepMAC     net.HardwareAddr
+	VNI         uint32
+	Port        uint16
+	Decap       DecapMode
+	HostDevice  string // default DefaultHostDevice
 	// NoGRODevice skips weftgro0 (see gro.go), e.g. when another kernel
 	// vxlan device must bind the same port. Without it, VXLAN that a router
 	// fragmented cannot be delivered (the kernel has no socket to give it to).
@@ -96,8 +101,13 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	}
 	ulIP := nc.UnderlayIP
 	if !ulIP.IsValid() {
-		if ulIP, err = firstIPv4(ul); err != nil {
+		if ulIP, err = firstIPv4(ul); err != nil && !nc.UnderlayIP6.IsValid() {
 			return NodeState{}, err
+		}
+	}
+	if nc.UnderlayIP6.IsValid() {
+		if err := checkUnderlayIP6(ul, nc.UnderlayIP6); err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
 		}
 	}
 	if nc.Decap == DecapXDP {
@@ -119,6 +129,7 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	cfg := maps.Config{
 		UnderlayIfIndex: uint32(ul.Attrs().Index),
 		UnderlayIP:      ulIP,
+		UnderlayIP6:     nc.UnderlayIP6,
 		UnderlayMAC:     ul.Attrs().HardwareAddr,
 		HostIfIndex:     uint32(host.Attrs().Index),
 		HostIP:          HostIP(nc.Subnet),
@@ -328,6 +339,28 @@ func firstIPv4(l netlink.Link) (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("underlay %s has no IPv4 address", l.Attrs().Name)
+}
+
+// ErrUnderlayIP6 is returned (wrapped) by SetupNode when NodeConfig's
+// UnderlayIP6 is not a plain IPv6 address of the underlay device: outer
+// IPv6 headers from an address the node does not own would be answered to
+// someone else, and an IPv4-mapped one is an IPv4 address in disguise.
+var ErrUnderlayIP6 = errors.New("bad IPv6 underlay address")
+
+func checkUnderlayIP6(l netlink.Link, ip netip.Addr) error {
+	if !ip.Is6() || ip.Is4In6() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsLinkLocalUnicast() || ip.IsLoopback() {
+		return fmt.Errorf("%w: %v is not a global or unique-local IPv6 unicast address", ErrUnderlayIP6, ip)
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return fmt.Errorf("list IPv6 addresses of %s: %w", l.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got == ip {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %v is not an address of %s", ErrUnderlayIP6, ip, l.Attrs().Name)
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {

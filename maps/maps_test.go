@@ -177,10 +177,22 @@ func TestTunnelValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid tunnel: %v", err)
 	}
+	// An IPv6 underlay (bpf/outer6.h), for IPv4 and IPv6 pods.
+	for _, sn := range []string{"10.244.1.0/24", "fc00:10:244:1::/64"} {
+		v6 := good
+		v6.Subnet, v6.Remote = netip.MustParsePrefix(sn), netip.MustParseAddr("fd00:8::2")
+		if err := v6.Validate(); err != nil {
+			t.Errorf("tunnel over IPv6 for %s: %v", sn, err)
+		}
+	}
 	for name, mutate := range map[string]func(*maps.Tunnel){
 		"invalid subnet":  func(t *maps.Tunnel) { t.Subnet = netip.Prefix{} },
 		"invalid remote":  func(t *maps.Tunnel) { t.Remote = netip.Addr{} },
-		"IPv6 underlay":   func(t *maps.Tunnel) { t.Remote = netip.MustParseAddr("fd00::2") },
+		"remote ::":       func(t *maps.Tunnel) { t.Remote = netip.IPv6Unspecified() },
+		"remote 0.0.0.0":  func(t *maps.Tunnel) { t.Remote = netip.IPv4Unspecified() },
+		"remote fe80::2":  func(t *maps.Tunnel) { t.Remote = netip.MustParseAddr("fe80::2") },
+		"remote ff02::1":  func(t *maps.Tunnel) { t.Remote = netip.MustParseAddr("ff02::1") },
+		"remote ::1":      func(t *maps.Tunnel) { t.Remote = netip.IPv6Loopback() },
 		"mode 0":          func(t *maps.Tunnel) { t.Mode = 0 },
 		"mode 3":          func(t *maps.Tunnel) { t.Mode = 3 },
 		"short VtepMAC":   func(t *maps.Tunnel) { t.VtepMAC = t.VtepMAC[:5] },
@@ -470,7 +482,8 @@ func TestCounters(t *testing.T) {
 	appendedNonDrops := map[bpf.WeftCounter]bool{
 		bpf.WeftCounterCNT_PASS_FRAGMENT: true, bpf.WeftCounterCNT_DECAP_REASSEMBLED: true, bpf.WeftCounterCNT_ECN_CE: true,
 		bpf.WeftCounterCNT_PASS_NO_XDP_META: true, bpf.WeftCounterCNT_ENCAP_KERNEL: true,
-		bpf.WeftCounterCNT_PASS_CONNTRACK: true,
+		bpf.WeftCounterCNT_PASS_CONNTRACK:  true,
+		bpf.WeftCounterCNT_PASS_OUTER6CSUM: true, bpf.WeftCounterCNT_PASS_OUTER6EXTHDR: true,
 	}
 	for i, n := range names {
 		drop := i >= int(bpf.WeftCounterCNT_DROP_NO_TUNNEL) && !appendedNonDrops[bpf.WeftCounter(i)]

@@ -80,11 +80,13 @@ func (t Tunnel) Validate() error {
 	if !t.Remote.IsValid() {
 		return fmt.Errorf("tunnel %s: invalid remote address", t.Subnet)
 	}
-	if t.Subnet.Addr().Unmap().Is4() != t.Remote.Unmap().Is4() {
-		// Fine in principle; the data plane only encapsulates in IPv4 today.
-		if !t.Remote.Unmap().Is4() {
-			return fmt.Errorf("tunnel %s: IPv6 underlay %s not supported yet", t.Subnet, t.Remote)
-		}
+	// Either family for either: the remote's family picks the outer header
+	// (IPv4 or IPv6, bpf/outer6.h), the subnet's is the pods'. What cannot be
+	// a peer's unicast underlay address is refused; an IPv6 link-local one
+	// would need a zone the map cannot hold.
+	if r := t.Remote.Unmap(); r.IsUnspecified() || r.IsMulticast() || r.IsLoopback() ||
+		(r.Is6() && r.IsLinkLocalUnicast()) {
+		return fmt.Errorf("tunnel %s: remote %s is not a unicast underlay address", t.Subnet, t.Remote)
 	}
 	if t.Mode != ModeVXLAN && t.Mode != ModeDirect {
 		return fmt.Errorf("tunnel %s: %v", t.Subnet, t.Mode)
