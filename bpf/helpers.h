@@ -177,25 +177,23 @@ static __always_inline void count(enum counter c, __u64 bytes)
 	}
 }
 
-static __always_inline struct peer_stats *peer_stats_for(const __u8 *remote)
+/*
+ * The counters of the peer behind tun: its slot in peer_counters, which the Go
+ * side assigned when it wrote the entry. A slot out of range (a writer with
+ * another idea of the map's size) counts as "no slot", like slot 0.
+ */
+static __always_inline struct peer_stats *peer_stats_for(const struct tunnel_info *tun)
 {
-	struct peer_key key;
-	struct peer_stats *ps;
+	__u32 slot = tun->stats_slot;
 
-	__builtin_memcpy(key.addr, remote, WEFT_ADDR_LEN);
-	ps = bpf_map_lookup_elem(&tunnel_stats, &key);
-	if (ps)
-		return ps;
-
-	struct peer_stats zero = {};
-	/* A full map only costs us the per-peer numbers, never the packet. */
-	bpf_map_update_elem(&tunnel_stats, &key, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&tunnel_stats, &key);
+	if (slot >= WEFT_PEER_STATS_SLOTS)
+		slot = 0;
+	return bpf_map_lookup_elem(&peer_counters, &slot);
 }
 
-static __always_inline void count_peer_tx(const __u8 *remote, __u64 bytes)
+static __always_inline void count_peer_tx(const struct tunnel_info *tun, __u64 bytes)
 {
-	struct peer_stats *ps = peer_stats_for(remote);
+	struct peer_stats *ps = peer_stats_for(tun);
 
 	if (ps) {
 		ps->tx_packets++;
@@ -203,9 +201,9 @@ static __always_inline void count_peer_tx(const __u8 *remote, __u64 bytes)
 	}
 }
 
-static __always_inline void count_peer_rx(const __u8 *remote, __u64 bytes)
+static __always_inline void count_peer_rx(const struct tunnel_info *tun, __u64 bytes)
 {
-	struct peer_stats *ps = peer_stats_for(remote);
+	struct peer_stats *ps = peer_stats_for(tun);
 
 	if (ps) {
 		ps->rx_packets++;

@@ -158,6 +158,6 @@ static __always_inline int encap_via_kernel(struct __sk_buff *skb, const struct 
 	__builtin_memcpy(eth->h_dest, tun->vtep_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, cfg->vtep_mac, ETH_ALEN);
 	count(CNT_ENCAP_KERNEL, skb->len);
-	count_peer_tx(tun->remote, skb->len);
+	count_peer_tx(tun, skb->len);
 	return bpf_redirect(cfg->gro_ifindex, 0);
 }

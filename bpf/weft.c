@@ -351,7 +351,7 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 			__builtin_memcpy(nh.ipv6_nh, tun->remote, WEFT_ADDR_LEN);
 		}
 		count(from_pod ? CNT_DIRECT : CNT_DIRECT_HOST, skb->len);
-		count_peer_tx(tun->remote, skb->len);
+		count_peer_tx(tun, skb->len);
 		return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
 	}
 
@@ -377,7 +377,7 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 		}
 	}
 	count(from_pod ? CNT_ENCAP : CNT_ENCAP_HOST, skb->len);
-	count_peer_tx(tun->remote, skb->len);
+	count_peer_tx(tun, skb->len);
 	/* FIB + neighbour lookup on the outer destination fills the outer MACs. */
 	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
 }
@@ -606,7 +606,7 @@ static __always_inline int from_underlay_plain(struct __sk_buff *skb, const stru
 		count(CNT_DROP_DIRECT_PEER, skb->len);
 		return TC_ACT_SHOT;
 	}
-	count_peer_rx(tun->remote, skb->len);
+	count_peer_rx(tun, skb->len);
 	if (ct_needs_stack(skb, ip, data_end))
 		return to_host_stack(skb, cfg, CNT_PASS_CONNTRACK);
 	if (to_gro_cell(skb, cfg)) {
@@ -681,7 +681,7 @@ int from_underlay(struct __sk_buff *skb)
 	c = decap_ecn(&f, skb->len);
 	if (c != CNT_DECAP)
 		return TC_ACT_SHOT;
-	count_peer_rx(f.tunnel->remote, skb->len);
+	count_peer_rx(f.tunnel, skb->len);
 	count(CNT_DECAP, skb->len);
 	/*
 	 * Over IPv6 the skb's protocol must become the inner packet's (IPv4),
@@ -755,7 +755,7 @@ int from_underlay_xdp(struct xdp_md *ctx)
 		if (c != CNT_DECAP)
 			return XDP_DROP;
 		count(CNT_DECAP, len);
-		count_peer_rx(f.tunnel->remote, len);
+		count_peer_rx(f.tunnel, len);
 		outer = data;
 		inner = data + overhead;
 		if ((void *)(inner + 1) > data_end)
@@ -806,7 +806,7 @@ int gro_sink(struct __sk_buff *skb)
 		count(c == CNT_DECAP ? CNT_DROP_GRO_DEVICE : c, skb->len);
 		return TC_ACT_SHOT;
 	}
-	count_peer_rx(tun->remote, skb->len);
+	count_peer_rx(tun, skb->len);
 	count(CNT_DECAP_REASSEMBLED, skb->len);
 	/*
 	 * eth_type_trans on weftgro0 compared the inner destination (our

@@ -49,7 +49,15 @@ struct tunnel_info {
 	__u8 mode;                  /* enum tunnel_mode */
 	__u8 flags;
 	__u32 vni;
-	__u32 reserved[3];
+	/*
+	 * Index of this peer's counters in peer_counters, one per remote underlay
+	 * address, assigned by the Go side (maps/slots.go) when it writes the
+	 * entry: the programs count through the tunnel entry they already hold
+	 * instead of a hash lookup per packet. 0: no slot (the overflow slot).
+	 * Taken from the reserved space (perf branch, layout 3): same value size.
+	 */
+	__u32 stats_slot;
+	__u32 reserved[2];
 };
 
 /* endpoints: hash, one entry per local pod. */
@@ -186,10 +194,21 @@ struct counter_value {
 	__u64 bytes;
 };
 
-/* tunnel_stats: per-CPU hash keyed by a remote node's underlay address. */
+/* An address as a hash key (frag_needed_rate). */
 struct peer_key {
 	__u8 addr[WEFT_ADDR_LEN];
 };
+
+/*
+ * peer_counters: per-CPU array, one slot per remote node (tunnel_info's
+ * stats_slot); slot 0 counts the traffic of peers that have none. 8192
+ * slots: Kubernetes' documented limit is 5,000 nodes, and a preallocated
+ * per-CPU array costs slots x 32 bytes per CPU, 256 KiB per CPU here (16 MiB
+ * on a 64-CPU node, 64 MiB on 256 CPUs); 65,536, the tunnels map's size,
+ * would cost 8x that. Peers past the 8191st share slot 0: their packets
+ * still count in `stats`, only the split by peer is lost.
+ */
+#define WEFT_PEER_STATS_SLOTS 8192
 
 struct peer_stats {
 	__u64 tx_packets;
