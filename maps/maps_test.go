@@ -177,10 +177,30 @@ func TestTunnelValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid tunnel: %v", err)
 	}
+	// Every family mix is a tunnel (ipv6-contract.md): v4-in-v6, v6-in-v4, v6-in-v6.
+	for _, fam := range [][2]string{{"10.244.1.0/24", "fd00::2"}, {"fd00:10:244:1::/64", "192.168.8.2"}, {"fd00:10:244:1::/64", "fd00::2"}} {
+		tun := good
+		tun.Subnet, tun.Remote = netip.MustParsePrefix(fam[0]), netip.MustParseAddr(fam[1])
+		if err := tun.Validate(); err != nil {
+			t.Errorf("%s via %s: %v", fam[0], fam[1], err)
+		}
+		if err := s.Tunnels.Put(tun); err != nil {
+			t.Errorf("%s via %s: put: %v", fam[0], fam[1], err)
+		}
+		got, err := s.Tunnels.Lookup(tun.Subnet)
+		if err != nil || !got.Equal(tun) {
+			t.Errorf("%s via %s: read back %v %v", fam[0], fam[1], got, err)
+		}
+		if err := s.Tunnels.Delete(tun.Subnet); err != nil {
+			t.Errorf("delete %s: %v", tun.Subnet, err)
+		}
+	}
 	for name, mutate := range map[string]func(*maps.Tunnel){
 		"invalid subnet":  func(t *maps.Tunnel) { t.Subnet = netip.Prefix{} },
 		"invalid remote":  func(t *maps.Tunnel) { t.Remote = netip.Addr{} },
-		"IPv6 underlay":   func(t *maps.Tunnel) { t.Remote = netip.MustParseAddr("fd00::2") },
+		"remote ::":       func(t *maps.Tunnel) { t.Remote = netip.IPv6Unspecified() },
+		"remote 0.0.0.0":  func(t *maps.Tunnel) { t.Remote = netip.IPv4Unspecified() },
+		"remote ff02::1":  func(t *maps.Tunnel) { t.Remote = netip.MustParseAddr("ff02::1") },
 		"mode 0":          func(t *maps.Tunnel) { t.Mode = 0 },
 		"mode 3":          func(t *maps.Tunnel) { t.Mode = 3 },
 		"short VtepMAC":   func(t *maps.Tunnel) { t.VtepMAC = t.VtepMAC[:5] },

@@ -80,11 +80,11 @@ func (t Tunnel) Validate() error {
 	if !t.Remote.IsValid() {
 		return fmt.Errorf("tunnel %s: invalid remote address", t.Subnet)
 	}
-	if t.Subnet.Addr().Unmap().Is4() != t.Remote.Unmap().Is4() {
-		// Fine in principle; the data plane only encapsulates in IPv4 today.
-		if !t.Remote.Unmap().Is4() {
-			return fmt.Errorf("tunnel %s: IPv6 underlay %s not supported yet", t.Subnet, t.Remote)
-		}
+	// Any family mix is fine: the remote's family picks the outer header
+	// (IPv4 or IPv6 underlay), the packet's own the inner one
+	// (ipv6-contract.md: v6-in-v4, v4-in-v6).
+	if r := t.Remote.Unmap(); r.IsUnspecified() || r.IsMulticast() || r.Zone() != "" {
+		return fmt.Errorf("tunnel %s: remote %s is not a unicast underlay address", t.Subnet, t.Remote)
 	}
 	if t.Mode != ModeVXLAN && t.Mode != ModeDirect {
 		return fmt.Errorf("tunnel %s: %v", t.Subnet, t.Mode)

@@ -41,7 +41,8 @@ func (l Lease) PublicIPv6() netip.Addr { return l.Attrs.PublicIPv6 }
 func (l Lease) HasIPv4() bool { return l.Subnet.IsValid() }
 
 // HasIPv6 reports whether the lease carries a validated IPv6 subnet, with
-// PublicIPv6 and VXLANv6 to reach it.
+// VXLANv6 to reach it: at PublicIPv6, or at PublicIP when the lease has no
+// PublicIPv6 (v6-in-v4, see validateIPv6Part).
 func (l Lease) HasIPv6() bool { return l.IPv6Subnet.IsValid() }
 
 // LeaseError says why the value at Key is not a usable lease.
@@ -111,7 +112,7 @@ func (c *NetworkConfig) ParseLease(prefix string, kv KV) (Lease, error) {
 		l.Subnet = sn
 	}
 	if hasV6 && sn6.IsValid() {
-		if l.VXLANv6, err = c.validateIPv6Part(sn6, attrs); err != nil {
+		if l.VXLANv6, err = c.validateIPv6Part(sn6, attrs, l.VXLAN); err != nil {
 			return fail(err)
 		}
 		l.IPv6Subnet = sn6
