@@ -33,10 +33,10 @@ type NodeConfig struct {
 	IPv6Network netip.Prefix
 	IPv6Subnet  netip.Prefix // this node's IPv6 pod subnet
 	VtepMAC     net.HardwareAddr
-	VNI        uint32
-	Port       uint16
-	Decap      DecapMode
-	HostDevice string // default DefaultHostDevice
+	VNI         uint32
+	Port        uint16
+	Decap       DecapMode
+	HostDevice  string // default DefaultHostDevice
 	// NoGRODevice skips weftgro0 (see gro.go), e.g. when another kernel
 	// vxlan device must bind the same port. Without it, VXLAN that a router
 	// fragmented cannot be delivered (the kernel has no socket to give it to).
