@@ -178,12 +178,22 @@ func TestTunnelValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid tunnel: %v", err)
 	}
-	// An IPv6 underlay (bpf/outer6.h), for IPv4 and IPv6 pods.
-	for _, sn := range []string{"10.244.1.0/24", "fc00:10:244:1::/64"} {
-		v6 := good
-		v6.Subnet, v6.Remote = netip.MustParsePrefix(sn), netip.MustParseAddr("fd00:8::2")
-		if err := v6.Validate(); err != nil {
-			t.Errorf("tunnel over IPv6 for %s: %v", sn, err)
+	// Every family mix is a tunnel (ipv6-contract.md): v4-in-v6, v6-in-v4, v6-in-v6.
+	for _, fam := range [][2]string{{"10.244.1.0/24", "fd00::2"}, {"fd00:10:244:1::/64", "192.168.8.2"}, {"fd00:10:244:1::/64", "fd00::2"}} {
+		tun := good
+		tun.Subnet, tun.Remote = netip.MustParsePrefix(fam[0]), netip.MustParseAddr(fam[1])
+		if err := tun.Validate(); err != nil {
+			t.Errorf("%s via %s: %v", fam[0], fam[1], err)
+		}
+		if err := s.Tunnels.Put(tun); err != nil {
+			t.Errorf("%s via %s: put: %v", fam[0], fam[1], err)
+		}
+		got, err := s.Tunnels.Lookup(tun.Subnet)
+		if err != nil || !got.Equal(tun) {
+			t.Errorf("%s via %s: read back %v %v", fam[0], fam[1], got, err)
+		}
+		if err := s.Tunnels.Delete(tun.Subnet); err != nil {
+			t.Errorf("delete %s: %v", tun.Subnet, err)
 		}
 	}
 	for name, mutate := range map[string]func(*maps.Tunnel){

@@ -47,12 +47,16 @@ func (d *daemon) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	status := struct {
 		Ready        bool     `json:"ready"`
 		Subnet       string   `json:"subnet,omitempty"`
+		IPv6Subnet   string   `json:"ipv6_subnet,omitempty"`
 		LastSnapshot string   `json:"last_snapshot,omitempty"`
 		Failing      []string `json:"failing,omitempty"`
 	}{Failing: d.health.failing()}
 	status.Ready = d.ready.Load() && len(status.Failing) == 0
-	if s := d.subnet.Load(); s != nil {
+	if s := d.subnet.Load(); s != nil && s.IsValid() {
 		status.Subnet = s.String()
+	}
+	if s := d.subnet6.Load(); s != nil && s.IsValid() {
+		status.IPv6Subnet = s.String()
 	}
 	if ns := d.lastSnapshot.Load(); ns != 0 {
 		status.LastSnapshot = time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
