@@ -275,7 +275,7 @@ func (nc NodeConfig) checkFamilies() error {
 	case !nc.Subnet.IsValid() && !nc.IPv6Subnet.IsValid():
 		return fmt.Errorf("subnet %v not inside network %v", nc.Subnet, nc.Network)
 	case nc.UnderlayIP6.IsValid() && (!nc.UnderlayIP6.Is6() || nc.UnderlayIP6.Is4In6()):
-		return fmt.Errorf("IPv6 underlay address %v is not IPv6", nc.UnderlayIP6)
+		return fmt.Errorf("%w: %v is not IPv6", ErrUnderlayIP6, nc.UnderlayIP6)
 	case !nc.Subnet.IsValid() && !nc.UnderlayIP6.IsValid():
 		return errors.New("an IPv6-only node needs an IPv6 underlay address")
 	}
