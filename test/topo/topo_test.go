@@ -634,3 +634,33 @@ func checkPeerEntries6(t *testing.T, n *Node, peer FlannelPeer, want int) {
 		}
 	}
 }
+
+// TestRoutedNodeIPv6: on a dual-stack underlay the routed node's segment
+// and routers carry IPv6 too; a packet too big for the 1400-byte link gets
+// Packet Too Big from the router (IPv6 routers never fragment).
+func TestRoutedNodeIPv6(t *testing.T) {
+	l := testLabWith(t, dualLabOpt)
+	a := must(l.AddNode("a"))(t)
+	r := must(l.AddRoutedNode("r", RoutedOptions{LinkMTU: 1400}))(t)
+	if !r.UnderlayIP6.IsValid() || r.UnderlayPrefix6.Masked() != r.Segment.Prefix6 || !r.UnderlayIP.IsValid() {
+		t.Fatalf("routed node %v / %v: segment %+v", r.UnderlayIP, r.UnderlayIP6, r.Segment)
+	}
+	reach := func(from *Node, to netip.Addr) {
+		t.Helper()
+		var err error
+		for try := 0; try < 5; try++ {
+			if err = from.Ping(testCtx(t), to, 1); err == nil {
+				return
+			}
+		}
+		t.Error(err)
+	}
+	reach(r, a.UnderlayIP6)
+	reach(a, r.UnderlayIP6)
+	reach(a, r.UnderlayIP)
+	// 1452 bytes of ICMPv6 payload make a 1500-byte packet.
+	out, err := execIn(testCtx(t), a.NSPath, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1452", r.UnderlayIP6.String())
+	if err == nil || !(strings.Contains(string(out), "mtu = 1400") || strings.Contains(string(out), "mtu=1400")) {
+		t.Errorf("1500-byte IPv6 ping: want Packet Too Big with mtu 1400, got %v:\n%s", err, out)
+	}
+}
