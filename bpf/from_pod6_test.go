@@ -11,11 +11,11 @@ import (
 	weftmaps "github.com/weftnet/weft/maps"
 )
 
-// checkEncap6 is checkEncap for an IPv6 pod packet over the IPv4 underlay
+// checkEncap6in4 is checkEncap for an IPv6 pod packet over the IPv4 underlay
 // (v6-in-v4): the same outer headers, inner Ethernet type IPv6, outer ECN
 // from the traffic class, the inner packet untouched but for the router's
 // hop limit - 1.
-func checkEncap6(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerIP, out []byte, forwarded bool) {
+func checkEncap6in4(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerIP, out []byte, forwarded bool) {
 	t.Helper()
 	checkVXLANHeaders(t, cfg, tun, len(innerIP), out, ipv6ECN(innerIP), layers.EthernetTypeIPv6)
 	want := innerIP
@@ -55,7 +55,7 @@ func TestFromPod6Encap(t *testing.T) {
 				in := podFrame6(t, pod1v6, c.p)
 				r := e.run("from_pod", in)
 				r.check(t, tcActRedirect, counters("encap"))
-				checkEncap6(t, cfg, peerB6, in[14:], r.out, true)
+				checkEncap6in4(t, cfg, peerB6, in[14:], r.out, true)
 				checkPeerTx(t, e, peerB6.Remote, 1)
 			})
 		}
@@ -104,7 +104,7 @@ func TestFromPod6Direct(t *testing.T) {
 	in = podFrame6(t, pod1v6, pkt6{dst: remotePodC6})
 	r = e.run("from_pod", in)
 	r.check(t, tcActRedirect, counters("encap"))
-	checkEncap6(t, e.cfg, v4only, in[14:], r.out, true)
+	checkEncap6in4(t, e.cfg, v4only, in[14:], r.out, true)
 }
 
 func TestFromPod6Pass(t *testing.T) {
@@ -188,14 +188,14 @@ func TestFromHost6(t *testing.T) {
 	in := hostFrame6(t, pkt6{dst: remotePodB6})
 	r := e.run("from_host", in)
 	r.check(t, tcActRedirect, counters("encap_host"))
-	checkEncap6(t, e.cfg, peerB6, in[14:], r.out, false) // the host routed it already: no hop limit change
+	checkEncap6in4(t, e.cfg, peerB6, in[14:], r.out, false) // the host routed it already: no hop limit change
 	checkPeerTx(t, e, peerB6.Remote, 1)
 
 	// Hop limit 1 is carried: the host has already routed it.
 	in = hostFrame6(t, pkt6{dst: remotePodB6, hopLimit: 1})
 	r = e.run("from_host", in)
 	r.check(t, tcActRedirect, counters("encap_host"))
-	checkEncap6(t, e.cfg, peerB6, in[14:], r.out, false)
+	checkEncap6in4(t, e.cfg, peerB6, in[14:], r.out, false)
 
 	in = hostFrame6(t, pkt6{dst: remotePodC6})
 	r = e.run("from_host", in)

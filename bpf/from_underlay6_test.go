@@ -17,7 +17,7 @@ func setInner6(f func(h []byte)) func(b []byte) {
 // from the DirectRouting peer C on the IPv6 underlay; the same outcomes as
 // underlayCases names them.
 func underlayCases6(t testing.TB) []underlayCase {
-	valid := validVX6(t, pkt6{})
+	valid := validVX6in4(t, pkt6{})
 	plainFromC6 := func(p pkt6) []byte {
 		if !p.src.IsValid() {
 			p.src = remoteSrcC6
@@ -36,23 +36,23 @@ func underlayCases6(t testing.TB) []underlayCase {
 
 	cs := []underlayCase{
 		{"v6: valid, to a local pod", valid, "deliver"},
-		{"v6: valid, to pod1", validVX6(t, pkt6{dst: pod1v6.IP}), "deliver"},
-		{"v6: valid, inner UDP", validVX6(t, pkt6{proto: layers.IPProtocolUDP}), "deliver"},
-		{"v6: valid, inner ICMPv6 echo", validVX6(t, pkt6{proto: layers.IPProtocolICMPv6}), "deliver"},
-		{"v6: valid, full-size inner packet", validVX6(t, pkt6{size: 1450}), "deliver"},
-		{"v6: valid, minimal inner packet", validVX6(t, pkt6{proto: layers.IPProtocolICMPv6, size: 48}), "deliver"},
-		{"v6: valid, traffic class and flow label", validVX6(t, pkt6{tc: 0xb8, flow: 0xfffff}), "deliver"},
-		{"v6: valid, inner hop limit 2", validVX6(t, pkt6{hopLimit: 2}), "deliver"},
-		{"v6: valid, inner source at the subnet's end", validVX6(t, pkt6{src: netip.MustParseAddr("fd00:10:244:1:ffff:ffff:ffff:ffff")}), "deliver"},
+		{"v6: valid, to pod1", validVX6in4(t, pkt6{dst: pod1v6.IP}), "deliver"},
+		{"v6: valid, inner UDP", validVX6in4(t, pkt6{proto: layers.IPProtocolUDP}), "deliver"},
+		{"v6: valid, inner ICMPv6 echo", validVX6in4(t, pkt6{proto: layers.IPProtocolICMPv6}), "deliver"},
+		{"v6: valid, full-size inner packet", validVX6in4(t, pkt6{size: 1450}), "deliver"},
+		{"v6: valid, minimal inner packet", validVX6in4(t, pkt6{proto: layers.IPProtocolICMPv6, size: 48}), "deliver"},
+		{"v6: valid, traffic class and flow label", validVX6in4(t, pkt6{tc: 0xb8, flow: 0xfffff}), "deliver"},
+		{"v6: valid, inner hop limit 2", validVX6in4(t, pkt6{hopLimit: 2}), "deliver"},
+		{"v6: valid, inner source at the subnet's end", validVX6in4(t, pkt6{src: netip.MustParseAddr("fd00:10:244:1:ffff:ffff:ffff:ffff")}), "deliver"},
 		{"v6: valid, inner frame longer than its IPv6 packet", vxFrom6(pkt6{}, func(v *vx) { v.inner = append(v.inner, make([]byte, 6)...) }), "deliver"},
 		{"v6: valid, outer ECN ECT(0) over Not-ECT", mutate(valid, true, func(b []byte) { b[offOuterIP+1] = 0x02 }), "deliver"},
-		{"v6: valid, inner ICMPv6 error to a local pod", validVX6(t, pkt6{proto: layers.IPProtocolICMPv6, icmpType: 1}), "conntrack"},
-		{"v6: valid, inner fragment to a local pod", validVX6(t, pkt6{fragment: true, moreFrags: true}), "conntrack"},
-		{"v6: valid, to a free address in our subnet", validVX6(t, pkt6{dst: netip.MustParseAddr("fd00:10:244::50")}), "to_host"},
-		{"v6: valid, to weft0", validVX6(t, pkt6{dst: hostIP6}), "to_host"},
-		{"v6: valid, to the Internet", validVX6(t, pkt6{dst: netip.MustParseAddr("2001:db8::1")}), "to_host"},
-		{"v6: valid, inner hop limit 1 to a local pod (host sends time exceeded)", validVX6(t, pkt6{hopLimit: 1}), "to_host"},
-		{"v6: valid, inner hop limit 0 to a local pod", validVX6(t, pkt6{zeroHop: true}), "to_host"},
+		{"v6: valid, inner ICMPv6 error to a local pod", validVX6in4(t, pkt6{proto: layers.IPProtocolICMPv6, icmpType: 1}), "conntrack"},
+		{"v6: valid, inner fragment to a local pod", validVX6in4(t, pkt6{fragment: true, moreFrags: true}), "conntrack"},
+		{"v6: valid, to a free address in our subnet", validVX6in4(t, pkt6{dst: netip.MustParseAddr("fd00:10:244::50")}), "to_host"},
+		{"v6: valid, to weft0", validVX6in4(t, pkt6{dst: hostIP6}), "to_host"},
+		{"v6: valid, to the Internet", validVX6in4(t, pkt6{dst: netip.MustParseAddr("2001:db8::1")}), "to_host"},
+		{"v6: valid, inner hop limit 1 to a local pod (host sends time exceeded)", validVX6in4(t, pkt6{hopLimit: 1}), "to_host"},
+		{"v6: valid, inner hop limit 0 to a local pod", validVX6in4(t, pkt6{zeroHop: true}), "to_host"},
 
 		{"v6: inner payload length beyond the frame", mutate(valid, false, setInner6(func(h []byte) { put16(h[4:], be16(h[4:])+1) })), "drop_inner_malformed"},
 		{"v6: inner payload length 0xffff", mutate(valid, false, setInner6(func(h []byte) { put16(h[4:], 0xffff) })), "drop_inner_malformed"},
@@ -63,13 +63,13 @@ func underlayCases6(t testing.TB) []underlayCase {
 			put16(b[offOuterIP+2:], be16(b[offOuterIP+2:])-1)
 			put16(b[offUDP+4:], be16(b[offUDP+4:])-1)
 		}), "drop_inner_malformed"},
-		{"v6: inner source outside every tunnel", validVX6(t, pkt6{src: netip.MustParseAddr("2001:db8::5")}), "drop_unknown_source"},
-		{"v6: inner source in our own subnet", validVX6(t, pkt6{src: pod1v6.IP}), "drop_unknown_source"},
-		{"v6: inner source ::", validVX6(t, pkt6{src: netip.IPv6Unspecified()}), "drop_unknown_source"},
-		{"v6: inner source a peer B pod's IPv4, mapped", validVX6(t, pkt6{src: netip.AddrFrom16(remoteSrcB.As16())}), "drop_unknown_source"},
-		{"v6: inner source link-local", validVX6(t, pkt6{src: netip.MustParseAddr("fe80::1")}), "drop_unknown_source"},
+		{"v6: inner source outside every tunnel", validVX6in4(t, pkt6{src: netip.MustParseAddr("2001:db8::5")}), "drop_unknown_source"},
+		{"v6: inner source in our own subnet", validVX6in4(t, pkt6{src: pod1v6.IP}), "drop_unknown_source"},
+		{"v6: inner source ::", validVX6in4(t, pkt6{src: netip.IPv6Unspecified()}), "drop_unknown_source"},
+		{"v6: inner source a peer B pod's IPv4, mapped", validVX6in4(t, pkt6{src: netip.AddrFrom16(remoteSrcB.As16())}), "drop_unknown_source"},
+		{"v6: inner source link-local", validVX6in4(t, pkt6{src: netip.MustParseAddr("fe80::1")}), "drop_unknown_source"},
 		{"v6: right inner source, unknown outer source", vxFrom6(pkt6{}, func(v *vx) { v.outerSrc = netip.MustParseAddr("192.168.8.66") }), "drop_unknown_peer"},
-		{"v6: inner source of peer C, outer source of peer B", validVX6(t, pkt6{src: remoteSrcC6}), "drop_unknown_peer"},
+		{"v6: inner source of peer C, outer source of peer B", validVX6in4(t, pkt6{src: remoteSrcC6}), "drop_unknown_peer"},
 		{"v6: outer source is ourselves", vxFrom6(pkt6{}, func(v *vx) { v.outerSrc = underlayIP }), "drop_unknown_peer"},
 		{"v6: IPv4 packet behind the IPv6 type", vxFrom6(pkt6{}, func(v *vx) { v.inner = innerFromB(t, pkt{}) }), "drop_inner_malformed"},
 		{"v6: IPv6 packet behind the IPv4 type", vxFrom6(pkt6{}, func(v *vx) { v.innerType = layers.EthernetTypeIPv4 }), "drop_inner_malformed"},
@@ -131,7 +131,7 @@ func TestDecap6ECN(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			innerTC := byte(c.traffic)&^3 | c.inner
-			frame := mutate(validVX6(t, pkt6{tc: innerTC, flow: c.flowLb}), true, func(b []byte) { b[offOuterIP+1] = c.outer })
+			frame := mutate(validVX6in4(t, pkt6{tc: innerTC, flow: c.flowLb}), true, func(b []byte) { b[offOuterIP+1] = c.outer })
 			inner := frame[offInnerIP:]
 			wantInner := slices.Clone(inner)
 			if c.want != 0xff {
@@ -162,7 +162,7 @@ func TestDecap6ECN(t *testing.T) {
 
 // What from_pod encapsulates, from_underlay on the peer decapsulates back
 // to the identical IPv6 packet (hop limit - 1 once per hop).
-func TestEncapDecapRoundTrip6(t *testing.T) {
+func TestEncapDecapRoundTrip6in4(t *testing.T) {
 	a := newEnv(t)
 	in := podFrame6(t, pod1v6, pkt6{dst: remotePodB6, tc: 0x02, flow: 0x54321, size: 900})
 	enc := a.run("from_pod", in)

@@ -74,7 +74,7 @@ func FuzzEncap(f *testing.F) {
 		}
 		inner := frame[14:]
 		if be16(frame[12:]) == 0x86dd {
-			checkFuzzEncap6(t, a, b, ref, inner, r.out, fromHost)
+			checkFuzzEncapInner6(t, a, b, ref, inner, r.out, fromHost)
 			return
 		}
 		ip, ok := parseIPv4(inner)
@@ -105,10 +105,10 @@ func FuzzEncap(f *testing.F) {
 	})
 }
 
-// checkFuzzEncap6 is FuzzEncap's check for an IPv6 frame the program says it
+// checkFuzzEncapInner6 is FuzzEncap's check for an IPv6 frame the program says it
 // encapsulated: to a VXLAN tunnel covering the destination, VXLAN as the
-// vxlan driver sends it (checkEncap6), and peer B decapsulates it again.
-func checkFuzzEncap6(t *testing.T, a, b *env, ref *refNode, inner, out []byte, fromHost bool) {
+// vxlan driver sends it (checkEncap6in4), and peer B decapsulates it again.
+func checkFuzzEncapInner6(t *testing.T, a, b *env, ref *refNode, inner, out []byte, fromHost bool) {
 	t.Helper()
 	if len(inner) < 40 || inner[0]>>4 != 6 {
 		t.Fatalf("encapsulated a frame without an IPv6 header:\n%x", inner)
@@ -120,7 +120,7 @@ func checkFuzzEncap6(t *testing.T, a, b *env, ref *refNode, inner, out []byte, f
 	}
 	out = out[:14+50+len(inner)]
 	if gopacket.NewPacket(append(ethHdr(localVtep, localVtep, layers.EthernetTypeIPv6), inner...), layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {
-		checkEncap6(t, a.cfg, tun, inner, out, !fromHost)
+		checkEncap6in4(t, a.cfg, tun, inner, out, !fromHost)
 	}
 	plen := int(be16(inner[4:]))
 	if tun.Remote != peerB.Remote || !netip.MustParsePrefix("fd00:10:244::/64").Contains(src) || plen == 0 || 40+plen > len(inner) {

@@ -13,15 +13,15 @@ import (
 // comes out is delivered like any decapsulated IPv6 packet.
 func TestGROCell6(t *testing.T) {
 	e := newCellEnv(t)
-	in := validVX6(t, pkt6{})
+	in := validVX6in4(t, pkt6{})
 	r := e.run("from_underlay", in)
 	r.check(t, tcActRedirect, counters("decap"))
 	want := append(slices.Clone(in[:12]), 0x86, 0xdd)
 	hexDiff(t, "frame into the cell", r.out, append(want, in[offInnerIP:]...))
 
-	r = e.run("from_underlay", validVX6(t, pkt6{proto: layers.IPProtocolUDP}))
+	r = e.run("from_underlay", validVX6in4(t, pkt6{proto: layers.IPProtocolUDP}))
 	r.check(t, tcActRedirect, counters("decap", "deliver"))
-	r = e.run("from_underlay", validVX6(t, pkt6{size: 40 + 20}))
+	r = e.run("from_underlay", validVX6in4(t, pkt6{size: 40 + 20}))
 	r.check(t, tcActRedirect, counters("decap", "deliver"))
 
 	// DirectRouting TCP from peer C's pod takes the cell untouched.

@@ -108,7 +108,6 @@ func defaultConfig() weftmaps.Config {
 		MTU:             1500,
 		SrcPortMin:      weftmaps.DefaultSrcPortMin,
 		SrcPortMax:      weftmaps.DefaultSrcPortMax,
-		UnderlayIP6:     underlayIP6,
 		HostIP6:         hostIP6,
 	}
 }

@@ -42,36 +42,12 @@
 
 /*
  * Decapsulation that changes the L3 family (bpf_skb_adjust_room, Linux 6.3+):
- * skb->protocol follows the inner header. Debian's 6.1 UAPI lacks them.
+ * skb->protocol follows the inner header. Not in Debian's 6.1 UAPI headers;
+ * outer6.h has the IPv4 one.
  */
-#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV6
-#define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
-#define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
-#endif
+#define WEFT_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 
-/* ---- addresses ---- */
-
-static __always_inline int addr_equal(const __u8 *a, const __u8 *b)
-{
-	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
-
-	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
-}
-
-/* ::ffff:a.b.c.d: an IPv4 address in a 16-byte map field. */
-static __always_inline int addr_is_v4mapped(const __u8 *a)
-{
-	const __u32 *w = (const __u32 *)a;
-
-	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
-}
-
-static __always_inline int addr_is_unspecified(const __u8 *a)
-{
-	const __u32 *w = (const __u32 *)a;
-
-	return (w[0] | w[1] | w[2] | w[3]) == 0;
-}
+/* ---- addresses (helpers.h has addr_equal, addr_is_v4mapped, addr_is_zero) ---- */
 
 /* fe80::/10 */
 static __always_inline int addr_is_link_local(const __u8 *a)

@@ -19,9 +19,8 @@ import (
 )
 
 var (
-	underlayIP6 = netip.MustParseAddr("fd00:8::1")
-	hostIP6     = netip.MustParseAddr("fd00:10:244::")  // weft0: the subnet's first address, as flannel-v6.1
-	gatewayIP6  = netip.MustParseAddr("fd00:10:244::1") // what pods solicit; no device owns it
+	hostIP6    = netip.MustParseAddr("fd00:10:244::")  // weft0: the subnet's first address, as flannel-v6.1
+	gatewayIP6 = netip.MustParseAddr("fd00:10:244::1") // what pods solicit; no device owns it
 
 	pod1v6 = weftmaps.Endpoint{IP: netip.MustParseAddr("fd00:10:244::2"), IfIndex: pod1.IfIndex, MAC: pod1.MAC, HostMAC: pod1.HostMAC}
 	pod2v6 = weftmaps.Endpoint{IP: netip.MustParseAddr("fd00:10:244::3"), IfIndex: pod2.IfIndex, MAC: pod2.MAC, HostMAC: pod2.HostMAC}
@@ -144,8 +143,8 @@ func innerFromB6(tb testing.TB, p pkt6) []byte {
 	return ipv6(tb, p)
 }
 
-// validVX6 is peer B's VXLAN frame (IPv4 underlay) carrying an IPv6 packet.
-func validVX6(tb testing.TB, p pkt6) []byte {
+// validVX6in4 is peer B's VXLAN frame (IPv4 underlay) carrying an IPv6 packet.
+func validVX6in4(tb testing.TB, p pkt6) []byte {
 	v := defaultVX(innerFromB6(tb, p))
 	v.innerType = layers.EthernetTypeIPv6
 	return vxlanFrame(tb, v)

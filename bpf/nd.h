@@ -239,7 +239,7 @@ static __always_inline int pod_icmp6(struct __sk_buff *skb)
 	 * anything (an NA or an NS with a link-layer option from :: is invalid:
 	 * the kernel drops it).
 	 */
-	if (addr_is_unspecified(ip6->saddr.s6_addr))
+	if (addr_is_zero(ip6->saddr.s6_addr))
 		goto pass;
 	/* The sender's MACs: the Ethernet source and any link-layer option agree. */
 	if (lladdr && !mac_equal(lladdr, eth->h_source))

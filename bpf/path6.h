@@ -24,6 +24,7 @@
 #include "nd.h"
 #include "ptb.h"
 #include "underlay.h"
+#include "outer6.h"
 
 /* Defined in weft.c, shared by both families. */
 static __always_inline int vxlan_encap(struct __sk_buff *skb, const struct node_config *cfg,
@@ -44,9 +45,7 @@ static __always_inline int direct6(const struct tunnel_info *tun)
 /* Bytes our headers add toward tun: outer IPv4 (50) or IPv6 (70) VXLAN, 0 direct. */
 static __always_inline __u32 overhead6(const struct tunnel_info *tun)
 {
-	if (direct6(tun))
-		return 0;
-	return addr_is_v4mapped(tun->remote) ? VXLAN_OVERHEAD : VXLAN_OVERHEAD + 20;
+	return direct6(tun) ? 0 : tunnel_overhead(tun);
 }
 
 /* deliver_to_pod for IPv6: hop limit - 1, gateway MAC as source; -1 when it would expire. */
@@ -166,13 +165,25 @@ static __always_inline int forward_to_peer6(struct __sk_buff *skb, const struct 
 
 		__builtin_memcpy(nh.ipv6_nh, tun->remote, sizeof(nh.ipv6_nh));
 		count(from_pod ? CNT_DIRECT : CNT_DIRECT_HOST, skb->len);
-		count_peer_tx(tun->remote, skb->len);
+		count_peer_tx(tun, skb->len);
 		return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
 	}
 
 	{
-		long err = vxlan_encap(skb, cfg, tun);
+		long err;
 
+		if (overhead == VXLAN_OVERHEAD) {
+			err = vxlan_encap(skb, cfg, tun);
+		} else {
+			/* Over the IPv6 underlay (outer6.h), as forward_to_peer does. */
+			err = vxlan_encap6(skb, cfg, tun);
+			if (err == ENCAP6_NEEDS_KERNEL)
+				return encap_via_kernel(skb, cfg, tun);
+			if (err == ENCAP6_NO_SOURCE) {
+				count(CNT_DROP_NO_UNDERLAY6, skb->len);
+				return TC_ACT_SHOT;
+			}
+		}
 		if (err && is_nested_gso_error(err))
 			return encap_via_kernel(skb, cfg, tun);
 		if (err) {
@@ -181,7 +192,7 @@ static __always_inline int forward_to_peer6(struct __sk_buff *skb, const struct 
 		}
 	}
 	count(from_pod ? CNT_ENCAP : CNT_ENCAP_HOST, skb->len);
-	count_peer_tx(tun->remote, skb->len);
+	count_peer_tx(tun, skb->len);
 	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
 }
 
@@ -215,7 +226,7 @@ static __always_inline int from_pod6(struct __sk_buff *skb, const struct node_co
 	 * the pod's own address.
 	 */
 	if (addr_is_link_local(ip6->daddr.s6_addr) || addr_is_multicast(ip6->daddr.s6_addr)) {
-		if (addr_is_link_local(ip6->saddr.s6_addr) || addr_is_unspecified(ip6->saddr.s6_addr))
+		if (addr_is_link_local(ip6->saddr.s6_addr) || addr_is_zero(ip6->saddr.s6_addr))
 			goto pass;
 	}
 	if (!pod_owning_v6(skb->ifindex, &ip6->saddr)) {
@@ -310,7 +321,7 @@ static __always_inline int from_underlay_plain6(struct __sk_buff *skb, const str
 		count(CNT_DROP_DIRECT_PEER, skb->len);
 		return TC_ACT_SHOT;
 	}
-	count_peer_rx(tun->remote, skb->len);
+	count_peer_rx(tun, skb->len);
 	if (ct_needs_stack6(skb, ip6, data_end))
 		return to_host_stack6(skb, cfg, CNT_PASS_CONNTRACK);
 	if (to_gro_cell(skb, cfg)) {

@@ -65,7 +65,7 @@ static __always_inline enum counter ptb_policy(const struct ipv6hdr *ip6, void *
 	__builtin_memcpy(key.addr, &ip6->saddr, sizeof(key.addr));
 	if (!icmp_error_allowed(&key))
 		return CNT_DROP_FRAG_NEEDED_SUPPRESSED;
-	if (ip6->nexthdr != IPPROTO_ICMPV6 || l3_len < PTB_QUOTED || addr_is_unspecified(cfg->host_ip6))
+	if (ip6->nexthdr != IPPROTO_ICMPV6 || l3_len < PTB_QUOTED || addr_is_zero(cfg->host_ip6))
 		return CNT_PASS_MTU;
 	return CNT_PACKET_TOO_BIG;
 }

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestEncap6MatchesKernelVXLAN holds from_pod's v6-in-v4 output against
+// TestEncap6in4MatchesKernelVXLAN holds from_pod's v6-in-v4 output against
 // what the Linux vxlan driver itself sends for the same inner frame, byte
 // by byte. The reference is a kernel vxlan device in the test's private
 // namespace (main_test.go) programmed as flannel programs flannel.1 (VNI 1,
@@ -24,7 +24,7 @@ import (
 // underlay veth. Only what the sender picks freely may differ: the outer IP
 // ID and the UDP source port (each from its own flow hash, both checked for
 // range elsewhere), and so the outer header checksum.
-func TestEncap6MatchesKernelVXLAN(t *testing.T) {
+func TestEncap6in4MatchesKernelVXLAN(t *testing.T) {
 	vx := kernelVXLAN(t)
 
 	for _, c := range []struct {
@@ -130,13 +130,13 @@ func kernelVXLAN(t *testing.T) *kernelVXLANRef {
 	}
 	t.Cleanup(func() { _ = netlink.NeighDel(nb) })
 
-	ref := &kernelVXLANRef{tx: packetSocket(t, dev.Attrs().Index), rx: packetSocket(t, peer.Attrs().Index)}
+	ref := &kernelVXLANRef{tx: refPacketSocket(t, dev.Attrs().Index), rx: refPacketSocket(t, peer.Attrs().Index)}
 	return ref
 }
 
-func packetSocket(t *testing.T, ifindex int) int {
+func refPacketSocket(t *testing.T, ifindex int) int {
 	t.Helper()
-	proto := int(htons(unix.ETH_P_ALL))
+	proto := int(refHtons(unix.ETH_P_ALL))
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		t.Fatalf("packet socket: %v", err)
@@ -152,7 +152,7 @@ func packetSocket(t *testing.T, ifindex int) int {
 	return fd
 }
 
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
+func refHtons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // encapsulate writes inner into the vxlan device and returns the VXLAN
 // frame that comes out of the underlay, waiting up to 5 s for it.
