@@ -136,6 +136,11 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 			return NodeState{}, err
 		}
 	}
+	if nc.UnderlayIP6.IsValid() {
+		if err := checkUnderlayIP6(ul, nc.UnderlayIP6); err != nil {
+			return NodeState{}, fmt.Errorf("setup node: %w", err)
+		}
+	}
 	if nc.Decap == DecapXDP {
 		if err := nc.ProbeXDPMeta(nc.Underlay); err != nil {
 			nc.Log.Warn("XDP decapsulation unavailable on this underlay, falling back to --decap=tc",
@@ -270,7 +275,7 @@ func (nc NodeConfig) checkFamilies() error {
 	case !nc.Subnet.IsValid() && !nc.IPv6Subnet.IsValid():
 		return fmt.Errorf("subnet %v not inside network %v", nc.Subnet, nc.Network)
 	case nc.UnderlayIP6.IsValid() && (!nc.UnderlayIP6.Is6() || nc.UnderlayIP6.Is4In6()):
-		return fmt.Errorf("IPv6 underlay address %v is not IPv6", nc.UnderlayIP6)
+		return fmt.Errorf("%w: %v is not IPv6", ErrUnderlayIP6, nc.UnderlayIP6)
 	case !nc.Subnet.IsValid() && !nc.UnderlayIP6.IsValid():
 		return errors.New("an IPv6-only node needs an IPv6 underlay address")
 	}
@@ -460,6 +465,28 @@ func firstIPv4(l netlink.Link) (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("underlay %s has no IPv4 address", l.Attrs().Name)
+}
+
+// ErrUnderlayIP6 is returned (wrapped) by SetupNode when NodeConfig's
+// UnderlayIP6 is not a plain IPv6 address of the underlay device: outer
+// IPv6 headers from an address the node does not own would be answered to
+// someone else, and an IPv4-mapped one is an IPv4 address in disguise.
+var ErrUnderlayIP6 = errors.New("bad IPv6 underlay address")
+
+func checkUnderlayIP6(l netlink.Link, ip netip.Addr) error {
+	if !ip.Is6() || ip.Is4In6() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsLinkLocalUnicast() || ip.IsLoopback() {
+		return fmt.Errorf("%w: %v is not a global or unique-local IPv6 unicast address", ErrUnderlayIP6, ip)
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return fmt.Errorf("list IPv6 addresses of %s: %w", l.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got == ip {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %v is not an address of %s", ErrUnderlayIP6, ip, l.Attrs().Name)
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {

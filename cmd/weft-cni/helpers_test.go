@@ -95,18 +95,36 @@ type testNode struct {
 	pinPath    string
 	dataDir    string
 	subnetFile string
-	subnet     netip.Prefix
+	subnet     netip.Prefix // IPv4 pod subnet; zero on an IPv6-only node
+	subnet6    netip.Prefix // IPv6 pod subnet; zero without IPv6
 	mtu        int
 }
 
 func newTestNode(t *testing.T, subnet string) *testNode {
 	t.Helper()
+	return newTestNode6(t, subnet, "")
+}
+
+// newTestNode6 is a node with an IPv4 subnet, an IPv6 subnet or both (""
+// for a family it lacks). The data plane is set up for the IPv4 subnet
+// (or a stand-in on an IPv6-only node): the plugin only reads its maps.
+func newTestNode6(t *testing.T, subnet, subnet6 string) *testNode {
+	t.Helper()
 	n := &testNode{
 		prefix:     "wcni" + randHex(3),
 		dataDir:    t.TempDir(),
 		subnetFile: filepath.Join(t.TempDir(), "subnet.env"),
-		subnet:     netip.MustParsePrefix(subnet).Masked(),
 		mtu:        loader.PodMTU(1500),
+	}
+	if subnet != "" {
+		n.subnet = netip.MustParsePrefix(subnet).Masked()
+	}
+	if subnet6 != "" {
+		n.subnet6 = netip.MustParsePrefix(subnet6).Masked()
+	}
+	dpSubnet := n.subnet
+	if !dpSubnet.IsValid() {
+		dpSubnet = netip.MustParsePrefix("10.255.0.0/24")
 	}
 	n.nsPath = newNetns(t, n.prefix+"-node")
 	for _, args := range [][]string{
@@ -134,7 +152,7 @@ func newTestNode(t *testing.T, subnet string) *testNode {
 		}
 		defer d.Close()
 		_, err = loader.SetupNode(d, loader.NodeConfig{
-			Underlay: "ul0", Network: netip.MustParsePrefix("10.0.0.0/8"), Subnet: n.subnet,
+			Underlay: "ul0", Network: netip.MustParsePrefix("10.0.0.0/8"), Subnet: dpSubnet,
 			VtepMAC: net.HardwareAddr{0x0e, 0, 0, 0, 0, 1}, VNI: 1, Port: 8472, Decap: loader.DecapTC,
 		})
 		return err
@@ -148,8 +166,14 @@ func newTestNode(t *testing.T, subnet string) *testNode {
 
 func (n *testNode) writeSubnetEnv(t *testing.T) {
 	t.Helper()
-	env := fmt.Sprintf("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=%s/%d\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=false\n",
-		n.subnet.Addr().Next(), n.subnet.Bits(), n.mtu)
+	var env string
+	if n.subnet.IsValid() {
+		env += fmt.Sprintf("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=%s/%d\n", n.subnet.Addr().Next(), n.subnet.Bits())
+	}
+	if n.subnet6.IsValid() {
+		env += fmt.Sprintf("FLANNEL_IPV6_NETWORK=fd00::/16\nFLANNEL_IPV6_SUBNET=%s/%d\n", n.subnet6.Addr().Next(), n.subnet6.Bits())
+	}
+	env += fmt.Sprintf("FLANNEL_MTU=%d\nFLANNEL_IPMASQ=false\n", n.mtu)
 	if err := os.WriteFile(n.subnetFile, []byte(env), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +231,7 @@ func (n *testNode) check(t *testing.T, a *skel.CmdArgs) error {
 
 // assertClean fails unless the node holds nothing of any attachment: no
 // weft-cni veth, no endpoint entry, no pinned pod link, no address file,
-// no record, no /32 route; and the pod netns (if still there) no eth0.
+// no record, no /32 or /128 route; and the pod netns (if still there) no eth0.
 func (n *testNode) assertClean(t *testing.T, podNS string) {
 	t.Helper()
 	for _, s := range n.leftovers(t, podNS) {
@@ -228,15 +252,17 @@ func (n *testNode) leftovers(t *testing.T, podNS string) []string {
 				left = append(left, "host veth "+l.Attrs().Name)
 			}
 		}
-		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return err
 		}
 		for _, r := range routes {
-			if r.Dst != nil && n.subnet.Contains(netip.MustParseAddr(r.Dst.IP.String())) {
-				if ones, _ := r.Dst.Mask.Size(); ones == 32 {
-					left = append(left, "route "+r.Dst.String())
-				}
+			if r.Dst == nil {
+				continue
+			}
+			a := netip.MustParseAddr(r.Dst.IP.String()).Unmap()
+			if ones, bits := r.Dst.Mask.Size(); ones == bits && (n.subnet.Contains(a) || n.subnet6.Contains(a)) {
+				left = append(left, "route "+r.Dst.String())
 			}
 		}
 		return nil

@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// serveHTTP starts the /healthz and /metrics endpoint and returns its stop
+// serveHTTP starts the /healthz, /livez and /metrics endpoint and returns its stop
 // function.
 func (d *daemon) serveHTTP(addr string) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
@@ -24,6 +24,7 @@ func (d *daemon) serveHTTP(addr string) (func(), error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", d.handleHealth)
+	mux.HandleFunc("/livez", d.live.handleLive)
 	mux.Handle("/metrics", promhttp.HandlerFor(d.registry(), promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(d.log)}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

@@ -31,6 +31,7 @@ type daemon struct {
 	subnet6      atomic.Pointer[netip.Prefix] // IPv6 pod subnet, once known
 	configErrors atomic.Uint64                // reads of <prefix>/config that failed or were invalid
 	health       health                       // why weftd is unready after it was ready (health.go)
+	live         liveness                     // whether the monitor loop still runs (/livez, live.go)
 }
 
 // run is weftd from flags to shutdown.

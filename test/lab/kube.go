@@ -145,7 +145,7 @@ func (c *Cluster) kubeWeftdCommand(n *Node, extra ...string) (string, []string, 
 		"--iface", n.Topo.UnderlayIf,
 		"--pin-path", n.PinPath,
 		"--subnet-file", n.SubnetFile,
-		"--metrics-addr", netip.AddrPortFrom(n.Topo.UnderlayIP, metricsPort).String(),
+		"--metrics-addr", netip.AddrPortFrom(n.Topo.Addr(), metricsPort).String(),
 	)
 	return "/usr/bin/env", append(args, extra...), nil
 }
