@@ -134,7 +134,12 @@ func TestWeftdRefusesIPv6OnlyWithoutIPv6Underlay(t *testing.T) {
 	if !strings.Contains(err.Error(), "IPv6-only") || !strings.Contains(err.Error(), "no global IPv6 address") {
 		t.Fatalf("weftd's error does not say why:\n%v", err)
 	}
-	if _, statErr := os.Stat(c.Nodes[0].PinPath); !os.IsNotExist(statErr) {
+	n := c.Nodes[0]
+	<-c.Lab.Exited(n.Cmd)
+	if code := n.Cmd.ProcessState.ExitCode(); code != 2 {
+		t.Errorf("weftd exited %d, want 2 (as for a bad --iface)", code)
+	}
+	if _, statErr := os.Stat(n.PinPath); !os.IsNotExist(statErr) {
 		t.Errorf("pins made before refusing: %v", statErr)
 	}
 }
