@@ -301,3 +301,51 @@ func snmp6(t *testing.T, nsPath string) map[string]uint64 {
 	}
 	return m
 }
+
+// TestIPv6LabFlannelNodes checks the harness the IPv6 tests stand on,
+// without Weft: flannel-style nodes write flannel's dual-stack and
+// IPv6-only leases to etcd (reached over IPv6 on an IPv6-only underlay),
+// program flannel-v6.1 from each other's leases, and their pods reach each
+// other on every family they have.
+func TestIPv6LabFlannelNodes(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		underlay string
+		v6only   bool
+	}{{"DualStack", "dual", false}, {"IPv6Only", "v6", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			opts := lab.Options{Network6: testNetwork6, IPv6Only: c.v6only, UnderlayCIDR6: testUnderlay6, NoUnderlayIPv4: c.underlay == "v6"}
+			cl := startLab(t, opts)
+			for i, name := range []string{"k1", "k2"} {
+				sn := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(200 + i), 0}), 24)
+				if c.v6only {
+					sn = netip.Prefix{}
+				}
+				sn6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0x02, 0x44, 0, byte(200 + i)}), 64)
+				if _, err := cl.AddFlannelNodeDual(name, sn, sn6); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, n := range cl.Nodes {
+				if _, err := cl.AddPod(n, "p1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cli := etcdClient(t, cl)
+			k1 := cl.Nodes[0]
+			key := cl.EtcdPrefix + "/subnets/10.244.200.0-24&fd00:10:244:c8::-64"
+			want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":"%s","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"%s"},"BackendV6Data":{"VNI":1,"VtepMAC":"%s"}}`,
+				k1.Topo.UnderlayIP, k1.Topo.UnderlayIP6, k1.Topo.Flannel.VtepMAC, k1.Topo.Flannel.VtepMAC6)
+			if c.v6only {
+				key = cl.EtcdPrefix + "/subnets/0.0.0.0-0&fd00:10:244:c8::-64"
+				want = fmt.Sprintf(`{"PublicIP":"0.0.0.0","PublicIPv6":"%s","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"%s"}}`,
+					k1.Topo.UnderlayIP6, k1.Topo.Flannel.VtepMAC6)
+			}
+			resp, err := cli.Get(testCtx(t, 5*time.Second), key)
+			if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != want {
+				t.Errorf("lease %s: %v %v, want %s", key, err, resp, want)
+			}
+			pingMatrix(t, cl.Nodes)
+		})
+	}
+}
