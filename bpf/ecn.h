@@ -37,15 +37,16 @@ static __always_inline void ipv4_set_tos(struct iphdr *ip, __u8 tos)
 }
 
 /*
- * Applies the outer header's ECN to the inner one. Returns CNT_DECAP, or
+ * Applies the outer header's ECN bits (IPv4 TOS or IPv6 traffic class) to
+ * the inner header. Returns CNT_DECAP, or
  * CNT_DROP_ECN_NOT_ECT; *marked says whether CE was copied in.
  */
-static __always_inline enum counter ecn_decap(const struct iphdr *outer, struct iphdr *inner, int *marked)
+static __always_inline enum counter ecn_decap(__u8 outer_ecn, struct iphdr *inner, int *marked)
 {
 	__u8 in = inner->tos & ECN_MASK;
 
 	*marked = 0;
-	if ((outer->tos & ECN_MASK) != ECN_CE || in == ECN_CE)
+	if ((outer_ecn & ECN_MASK) != ECN_CE || in == ECN_CE)
 		return CNT_DECAP;
 	if (in == ECN_NOT_ECT)
 		return CNT_DROP_ECN_NOT_ECT;

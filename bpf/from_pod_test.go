@@ -182,7 +182,7 @@ func checkPeerTx(t *testing.T, e *env, remote netip.Addr, packets uint64) {
 			return
 		}
 	}
-	t.Errorf("no tunnel_stats entry for peer %v", remote)
+	t.Errorf("no counters for peer %v", remote)
 }
 
 // The UDP source port is the vxlan driver's udp_flow_src_port: a hash of the

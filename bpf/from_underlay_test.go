@@ -408,7 +408,7 @@ func checkPeerRx(t *testing.T, e *env, remote netip.Addr) {
 			return
 		}
 	}
-	t.Errorf("no tunnel_stats entry for peer %v", remote)
+	t.Errorf("no counters for peer %v", remote)
 }
 
 // The same frames on port 4789 with a node configured for it.

@@ -76,6 +76,8 @@ static __always_inline int counter_is_drop(enum counter c)
 	case CNT_PASS_NO_XDP_META:
 	case CNT_ENCAP_KERNEL:
 	case CNT_PASS_CONNTRACK:
+	case CNT_PASS_OUTER6_CSUM:
+	case CNT_PASS_OUTER6_EXTHDR:
 		return 0; /* appended after the drops, but not drops */
 	default:
 		return c >= CNT_FIRST_DROP;
@@ -99,6 +101,29 @@ static __always_inline __be32 addr_to_v4(const __u8 *addr)
 
 	__builtin_memcpy(&v4, addr + 12, 4);
 	return v4;
+}
+
+/* Whether a 16-byte address is IPv4-mapped (::ffff:a.b.c.d): an IPv4 one. */
+static __always_inline int addr_is_v4mapped(const __u8 *addr)
+{
+	const __u32 *w = (const __u32 *)addr;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+/* Whether a 16-byte address is all-zero ("none" in node_config). */
+static __always_inline int addr_is_zero(const __u8 *addr)
+{
+	const __u32 *w = (const __u32 *)addr;
+
+	return (w[0] | w[1] | w[2] | w[3]) == 0;
+}
+
+static __always_inline int addr_equal(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
 }
 
 static __always_inline const struct node_config *node_config(void)
@@ -128,6 +153,17 @@ static __always_inline const struct endpoint_info *endpoint_for_v4(__be32 dst)
 	return bpf_map_lookup_elem(&endpoints, &key);
 }
 
+/* UDP source port from the inner flow's hash, spread over [min, max) like the vxlan driver. */
+static __always_inline __be16 flow_src_port(__u32 hash, const struct node_config *cfg)
+{
+	__u32 min = cfg->src_port_min, max = cfg->src_port_max;
+
+	if (max <= min)
+		return bpf_htons(min ? min : 32768);
+	hash ^= hash << 16;
+	return bpf_htons((__u16)((((__u64)hash * (max - min)) >> 32) + min));
+}
+
 /* ---- counters ---- */
 
 static __always_inline void count(enum counter c, __u64 bytes)
@@ -141,25 +177,23 @@ static __always_inline void count(enum counter c, __u64 bytes)
 	}
 }
 
-static __always_inline struct peer_stats *peer_stats_for(const __u8 *remote)
+/*
+ * The counters of the peer behind tun: its slot in peer_counters, which the Go
+ * side assigned when it wrote the entry. A slot out of range (a writer with
+ * another idea of the map's size) counts as "no slot", like slot 0.
+ */
+static __always_inline struct peer_stats *peer_stats_for(const struct tunnel_info *tun)
 {
-	struct peer_key key;
-	struct peer_stats *ps;
+	__u32 slot = tun->stats_slot;
 
-	__builtin_memcpy(key.addr, remote, WEFT_ADDR_LEN);
-	ps = bpf_map_lookup_elem(&tunnel_stats, &key);
-	if (ps)
-		return ps;
-
-	struct peer_stats zero = {};
-	/* A full map only costs us the per-peer numbers, never the packet. */
-	bpf_map_update_elem(&tunnel_stats, &key, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&tunnel_stats, &key);
+	if (slot >= WEFT_PEER_STATS_SLOTS)
+		slot = 0;
+	return bpf_map_lookup_elem(&peer_counters, &slot);
 }
 
-static __always_inline void count_peer_tx(const __u8 *remote, __u64 bytes)
+static __always_inline void count_peer_tx(const struct tunnel_info *tun, __u64 bytes)
 {
-	struct peer_stats *ps = peer_stats_for(remote);
+	struct peer_stats *ps = peer_stats_for(tun);
 
 	if (ps) {
 		ps->tx_packets++;
@@ -167,9 +201,9 @@ static __always_inline void count_peer_tx(const __u8 *remote, __u64 bytes)
 	}
 }
 
-static __always_inline void count_peer_rx(const __u8 *remote, __u64 bytes)
+static __always_inline void count_peer_rx(const struct tunnel_info *tun, __u64 bytes)
 {
-	struct peer_stats *ps = peer_stats_for(remote);
+	struct peer_stats *ps = peer_stats_for(tun);
 
 	if (ps) {
 		ps->rx_packets++;
@@ -243,9 +277,10 @@ static __always_inline int ipv4_header_ok(const struct iphdr *ip, __u32 l3_len)
 
 struct vxlan_frame {
 	struct ethhdr *outer_eth;
-	struct iphdr *outer_ip;
 	struct iphdr *inner_ip;
 	const struct tunnel_info *tunnel; /* the peer that owns the inner source */
+	__u32 overhead;                   /* outer bytes to strip: VXLAN_OVERHEAD or VXLAN6_OVERHEAD */
+	__u8 outer_ecn;                   /* the outer header's ECN bits (RFC 6040 decap) */
 };
 
 /*
@@ -253,10 +288,12 @@ struct vxlan_frame {
  * headers (from_underlay here, or the kernel's vxlan socket for reassembled
  * fragments, see gro_sink): an inner IPv4 header that does not lie about its
  * length (inner_len: bytes after the inner Ethernet header), from a remote
- * pod subnet whose owner is outer_saddr. Returns CNT_DECAP or the reason.
+ * pod subnet whose owner is outer_saddr (16 bytes, IPv4-mapped for an IPv4
+ * underlay: the tunnel's remote must match it in family too). Returns
+ * CNT_DECAP or the reason.
  */
 static __always_inline enum counter classify_inner(struct ethhdr *inner_eth, void *data_end, __u32 inner_len,
-						   __be32 outer_saddr, const struct tunnel_info **tun)
+						   const __u8 *outer_saddr, const struct tunnel_info **tun)
 {
 	struct iphdr *inner_ip = (void *)(inner_eth + 1);
 
@@ -277,7 +314,7 @@ static __always_inline enum counter classify_inner(struct ethhdr *inner_eth, voi
 	*tun = tunnel_for_v4(inner_ip->saddr);
 	if (!*tun)
 		return CNT_DROP_UNKNOWN_SOURCE;
-	if (addr_to_v4((*tun)->remote) != outer_saddr)
+	if (!addr_equal((*tun)->remote, outer_saddr))
 		return CNT_DROP_UNKNOWN_PEER;
 	return CNT_DECAP;
 }
@@ -309,6 +346,7 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 	struct ethhdr *inner_eth;
 	struct iphdr *inner_ip;
 	__u32 ihl, tot_len, udp_len, inner_len;
+	__u8 outer_saddr[WEFT_ADDR_LEN];
 	enum counter c;
 
 	if ((void *)(eth + 1) > data_end)
@@ -373,12 +411,14 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 		return CNT_PASS_OTHER_VNI;
 
 	inner_len = udp_len - sizeof(*udp) - sizeof(*vx) - ETH_HLEN;
-	c = classify_inner(inner_eth, data_end, inner_len, ip->saddr, &f->tunnel);
+	addr_from_v4(outer_saddr, ip->saddr);
+	c = classify_inner(inner_eth, data_end, inner_len, outer_saddr, &f->tunnel);
 	if (c != CNT_DECAP)
 		return c;
 
 	f->outer_eth = eth;
-	f->outer_ip = ip;
 	f->inner_ip = inner_ip;
+	f->outer_ecn = ip->tos & 0x3;
+	f->overhead = VXLAN_OVERHEAD;
 	return CNT_DECAP;
 }

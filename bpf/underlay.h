@@ -43,7 +43,7 @@ static __always_inline int may_be_vxlan(struct __sk_buff *skb, const struct node
 static __always_inline enum counter decap_ecn(struct vxlan_frame *f, __u32 len)
 {
 	int marked;
-	enum counter c = ecn_decap(f->outer_ip, f->inner_ip, &marked);
+	enum counter c = ecn_decap(f->outer_ecn, f->inner_ip, &marked);
 
 	if (c != CNT_DECAP) {
 		count(c, len);
@@ -65,13 +65,23 @@ static __always_inline enum counter classify_reassembled(struct __sk_buff *skb, 
 							 const struct tunnel_info **tun)
 {
 	struct bpf_tunnel_key key = {};
+	__u8 remote[WEFT_ADDR_LEN];
 	void *data, *data_end;
 
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0) {
+		/* The helper gives IPv4 addresses in host byte order. */
+		if (key.tunnel_id != cfg->vni || bpf_htonl(key.local_ipv4) != addr_to_v4(cfg->underlay_ip))
+			return CNT_DROP_GRO_DEVICE;
+		addr_from_v4(remote, bpf_htonl(key.remote_ipv4));
+	} else if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), BPF_F_TUNINFO_IPV6) == 0) {
+		/* An IPv6 underlay (outer6.h); IPv6 addresses come as they are on the wire. */
+		if (key.tunnel_id != cfg->vni || addr_is_zero(cfg->underlay_ip6) ||
+		    !addr_equal((const __u8 *)key.local_ipv6, cfg->underlay_ip6))
+			return CNT_DROP_GRO_DEVICE;
+		__builtin_memcpy(remote, key.remote_ipv6, WEFT_ADDR_LEN);
+	} else {
 		return CNT_DROP_GRO_DEVICE;
-	/* The helper gives addresses in host byte order. */
-	if (key.tunnel_id != cfg->vni || bpf_htonl(key.local_ipv4) != addr_to_v4(cfg->underlay_ip))
-		return CNT_DROP_GRO_DEVICE;
+	}
 	if (skb->len < ETH_HLEN + sizeof(struct iphdr))
 		return CNT_DROP_SHORT;
 	data = (void *)(long)skb->data;
@@ -82,7 +92,7 @@ static __always_inline enum counter classify_reassembled(struct __sk_buff *skb, 
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
-	return classify_inner(data, data_end, skb->len - ETH_HLEN, bpf_htonl(key.remote_ipv4), tun);
+	return classify_inner(data, data_end, skb->len - ETH_HLEN, remote, tun);
 }
 
 /*
@@ -112,17 +122,30 @@ static __always_inline int encap_via_kernel(struct __sk_buff *skb, const struct 
 {
 	struct bpf_tunnel_key key = {};
 	struct ethhdr *eth;
+	__u64 flags;
 
 	if (!cfg->gro_ifindex) {
-		count(CNT_DROP_NESTED_GSO, skb->len);
+		count(addr_is_v4mapped(tun->remote) ? CNT_DROP_NESTED_GSO : CNT_DROP_OUTER6_NEEDS_KERNEL, skb->len);
 		return TC_ACT_SHOT;
 	}
-	key.remote_ipv4 = bpf_ntohl(addr_to_v4(tun->remote));
-	key.local_ipv4 = bpf_ntohl(addr_to_v4(cfg->underlay_ip));
 	key.tunnel_id = tun->vni;
 	key.tunnel_ttl = 64;
-	/* UDP checksum 0 and DF clear, as vxlan_encap sends. */
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX)) {
+	if (addr_is_v4mapped(tun->remote)) {
+		key.remote_ipv4 = bpf_ntohl(addr_to_v4(tun->remote));
+		key.local_ipv4 = bpf_ntohl(addr_to_v4(cfg->underlay_ip));
+		/* UDP checksum 0 and DF clear, as vxlan_encap sends. */
+		flags = BPF_F_ZERO_CSUM_TX;
+	} else {
+		/*
+		 * IPv6 underlay (outer6.h): with a valid UDP checksum, which the
+		 * driver computes (TUNNEL_CSUM is set unless ZERO_CSUM_TX is
+		 * asked for; GSO gets SKB_GSO_UDP_TUNNEL_CSUM); flow label 0.
+		 */
+		__builtin_memcpy(key.remote_ipv6, tun->remote, WEFT_ADDR_LEN);
+		__builtin_memcpy(key.local_ipv6, cfg->underlay_ip6, WEFT_ADDR_LEN);
+		flags = BPF_F_TUNINFO_IPV6;
+	}
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), flags)) {
 		count(CNT_DROP_HELPER, skb->len);
 		return TC_ACT_SHOT;
 	}
@@ -135,6 +158,6 @@ static __always_inline int encap_via_kernel(struct __sk_buff *skb, const struct 
 	__builtin_memcpy(eth->h_dest, tun->vtep_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, cfg->vtep_mac, ETH_ALEN);
 	count(CNT_ENCAP_KERNEL, skb->len);
-	count_peer_tx(tun->remote, skb->len);
+	count_peer_tx(tun, skb->len);
 	return bpf_redirect(cfg->gro_ifindex, 0);
 }

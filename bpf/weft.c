@@ -32,6 +32,7 @@
 #include "ecn.h"
 #include "frag_needed.h"
 #include "underlay.h"
+#include "outer6.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -213,17 +214,6 @@ static __always_inline int send_frag_needed(struct __sk_buff *skb, const struct 
 	return bpf_redirect(skb->ifindex, 0); /* back out toward the pod */
 }
 
-/* UDP source port from the inner flow's hash, spread over [min, max) like the vxlan driver. */
-static __always_inline __be16 flow_src_port(__u32 hash, const struct node_config *cfg)
-{
-	__u32 min = cfg->src_port_min, max = cfg->src_port_max;
-
-	if (max <= min)
-		return bpf_htons(min ? min : 32768);
-	hash ^= hash << 16;
-	return bpf_htons((__u16)((((__u64)hash * (max - min)) >> 32) + min));
-}
-
 /*
  * Pushes outer IPv4 + UDP + VXLAN + inner Ethernet after the MAC header.
  * The ENCAP flags mark the skb as a UDP tunnel with an Ethernet inner header
@@ -311,7 +301,7 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 	if ((void *)(ip + 1) > data_end)
 		return TC_ACT_OK;
 
-	overhead = tun->mode == TUNNEL_MODE_DIRECT ? 0 : VXLAN_OVERHEAD;
+	overhead = tun->mode == TUNNEL_MODE_DIRECT ? 0 : tunnel_overhead(tun);
 	if (skb->gso_size) {
 		l3_len = gso_segment_l3_len(skb, ip, data_end);
 		if (!l3_len || l3_len + overhead > cfg->mtu) {
@@ -353,15 +343,32 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 	if (tun->mode == TUNNEL_MODE_DIRECT) {
 		struct bpf_redir_neigh nh = { .nh_family = AF_INET };
 
-		nh.ipv4_nh = addr_to_v4(tun->remote);
+		if (addr_is_v4mapped(tun->remote)) {
+			nh.ipv4_nh = addr_to_v4(tun->remote);
+		} else {
+			/* The peer's IPv6 underlay address as the next hop (the kernel allows it). */
+			nh.nh_family = AF_INET6;
+			__builtin_memcpy(nh.ipv6_nh, tun->remote, WEFT_ADDR_LEN);
+		}
 		count(from_pod ? CNT_DIRECT : CNT_DIRECT_HOST, skb->len);
-		count_peer_tx(tun->remote, skb->len);
+		count_peer_tx(tun, skb->len);
 		return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
 	}
 
 	{
-		long err = vxlan_encap(skb, cfg, tun);
+		long err;
 
+		if (overhead == VXLAN_OVERHEAD) {
+			err = vxlan_encap(skb, cfg, tun);
+		} else {
+			err = vxlan_encap6(skb, cfg, tun);
+			if (err == ENCAP6_NEEDS_KERNEL)
+				return encap_via_kernel(skb, cfg, tun);
+			if (err == ENCAP6_NO_SOURCE) {
+				count(CNT_DROP_NO_UNDERLAY6, skb->len);
+				return TC_ACT_SHOT;
+			}
+		}
 		if (err && is_nested_gso_error(err))
 			return encap_via_kernel(skb, cfg, tun);
 		if (err) {
@@ -370,7 +377,7 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 		}
 	}
 	count(from_pod ? CNT_ENCAP : CNT_ENCAP_HOST, skb->len);
-	count_peer_tx(tun->remote, skb->len);
+	count_peer_tx(tun, skb->len);
 	/* FIB + neighbour lookup on the outer destination fills the outer MACs. */
 	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
 }
@@ -599,7 +606,7 @@ static __always_inline int from_underlay_plain(struct __sk_buff *skb, const stru
 		count(CNT_DROP_DIRECT_PEER, skb->len);
 		return TC_ACT_SHOT;
 	}
-	count_peer_rx(tun->remote, skb->len);
+	count_peer_rx(tun, skb->len);
 	if (ct_needs_stack(skb, ip, data_end))
 		return to_host_stack(skb, cfg, CNT_PASS_CONNTRACK);
 	if (to_gro_cell(skb, cfg)) {
@@ -648,17 +655,22 @@ int from_underlay(struct __sk_buff *skb)
 	}
 
 	data_end = (void *)(long)skb->data_end;
-	if (data + VXLAN_PARSE_LEN > data_end && skb->len >= VXLAN_PARSE_LEN && may_be_vxlan(skb, cfg)) {
+	if (data + VXLAN6_PARSE_LEN > data_end) {
 		/*
 		 * Headers split across fragments: make them linear first, but only
 		 * for what can be VXLAN to us (pulling copies; others pay nothing).
 		 */
-		bpf_skb_pull_data(skb, VXLAN_PARSE_LEN);
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
+		__u32 need = may_be_vxlan(skb, cfg) ? VXLAN_PARSE_LEN :
+			     may_be_vxlan6(skb, cfg) ? VXLAN6_PARSE_LEN : 0;
+
+		if (need && data + need > data_end && skb->len >= need) {
+			bpf_skb_pull_data(skb, need);
+			data = (void *)(long)skb->data;
+			data_end = (void *)(long)skb->data_end;
+		}
 	}
 
-	c = classify_underlay(data, data_end, skb->len, cfg, &f);
+	c = classify_frame(data, data_end, skb->len, cfg, &f, skb->gso_size != 0);
 	if (c == CNT_PASS_UNDERLAY)
 		return from_underlay_plain(skb, cfg);
 	if (c != CNT_DECAP) {
@@ -669,9 +681,15 @@ int from_underlay(struct __sk_buff *skb)
 	c = decap_ecn(&f, skb->len);
 	if (c != CNT_DECAP)
 		return TC_ACT_SHOT;
-	count_peer_rx(f.tunnel->remote, skb->len);
+	count_peer_rx(f.tunnel, skb->len);
 	count(CNT_DECAP, skb->len);
-	if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO)) {
+	/*
+	 * Over IPv6 the skb's protocol must become the inner packet's (IPv4),
+	 * or the pod's stack would take it for IPv6.
+	 */
+	if (bpf_skb_adjust_room(skb, -(int)f.overhead, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO |
+				(f.overhead == VXLAN_OVERHEAD ? 0 : WEFT_ADJ_ROOM_DECAP_L3_IPV4))) {
 		count(CNT_DROP_HELPER, skb->len);
 		return TC_ACT_SHOT;
 	}
@@ -708,7 +726,7 @@ int from_underlay_xdp(struct xdp_md *ctx)
 	if (!cfg)
 		return XDP_PASS; /* tc counts it */
 
-	c = classify_underlay(data, data_end, len, cfg, &f);
+	c = classify_frame(data, data_end, len, cfg, &f, 0);
 	if (c == CNT_PASS_UNDERLAY)
 		return XDP_PASS;
 	if (counter_is_drop(c)) {
@@ -727,24 +745,25 @@ int from_underlay_xdp(struct xdp_md *ctx)
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (c == CNT_DECAP) {
-		/* The same bytes at the same offsets: classify_underlay checked them. */
-		f.outer_ip = data + ETH_HLEN;
-		f.inner_ip = data + VXLAN_OVERHEAD + ETH_HLEN;
+		/* The same bytes at the same offsets: classify_frame checked them. */
+		__u32 overhead = f.overhead == VXLAN_OVERHEAD ? VXLAN_OVERHEAD : VXLAN6_OVERHEAD;
+
+		f.inner_ip = data + overhead + ETH_HLEN;
 		if ((void *)(f.inner_ip + 1) > data_end)
 			return XDP_DROP;
 		c = decap_ecn(&f, len);
 		if (c != CNT_DECAP)
 			return XDP_DROP;
 		count(CNT_DECAP, len);
-		count_peer_rx(f.tunnel->remote, len);
+		count_peer_rx(f.tunnel, len);
 		outer = data;
-		inner = data + VXLAN_OVERHEAD;
+		inner = data + overhead;
 		if ((void *)(inner + 1) > data_end)
 			return XDP_DROP;
 		/* Addressed to the underlay NIC so the stack (and GRO) take it as ours. */
 		__builtin_memcpy(inner->h_source, outer->h_source, ETH_ALEN);
 		__builtin_memcpy(inner->h_dest, cfg->underlay_mac, ETH_ALEN);
-		if (bpf_xdp_adjust_head(ctx, VXLAN_OVERHEAD)) { /* moves the metadata along */
+		if (bpf_xdp_adjust_head(ctx, overhead)) { /* moves the metadata along */
 			count(CNT_DROP_HELPER, len);
 			return XDP_DROP;
 		}
@@ -787,7 +806,7 @@ int gro_sink(struct __sk_buff *skb)
 		count(c == CNT_DECAP ? CNT_DROP_GRO_DEVICE : c, skb->len);
 		return TC_ACT_SHOT;
 	}
-	count_peer_rx(tun->remote, skb->len);
+	count_peer_rx(tun, skb->len);
 	count(CNT_DECAP_REASSEMBLED, skb->len);
 	/*
 	 * eth_type_trans on weftgro0 compared the inner destination (our

@@ -29,6 +29,8 @@
 
 /* Outer Ethernet is reused; VXLAN adds outer IPv4 + UDP + VXLAN + inner Ethernet. */
 #define VXLAN_OVERHEAD (20 + 8 + 8 + 14)
+/* Over an IPv6 underlay (a tunnel whose remote is not IPv4-mapped): outer IPv6 instead. */
+#define VXLAN6_OVERHEAD (40 + 8 + 8 + 14)
 
 /* tunnels: LPM trie, one entry per remote node's pod subnet. */
 struct tunnel_key {
@@ -47,7 +49,15 @@ struct tunnel_info {
 	__u8 mode;                  /* enum tunnel_mode */
 	__u8 flags;
 	__u32 vni;
-	__u32 reserved[3];
+	/*
+	 * Index of this peer's counters in peer_counters, one per remote underlay
+	 * address, assigned by the Go side (maps/slots.go) when it writes the
+	 * entry: the programs count through the tunnel entry they already hold
+	 * instead of a hash lookup per packet. 0: no slot (the overflow slot).
+	 * Taken from the reserved space (perf branch, layout 3): same value size.
+	 */
+	__u32 stats_slot;
+	__u32 reserved[2];
 };
 
 /* endpoints: hash, one entry per local pod. */
@@ -170,6 +180,12 @@ enum counter {
 	CNT_DROP_ARP_SPOOF,     /* ARP from a pod naming another IP or MAC as sender */
 	CNT_PASS_CONNTRACK,     /* flow the host's conntrack NATed (or must see: fragment, ICMP error): host stack */
 	CNT_DROP_DIRECT_PEER,   /* plain IPv4 from a DirectRouting subnet whose L2 sender is not that peer */
+	/* IPv6 underlay (issue 14, branch v6-outer; outer6.h). Appended, like the blocks above. */
+	CNT_DROP_NO_UNDERLAY6,  /* tunnel over IPv6, but this node has no IPv6 underlay address to send from */
+	CNT_DROP_OUTER6_NEEDS_KERNEL, /* over IPv6 only the kernel can checksum it (GSO, ...) and there is no weftgro0 */
+	CNT_DROP_OUTER6_ZERO_CSUM, /* IPv6 VXLAN to us with UDP checksum 0 (udpv6 drops it too: udp6zerocsumrx off) */
+	CNT_PASS_OUTER6_CSUM,   /* IPv6 VXLAN whose UDP checksum only the kernel can judge: its socket (weftgro0), then gro_sink */
+	CNT_PASS_OUTER6_EXTHDR, /* IPv6 VXLAN behind extension headers: the kernel parses it, weftgro0 + gro_sink deliver */
 	CNT__MAX,
 };
 
@@ -178,10 +194,21 @@ struct counter_value {
 	__u64 bytes;
 };
 
-/* tunnel_stats: per-CPU hash keyed by a remote node's underlay address. */
+/* An address as a hash key (frag_needed_rate). */
 struct peer_key {
 	__u8 addr[WEFT_ADDR_LEN];
 };
+
+/*
+ * peer_counters: per-CPU array, one slot per remote node (tunnel_info's
+ * stats_slot); slot 0 counts the traffic of peers that have none. 8192
+ * slots: Kubernetes' documented limit is 5,000 nodes, and a preallocated
+ * per-CPU array costs slots x 32 bytes per CPU, 256 KiB per CPU here (16 MiB
+ * on a 64-CPU node, 64 MiB on 256 CPUs); 65,536, the tunnels map's size,
+ * would cost 8x that. Peers past the 8191st share slot 0: their packets
+ * still count in `stats`, only the split by peer is lost.
+ */
+#define WEFT_PEER_STATS_SLOTS 8192
 
 struct peer_stats {
 	__u64 tx_packets;

@@ -60,7 +60,12 @@ const (
 	WeftCounterCNT_DROP_ARP_SPOOF              WeftCounter = 41
 	WeftCounterCNT_PASS_CONNTRACK              WeftCounter = 42
 	WeftCounterCNT_DROP_DIRECT_PEER            WeftCounter = 43
-	WeftCounterCNT__MAX                        WeftCounter = 44
+	WeftCounterCNT_DROP_NO_UNDERLAY6           WeftCounter = 44
+	WeftCounterCNT_DROP_OUTER6NEEDS_KERNEL     WeftCounter = 45
+	WeftCounterCNT_DROP_OUTER6ZERO_CSUM        WeftCounter = 46
+	WeftCounterCNT_PASS_OUTER6CSUM             WeftCounter = 47
+	WeftCounterCNT_PASS_OUTER6EXTHDR           WeftCounter = 48
+	WeftCounterCNT__MAX                        WeftCounter = 49
 )
 
 type WeftCounterValue struct {
@@ -125,13 +130,14 @@ type WeftPeerStats struct {
 }
 
 type WeftTunnelInfo struct {
-	_        structs.HostLayout
-	Remote   [16]uint8
-	VtepMac  [6]uint8
-	Mode     uint8
-	Flags    uint8
-	Vni      uint32
-	Reserved [3]uint32
+	_         structs.HostLayout
+	Remote    [16]uint8
+	VtepMac   [6]uint8
+	Mode      uint8
+	Flags     uint8
+	Vni       uint32
+	StatsSlot uint32
+	Reserved  [2]uint32
 }
 
 type WeftTunnelKey struct {
@@ -159,8 +165,8 @@ const (
 	WeftMapConfig             = "config"
 	WeftMapEndpoints          = "endpoints"
 	WeftMapFragNeededRate     = "frag_needed_rate"
+	WeftMapPeerCounters       = "peer_counters"
 	WeftMapStats              = "stats"
-	WeftMapTunnelStats        = "tunnel_stats"
 	WeftMapTunnels            = "tunnels"
 	WeftProgFromGroCell       = "from_gro_cell"
 	WeftProgFromHost          = "from_host"
@@ -232,8 +238,8 @@ type WeftMapSpecs struct {
 	Config         *ebpf.MapSpec `ebpf:"config"`
 	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
 	FragNeededRate *ebpf.MapSpec `ebpf:"frag_needed_rate"`
+	PeerCounters   *ebpf.MapSpec `ebpf:"peer_counters"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
-	TunnelStats    *ebpf.MapSpec `ebpf:"tunnel_stats"`
 	Tunnels        *ebpf.MapSpec `ebpf:"tunnels"`
 }
 
@@ -271,8 +277,8 @@ type WeftMaps struct {
 	Config         *ebpf.Map `ebpf:"config"`
 	Endpoints      *ebpf.Map `ebpf:"endpoints"`
 	FragNeededRate *ebpf.Map `ebpf:"frag_needed_rate"`
+	PeerCounters   *ebpf.Map `ebpf:"peer_counters"`
 	Stats          *ebpf.Map `ebpf:"stats"`
-	TunnelStats    *ebpf.Map `ebpf:"tunnel_stats"`
 	Tunnels        *ebpf.Map `ebpf:"tunnels"`
 }
 
@@ -281,8 +287,8 @@ func (m *WeftMaps) Close() error {
 		m.Config,
 		m.Endpoints,
 		m.FragNeededRate,
+		m.PeerCounters,
 		m.Stats,
-		m.TunnelStats,
 		m.Tunnels,
 	)
 }

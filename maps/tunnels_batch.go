@@ -71,7 +71,12 @@ func (tm *TunnelMap) PutBatch(ts []Tunnel) (failed []netip.Prefix, err error) {
 		n := 0
 		if tm.batch.usable() {
 			var err error
-			n, err = tm.m.BatchUpdate(keys, vals, nil)
+			update := func() (int, error) { return tm.m.BatchUpdate(keys, vals, nil) }
+			if tm.slots != nil {
+				n, err = tm.slots.putBatch(keys, vals, update)
+			} else {
+				n, err = update()
+			}
 			if err == nil {
 				keys, vals, todo = keys[:0], vals[:0], todo[:0]
 				return
@@ -115,7 +120,12 @@ func (tm *TunnelMap) DeleteBatch(subnets []netip.Prefix) (failed []netip.Prefix,
 		n := 0
 		if tm.batch.usable() {
 			var err error
-			n, err = tm.m.BatchDelete(keys, nil)
+			del := func() (int, error) { return tm.m.BatchDelete(keys, nil) }
+			if tm.slots != nil {
+				n, err = tm.slots.del(keys, del)
+			} else {
+				n, err = del()
+			}
 			if err == nil {
 				keys, todo = keys[:0], todo[:0]
 				return

@@ -2,17 +2,27 @@ package main
 
 import (
 	"context"
-	"net/netip"
-
 	"go.uber.org/zap"
 
+	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/control/ipmasq"
 )
 
 // applyIPMasq installs --ip-masq's rules, or, without the flag, removes any
 // a previous run left: the node's rules always follow the current flags.
 // Both are idempotent (see control/ipmasq).
-func applyIPMasq(ctx context.Context, log *zap.Logger, on bool, network netip.Prefix) error {
+//
+// The rules cover the IPv4 network; IPv6 pod traffic is not masqueraded
+// (flanneld masquerades IPv6 too; Weft's table is "ip" only so far), which
+// is logged where the network has IPv6.
+func applyIPMasq(ctx context.Context, log *zap.Logger, on bool, cfg *flannel.NetworkConfig) error {
+	network := cfg.Network
+	if on && cfg.IPv6Network.IsValid() {
+		log.Warn("ip-masq: IPv6 pod traffic is not masqueraded", zap.Stringer("ipv6_network", cfg.IPv6Network))
+	}
+	if !network.IsValid() {
+		on = false // IPv6-only: no IPv4 rules; remove any an earlier run left
+	}
 	nft, err := ipmasq.New()
 	if err != nil {
 		if !on {

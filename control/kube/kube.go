@@ -261,7 +261,8 @@ func apiError(verb, resource string, err error) error {
 
 // Own is this node as its Node object describes it.
 type Own struct {
-	Subnet netip.Prefix
+	Subnet     netip.Prefix // IPv4 podCIDR; zero in an IPv6-only network
+	IPv6Subnet netip.Prefix // IPv6 podCIDR; zero without IPv6
 	// VtepMAC from the Node's own backend-data annotation (nil when absent
 	// or malformed): reused so that a restart or a new image does not move
 	// the MAC peers have programmed.
@@ -269,6 +270,8 @@ type Own struct {
 	// PublicIPOverwrite is the admin's public-ip-overwrite annotation, which
 	// replaces the address weftd would publish (zero when absent).
 	PublicIPOverwrite netip.Addr
+	// PublicIPv6Overwrite is the same for public-ipv6-overwrite.
+	PublicIPv6Overwrite netip.Addr
 }
 
 // waitPodCIDR is how often the own Node is re-read while it has no podCIDR.

@@ -32,7 +32,14 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("A/B flags: %+v, %v", o, err)
 	}
 
+	if o, err = parseFlags([]string{"--only", "host-gw:udp64_pps", "--perf", "out/x.data", "--bpf-stats"}); err != nil ||
+		o.perfOut != "out/x.data" || !o.bpfStats {
+		t.Errorf("--only with --perf and --bpf-stats: %+v, %v", o, err)
+	}
+
 	for _, bad := range [][]string{
+		{"--perf", "x.data"},
+		{"--bpf-stats"},
 		{"--only", "weft-tc"},
 		{"--only", "nope:tcp_1_gbps"},
 		{"--only", "weft-tc:nope"},

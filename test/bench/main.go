@@ -14,11 +14,12 @@
 //
 //	go run ./test/bench [--rounds 3] [--duration 3s] [--config all|wire,bridged,veth]
 //	                    [--dataplanes host-gw,...] [--metrics tcp_1_gbps,...] [--out test/bench/out]
-//	                    [--pin] [--only weft-tc:tcp_1_gbps]
+//	                    [--pin] [--only weft-tc:tcp_1_gbps [--perf FILE] [--bpf-stats]]
 //
 // --only runs one data plane and one metric (one round unless --rounds is
 // given) and prints when the measured window starts and ends, for perf or
-// bpf_stats profiling from another shell.
+// bpf_stats profiling from another shell; --perf and --bpf-stats do both
+// over exactly that window (profile.go, `make profile`).
 //
 // Needs root, iperf3, sockperf, ethtool. Everything runs in network
 // namespaces named with a run-unique prefix; Weft pins go under
@@ -73,8 +74,10 @@ type options struct {
 	metrics    map[string]bool
 	out        string
 	hold       string
-	only       bool // --only: announce the measured window
-	pin        bool // --pin
+	only       bool   // --only: announce the measured window
+	pin        bool   // --pin
+	perfOut    string // --perf: perf record -a -g over the window (with --only)
+	bpfStats   bool   // --bpf-stats: Weft programs' run counts and times over the window (with --only)
 }
 
 func main() {
@@ -119,6 +122,8 @@ func parseFlags(args []string) (options, error) {
 	flag.StringVar(&o.out, "out", filepath.Join("test", "bench", "out"), "output directory")
 	flag.BoolVar(&o.pin, "pin", false, "pin senders to CPU 0 and receivers to CPU 1 (iperf3 -A, taskset, sched_setaffinity): steadier on an idle machine, worse on a shared one")
 	flag.StringVar(&only, "only", "", "PLANE:METRIC: run one data plane and one metric (1 round unless --rounds is given), for profiling")
+	flag.StringVar(&o.perfOut, "perf", "", "with --only: record the measured window with `perf record -a -g` into this file")
+	flag.BoolVar(&o.bpfStats, "bpf-stats", false, "with --only: print each Weft program's runs and average run time over the measured window (BPF_ENABLE_STATS, on for the window only)")
 	flag.StringVar(&o.hold, "hold", "", "build one cluster of this data plane (first --config), print its namespaces and keep it until Ctrl-C: for profiling by hand")
 	if err := flag.Parse(args); err != nil {
 		return o, err
@@ -145,6 +150,9 @@ func parseFlags(args []string) (options, error) {
 		if !found {
 			return o, fmt.Errorf("--config %q: want a comma-separated list of wire, bridged, veth, or all", config)
 		}
+	}
+	if (o.perfOut != "" || o.bpfStats) && only == "" {
+		return o, errors.New("--perf and --bpf-stats profile one --only run")
 	}
 	if only != "" {
 		dp, m, ok := strings.Cut(only, ":")
@@ -292,9 +300,9 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 			continue
 		}
 		before := rxStats(c)
-		o.window(tag, t.metric, true)
+		end := o.beginWindow(tag, t.metric, c)
 		v, err := iperf3TCP(tctx, src, dst, t.streams, o.duration)
-		o.window(tag, t.metric, false)
+		end()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", t.metric, err))
 			continue
@@ -310,9 +318,9 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 		}
 	}
 	if o.metrics[mUDP64] || o.metrics[mCPU] {
-		o.window(tag, mUDP64, true)
+		end := o.beginWindow(tag, mUDP64, c)
 		r, err := udpFlood(tctx, src, dst, 64, o.duration)
-		o.window(tag, mUDP64, false)
+		end()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", mUDP64, err))
 		} else {
@@ -327,9 +335,9 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 		}
 	}
 	if o.metrics[mUDP1400] {
-		o.window(tag, mUDP1400, true)
+		end := o.beginWindow(tag, mUDP1400, c)
 		r, err := udpFlood(tctx, src, dst, 1400, o.duration)
-		o.window(tag, mUDP1400, false)
+		end()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", mUDP1400, err))
 		} else {
@@ -337,9 +345,9 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 		}
 	}
 	if o.metrics[mRRp50] || o.metrics[mRRp99] {
-		o.window(tag, "rr", true)
+		end := o.beginWindow(tag, "rr", c)
 		p50, p99, err := sockperfRR(tctx, src, dst, o.duration)
-		o.window(tag, "rr", false)
+		end()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("rr: %w", err))
 		} else {
