@@ -84,6 +84,9 @@ func newCNILab(t *testing.T, n int) *cniLab {
 	return newCNILabWith(t, n, false)
 }
 
+// cniNetwork6 is the dual-stack CNI labs' IPv6 network.
+var cniNetwork6 = netip.MustParsePrefix("fd00:10:244::/48")
+
 // newCNILab6 is newCNILab with dual-stack nodes: node i also has
 // fd00:10:244:<i+1>::/64, in its subnet.env, its IPv6 tunnels (to the
 // peers' IPv4 underlay addresses: v6-in-v4) and its config.
@@ -144,17 +147,13 @@ func newCNILabWith(t *testing.T, n int, dual bool) *cniLab {
 				return err
 			}
 			defer d.Close()
-			_, err = loader.SetupNode(d, loader.NodeConfig{Underlay: tn.UnderlayIf, Network: network, Subnet: cn.subnet,
-				VtepMAC: cn.vtepMAC, VNI: testVNI, Port: testPort, Decap: decap})
-			if err != nil || !cn.subnet6.IsValid() {
-				return err
+			nc := loader.NodeConfig{Underlay: tn.UnderlayIf, Network: network, Subnet: cn.subnet,
+				VtepMAC: cn.vtepMAC, VNI: testVNI, Port: testPort, Decap: decap}
+			if cn.subnet6.IsValid() { // IPv6 pods over the IPv4 underlay (v6-in-v4)
+				nc.IPv6Network, nc.IPv6Subnet = cniNetwork6, cn.subnet6
 			}
-			cfg, err := d.Maps.Config.Get() // weft0's IPv6 address, as weftd sets it
-			if err != nil {
-				return err
-			}
-			cfg.HostIP6 = loader.HostIP(cn.subnet6)
-			return d.Maps.Config.Set(cfg)
+			_, err = loader.SetupNode(d, nc)
+			return err
 		})
 		if err != nil {
 			t.Fatalf("load data plane on %s: %+v", name, err)
@@ -192,7 +191,7 @@ func (cn *cniNode) writeSubnetEnv(t *testing.T, network, subnet netip.Prefix, mt
 	t.Helper()
 	env := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s/%d\n", network, subnet.Masked().Addr().Next(), subnet.Bits())
 	if cn.subnet6.IsValid() {
-		env += fmt.Sprintf("FLANNEL_IPV6_NETWORK=fd00:10:244::/48\nFLANNEL_IPV6_SUBNET=%s/%d\n", cn.subnet6.Addr().Next(), cn.subnet6.Bits())
+		env += fmt.Sprintf("FLANNEL_IPV6_NETWORK=%s\nFLANNEL_IPV6_SUBNET=%s/%d\n", cniNetwork6, cn.subnet6.Addr().Next(), cn.subnet6.Bits())
 	}
 	env += fmt.Sprintf("FLANNEL_MTU=%d\nFLANNEL_IPMASQ=false\n", mtu)
 	if err := os.WriteFile(cn.subnetFile, []byte(env), 0o644); err != nil {
@@ -363,7 +362,9 @@ func (cn *cniNode) leftovers(t *testing.T) []string {
 				continue
 			}
 			if ones, bits := r.Dst.Mask.Size(); ones == bits {
-				if a, ok := netip.AddrFromSlice(r.Dst.IP); ok && (cn.subnet.Contains(a.Unmap()) || cn.subnet6.Contains(a.Unmap())) {
+				// weft0's own <subnet6>::/128 is the node's, not a pod's.
+				if a, ok := netip.AddrFromSlice(r.Dst.IP); ok && (cn.subnet.Contains(a.Unmap()) ||
+					cn.subnet6.Contains(a.Unmap()) && a != loader.HostIP(cn.subnet6)) {
 					left = append(left, "route "+r.Dst.String())
 				}
 			}
