@@ -119,6 +119,13 @@ func pingMatrix(t *testing.T, nodes []*lab.Node) {
 // IPv6 address and requires them to arrive intact (sha256).
 func transferIntact(t *testing.T, src, dst *lab.Node, size int64, timeout time.Duration) {
 	t.Helper()
+	// A path that does not carry a ping would only time the transfer out.
+	if out, err := ping(src.Pods[0].NSPath, dst.Pods[0].IP6, 1, 0); err != nil {
+		if out, err = ping(src.Pods[0].NSPath, dst.Pods[0].IP6, 1, 0); err != nil {
+			t.Errorf("%s -> %s over IPv6: no ping reply, no transfer: %v\n%s", src.Name, dst.Name, err, out)
+			return
+		}
+	}
 	res, err := transferTCP(testCtx(t, timeout), src.Pods[0].NSPath, dst.Pods[0].NSPath, dst.Pods[0].IP6, size)
 	if err != nil {
 		t.Errorf("%s -> %s over IPv6: %v", src.Name, dst.Name, err)
