@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/deploy"
 	"github.com/weftnet/weft/maps"
 	"github.com/weftnet/weft/test/lab"
 	"github.com/weftnet/weft/test/topo"
@@ -355,4 +356,34 @@ func TestIPv6LabFlannelNodes(t *testing.T) {
 			pingMatrix(t, cl.Nodes)
 		})
 	}
+}
+
+// TestIPv6KubeDualStack: the dual-stack cluster with its state in Node
+// objects (weftd --kube-subnet-mgr): each Node gets an IPv4 and an IPv6
+// podCIDR, the flannel-style node publishes flanneld's public-ipv6 and
+// backend-v6-data annotations. Every pod reaches every other on both
+// families and 20 MB over IPv6 arrive intact Weft -> flannel.
+func TestIPv6KubeDualStack(t *testing.T) {
+	c := startLab(t, lab.Options{Store: lab.StoreKube, Manifest: deploy.KubeWeftPath(),
+		Network6: testNetwork6, UnderlayCIDR6: testUnderlay6})
+	for _, name := range []string{"n1", "n2"} {
+		mustAddWeftNode(t, c, name)
+	}
+	k1, err := c.AddFlannelNodeDual("k1", flannelSubnet, flannelSubnet6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		if _, err := c.AddPod(n, "p1"); err != nil {
+			t.Fatal(err)
+		}
+		if !n.Subnet6.IsValid() || !n.Pods[0].IP6.IsValid() {
+			t.Fatalf("node %s: IPv6 subnet %v, pod %v: want dual-stack", n.Name, n.Subnet6, n.Pods[0].Addrs())
+		}
+	}
+	for _, n := range c.Nodes[:2] {
+		waitFor(t, 10*time.Second, func() bool { ts, _ := n.Tunnels(); return len(ts) == 4 }, "node %s has 4 tunnels", n.Name)
+	}
+	t.Run("PodMatrix", func(t *testing.T) { pingMatrix(t, c.Nodes) })
+	t.Run("TCPOverIPv6", func(t *testing.T) { transferIntact(t, c.Nodes[0], k1, 20<<20, time.Minute) })
 }

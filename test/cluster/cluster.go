@@ -436,10 +436,10 @@ func (c *Cluster) loadWeft(n *Node) error {
 			IPv6Network: c.Network6,
 			IPv6Subnet:  n.Subnet6,
 			VtepMAC:     n.VtepMAC,
-			VNI:       c.VNI,
-			Port:      c.Port,
-			Decap:     decap,
-			NoGROCell: c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirectNoCell,
+			VNI:         c.VNI,
+			Port:        c.Port,
+			Decap:       decap,
+			NoGROCell:   c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirectNoCell,
 		}); err != nil {
 			return err
 		}

@@ -95,9 +95,6 @@ func (c *Cluster) AddFlannelNodeDual(name string, subnet, subnet6 netip.Prefix) 
 		return nil, err
 	}
 	n.VtepMAC = vtep
-	if n.Subnet6.IsValid() && c.Opts.Store == StoreKube {
-		return nil, fmt.Errorf("flannel node %s: IPv6 leases are written to etcd only (the lab's kube flannel node is IPv4)", name)
-	}
 
 	if c.Opts.Store == StoreKube {
 		f := &flannelNode{node: n, cancel: func() {}, done: make(chan struct{}), peers: map[string]topo.FlannelPeer{}}

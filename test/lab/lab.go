@@ -114,6 +114,7 @@ type Node struct {
 	VtepMAC    net.HardwareAddr
 	cluster    *Cluster
 	podCIDR    netip.Prefix // StoreKube: what the lab assigned the Node
+	podCIDR6   netip.Prefix // StoreKube: its IPv6 podCIDR
 	// KubeEnv is the environment of a kube-mode weftd (the DaemonSet's
 	// downward-API variables); empty means NODE_NAME=<Name>.
 	KubeEnv []string
