@@ -160,10 +160,7 @@ func runStatus(_ context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			pods = append(pods, pod)
 		}
-		subnet := n.Subnet
-		if n.Subnet6 != "" {
-			subnet += "," + n.Subnet6
-		}
+		subnet := strings.Trim(n.Subnet+","+n.Subnet6, ",") // either may be absent
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Kind, n.UnderlayIP, subnet, strings.Join(pods, " "))
 	}
 	tw.Flush()

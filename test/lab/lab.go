@@ -259,8 +259,10 @@ func (c *Cluster) writeState() error {
 		st.KubeAPI = c.Kube.Fwd.URL()
 	}
 	for _, n := range c.Nodes {
-		ns := NodeState{Name: n.Name, Kind: n.Kind, NSPath: n.Topo.NSPath, UnderlayIP: n.Topo.Addr(),
-			Subnet: n.Subnet.String(), Pods: []PodState{}}
+		ns := NodeState{Name: n.Name, Kind: n.Kind, NSPath: n.Topo.NSPath, UnderlayIP: n.Topo.Addr(), Pods: []PodState{}}
+		if n.Subnet.IsValid() {
+			ns.Subnet = n.Subnet.String()
+		}
 		if n.Subnet6.IsValid() {
 			ns.Subnet6 = n.Subnet6.String()
 		}
