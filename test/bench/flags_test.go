@@ -12,7 +12,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(o.configs, []string{cfgWire, cfgBridged, cfgVeth}) || o.rounds != 3 || len(o.dataplanes) != len(cluster.DataPlanes) || len(o.metrics) != len(allMetrics) {
+	if !slices.Equal(o.configs, []string{cfgWire, cfgBridged, cfgVeth, cfgIPv6}) || o.rounds != 3 || len(o.dataplanes) != len(cluster.DataPlanes) || len(o.metrics) != len(allMetrics) {
 		t.Errorf("defaults: %+v", o)
 	}
 
