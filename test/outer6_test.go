@@ -1,0 +1,256 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/loader"
+	"github.com/weftnet/weft/maps"
+	"github.com/weftnet/weft/test/topo"
+)
+
+// TestV4InV6WithKernelVXLAN is the interop proof for VXLAN over an IPv6
+// underlay (bpf/outer6.h): Weft node a and node k, whose kernel vxlan
+// device has the driver's defaults over IPv6 (checksums on, zero-checksum
+// receive off, as flannel's flannel-v6.<VNI>), carry IPv4 pods over their
+// IPv6 underlay addresses in both directions, single packets and TCP (GSO,
+// which Weft hands to weftgro0 for the kernel to checksum). Run twice: with
+// veth defaults (checksums may stay offloaded across the veths, so the
+// receivers trust them) and with TX checksumming off on both nodes' eth0,
+// where every outer UDP checksum is computed before it leaves a node and
+// verified in software by the receiver: k's kernel counts no checksum
+// error and Weft takes k's packets on its fast path.
+func TestV4InV6WithKernelVXLAN(t *testing.T) {
+	lab, err := topo.New(topo.Options{})
+	if err != nil {
+		t.Fatalf("create lab: %v", err)
+	}
+	pinPath := filepath.Join(loader.BPFFSRoot, "weft-test-"+lab.Prefix, "a")
+	t.Cleanup(func() {
+		if len(lab.Nodes) > 0 {
+			lab.Nodes[0].Do(func() error { return loader.TeardownNode(pinPath, "") })
+		}
+		os.RemoveAll(filepath.Dir(pinPath))
+		if err := lab.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	a, err := lab.AddNode("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := lab.AddNode("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a6, k6 := netip.MustParseAddr("fd00:77::11"), netip.MustParseAddr("fd00:77::12")
+	aSub, kSub := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.2.0/24")
+	aVtep, kVtep := net.HardwareAddr{0x0e, 0x77, 0, 0, 0, 1}, net.HardwareAddr{0x0e, 0x77, 0, 0, 0, 2}
+	const podMTU = 1500 - 70
+	for _, n := range []struct {
+		node *topo.Node
+		ip   netip.Addr
+	}{{a, a6}, {k, k6}} {
+		if err := addIPv6NoDAD(n.node, n.node.UnderlayIf, n.ip, 64); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// k: the kernel's vxlan over IPv6, programmed the flannel way for a.
+	kPod, err := k.AddPod("p1", topo.PodOptions{IP: netip.PrefixFrom(netip.MustParseAddr("10.244.2.2"), 24),
+		Gateway: netip.MustParseAddr("10.244.2.1"), MTU: podMTU, Bridge: "kbr0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := setupKernelVXLAN6(k, k6, kVtep, kSub, topo.FlannelPeer{Subnet: aSub, PublicIP: a6, VtepMAC: aVtep}, podMTU); err != nil {
+		t.Fatalf("kernel vxlan on k: %v", err)
+	}
+
+	// a: Weft, with its IPv6 underlay address and k's tunnel over IPv6.
+	aPod, err := a.AddPod("p1", topo.PodOptions{IP: netip.PrefixFrom(netip.MustParseAddr("10.244.1.2"), 24),
+		Gateway: loader.GatewayIP(aSub), MTU: podMTU, GatewayByARP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := loadNodeInChild(nodeSpec{
+		NSPath: a.NSPath, PinPath: pinPath,
+		Node: loader.NodeConfig{Underlay: a.UnderlayIf, UnderlayIP6: a6, Network: netip.MustParsePrefix("10.244.0.0/16"),
+			Subnet: aSub, VtepMAC: aVtep, VNI: testVNI, Port: testPort, Decap: loader.DecapTC},
+		Endpoints: []maps.Endpoint{{IP: aPod.IP, IfIndex: uint32(aPod.HostIfIndex), MAC: aPod.MAC, HostMAC: aPod.HostMAC}},
+		Tunnels:   []maps.Tunnel{{Subnet: kSub, Remote: k6, VtepMAC: kVtep, VNI: testVNI, Mode: maps.ModeVXLAN}},
+	}); err != nil {
+		t.Fatalf("load Weft on a: %v", err)
+	}
+	stats := func() map[string]uint64 {
+		set, err := maps.OpenPinned(pinPath)
+		if err != nil {
+			t.Fatalf("open a's pinned maps: %v", err)
+		}
+		defer set.Close()
+		s, err := set.Stats.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	for _, txCsum := range []bool{true, false} {
+		name := "veth defaults"
+		if !txCsum {
+			name = "TX checksumming off"
+		}
+		t.Run(name, func(t *testing.T) {
+			for _, n := range []*topo.Node{a, k} {
+				if _, err := n.Exec(testCtx(t, 10*time.Second), "ethtool", "-K", n.UnderlayIf, "tx", onOffStr(txCsum)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, kBefore := stats(), udp6Snmp(t, k)
+			for _, pr := range [][2]*topo.Pod{{aPod, kPod}, {kPod, aPod}} {
+				if out, err := ping(pr[0].NSPath, pr[1].IP, 2, 0); err != nil {
+					t.Fatalf("ping %s -> %s: %v\n%s", pr[0].NS, pr[1].IP, err, out)
+				}
+				if out, err := ping(pr[0].NSPath, pr[1].IP, 1, podMTU-28); err != nil {
+					t.Errorf("ping at the pod MTU %s -> %s: %v\n%s", pr[0].NS, pr[1].IP, err, out)
+				}
+				const size = 20 << 20
+				res, err := transferTCP(testCtx(t, time.Minute), pr[0].NSPath, pr[1].NSPath, pr[1].IP, size)
+				if err != nil {
+					t.Fatalf("TCP %s -> %s: %v", pr[0].NS, pr[1].IP, err)
+				}
+				if !res.Intact(size) {
+					t.Fatalf("TCP %s -> %s: received %d of %d bytes, sha256 %s, sent %s", pr[0].NS, pr[1].IP, res.Bytes, size, res.RecvSum, res.SentSum)
+				}
+				t.Logf("%s -> %s: %d MB intact at %.2f Gbit/s", pr[0].Node.Name, pr[1].Node.Name, res.Bytes>>20, res.Gbps())
+			}
+			after, kAfter := stats(), udp6Snmp(t, k)
+			d := func(c string) uint64 { return after[c] - before[c] }
+			t.Logf("a: encap %d, encap_kernel %d, decap %d, pass_outer6_csum %d, decap_reassembled %d; k: Udp6 InCsumErrors +%d, InErrors +%d",
+				d("encap"), d("encap_kernel"), d("decap"), d("pass_outer6_csum"), d("decap_reassembled"),
+				kAfter["Udp6InCsumErrors"]-kBefore["Udp6InCsumErrors"], kAfter["Udp6InErrors"]-kBefore["Udp6InErrors"])
+			if d("encap") == 0 || d("encap_kernel") == 0 {
+				t.Errorf("a sent encap %d (checksummed by Weft), encap_kernel %d (GSO via weftgro0): want both", d("encap"), d("encap_kernel"))
+			}
+			if d("decap")+d("decap_reassembled") == 0 {
+				t.Errorf("a decapsulated nothing")
+			}
+			if !txCsum && d("decap") == 0 {
+				t.Errorf("with real checksums from k, a's fast path decapsulated nothing (pass_outer6_csum %d)", d("pass_outer6_csum"))
+			}
+			for _, c := range []string{"Udp6InCsumErrors", "Udp6InErrors"} {
+				if kAfter[c] != kBefore[c] {
+					t.Errorf("k's kernel counted %d %s: Weft's outer UDP checksums are not all valid", kAfter[c]-kBefore[c], c)
+				}
+			}
+			for c, v := range after {
+				if strings.HasPrefix(c, "drop_") && v != before[c] {
+					t.Errorf("a dropped %d packets as %s", v-before[c], c)
+				}
+			}
+		})
+	}
+}
+
+func onOffStr(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func addIPv6NoDAD(n *topo.Node, dev string, ip netip.Addr, bits int) error {
+	h, err := n.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		return err
+	}
+	return h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(bits, 128)}, Flags: unix.IFA_F_NODAD})
+}
+
+// setupKernelVXLAN6 gives k what flanneld gives a node, over IPv6: a vxlan
+// device with the driver's defaults and k's IPv6 underlay address as
+// source, <subnet>.0/32 on it, and the route, neighbour and FDB entry for
+// the peer; the pods' bridge gets <subnet>.1.
+func setupKernelVXLAN6(k *topo.Node, local netip.Addr, vtep net.HardwareAddr, sub netip.Prefix, peer topo.FlannelPeer, mtu int) error {
+	h, err := k.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "vx6", HardwareAddr: vtep, MTU: mtu}, VxlanId: testVNI,
+		VtepDevIndex: k.UnderlayIfIndex, SrcAddr: local.AsSlice(), Port: testPort}
+	if err := h.LinkAdd(vx); err != nil {
+		return fmt.Errorf("add vx6: %w", err)
+	}
+	l, err := h.LinkByName("vx6")
+	if err != nil {
+		return err
+	}
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: sub.Addr().AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		return err
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return err
+	}
+	br, err := h.LinkByName("kbr0")
+	if err != nil {
+		return err
+	}
+	gw := sub.Addr().Next()
+	if err := h.AddrAdd(br, &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(sub.Bits(), 32)}}); err != nil {
+		return err
+	}
+	if err := h.LinkSetMTU(br, mtu); err != nil {
+		return err
+	}
+	psub := peer.Subnet.Masked()
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST,
+		IP: psub.Addr().AsSlice(), HardwareAddr: peer.VtepMAC}); err != nil {
+		return fmt.Errorf("neighbour: %w", err)
+	}
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT, Family: unix.AF_BRIDGE,
+		Flags: netlink.NTF_SELF, IP: peer.PublicIP.AsSlice(), HardwareAddr: peer.VtepMAC}); err != nil {
+		return fmt.Errorf("fdb: %w", err)
+	}
+	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: psub.Addr().AsSlice(), Mask: net.CIDRMask(psub.Bits(), 32)},
+		Gw: psub.Addr().AsSlice()}
+	r.SetFlag(netlink.FLAG_ONLINK)
+	return h.RouteReplace(r)
+}
+
+// udp6Snmp reads the Udp6 counters of the node's namespace (/proc/net/snmp6).
+func udp6Snmp(t *testing.T, n *topo.Node) map[string]uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := n.Exec(ctx, "cat", "/proc/net/snmp6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]uint64{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && strings.HasPrefix(f[0], "Udp6") {
+			m[f[0]], _ = strconv.ParseUint(f[1], 10, 64)
+		}
+	}
+	return m
+}
