@@ -2,6 +2,7 @@ package bpf_test
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/gopacket/gopacket"
@@ -17,7 +18,7 @@ import (
 // send it to the tunnel covering the destination (checkEncap), and peer B,
 // given the frame, decapsulates it again.
 func FuzzEncap(f *testing.F) {
-	for _, dst := range []netip.Addr{remotePodB, remotePodC, remotePodD, pod2.IP, hostIP, netip.MustParseAddr("1.1.1.1")} {
+	for _, dst := range []netip.Addr{remotePodB, remotePodC, remotePodD, remotePodE, remotePodF, pod2.IP, hostIP, netip.MustParseAddr("1.1.1.1")} {
 		for _, p := range []pkt{{}, {ttl: 1}, {df: true, size: 1500}, {size: 1450}, {tos: 3},
 			{proto: layers.IPProtocolUDP}, {proto: layers.IPProtocolICMPv4, df: true, size: 1500}} {
 			p.dst = dst
@@ -27,7 +28,7 @@ func FuzzEncap(f *testing.F) {
 	}
 	f.Add(arpFrame(f, mustMAC("ff:ff:ff:ff:ff:ff"), pod1.MAC, layers.ARPRequest, pod1.MAC, pod1.IP, make([]byte, 6), gatewayIP), false)
 
-	a := newEnv(f)
+	a := newEnv6(f) // peers over IPv4 (B, C, D) and IPv6 (E, F)
 	b := newBareEnv(f) // peer B, with us (A) as its peer
 	bcfg := defaultConfig()
 	bcfg.UnderlayIP, bcfg.UnderlayMAC, bcfg.VtepMAC = peerB.Remote, peerBMAC, peerB.VtepMAC
@@ -36,7 +37,7 @@ func FuzzEncap(f *testing.F) {
 		VtepMAC: localVtep, VNI: 1, Mode: weftmaps.ModeVXLAN}); err != nil {
 		f.Fatal(err)
 	}
-	ref := newRefNode()
+	ref := newRefNode6()
 
 	f.Fuzz(func(t *testing.T, frame []byte, fromHost bool) {
 		if len(frame) > 1600 || !tcRunnable(frame) {
@@ -67,6 +68,16 @@ func FuzzEncap(f *testing.F) {
 		if !ok || tun.Mode != weftmaps.ModeVXLAN {
 			t.Fatalf("%s encapsulated to %v, which no VXLAN tunnel covers", name, ip.dst)
 		}
+		if !tun.Remote.Is4() {
+			// Over IPv6 (outer6.h): the outer UDP checksum is right whenever
+			// the inner packet's own is; the rest as over IPv4.
+			out := r.out[:14+70+len(inner)]
+			if ip.ihl == 20 && ip.ihl <= len(inner) && ipv4ChecksumOK(inner[:20]) && l4ChecksumOK(inner) &&
+				gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {
+				checkEncap6(t, a.cfg, tun, inner, out, !fromHost)
+			}
+			return
+		}
 		out := r.out[:14+50+len(inner)]
 		// checkEncap decodes with gopacket (which gives up on bad inner L4
 		// headers) and compares against a header checksum computed from
@@ -85,4 +96,25 @@ func FuzzEncap(f *testing.F) {
 			t.Errorf("peer B did not decapsulate what %s sent: verdict %d, counters %v\n%x", name, d.verdict, d.delta, out)
 		}
 	})
+}
+
+// l4ChecksumOK: whether an option-less IPv4 packet's TCP, UDP (non-zero) or
+// ICMP checksum is right.
+func l4ChecksumOK(ip []byte) bool {
+	h, ok := parseIPv4(ip)
+	if !ok || h.ihl != 20 || h.totLen != len(ip) || h.totLen < 20 {
+		return false
+	}
+	l4 := ip[20:]
+	switch h.proto {
+	case 1:
+		return csum16(l4) == 0
+	case 6, 17:
+		if h.proto == 17 && (len(l4) < 8 || l4[6]|l4[7] == 0) {
+			return false
+		}
+		pseudo := append(slices.Clone(ip[12:20]), 0, h.proto, byte(len(l4)>>8), byte(len(l4)))
+		return csum16(append(pseudo, l4...)) == 0
+	}
+	return false
 }
