@@ -28,7 +28,7 @@ func FuzzEncap(f *testing.F) {
 	}
 	f.Add(arpFrame(f, mustMAC("ff:ff:ff:ff:ff:ff"), pod1.MAC, layers.ARPRequest, pod1.MAC, pod1.IP, make([]byte, 6), gatewayIP), false)
 
-	a := newEnv6(f) // peers over IPv4 (B, C, D) and IPv6 (E, F)
+	a := newEnv6(f)    // peers over IPv4 (B, C, D) and IPv6 (E, F)
 	b := newBareEnv(f) // peer B, with us (A) as its peer
 	bcfg := defaultConfig()
 	bcfg.UnderlayIP, bcfg.UnderlayMAC, bcfg.VtepMAC = peerB.Remote, peerBMAC, peerB.VtepMAC

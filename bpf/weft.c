@@ -655,15 +655,22 @@ int from_underlay(struct __sk_buff *skb)
 	}
 
 	data_end = (void *)(long)skb->data_end;
-	if (data + VXLAN6_PARSE_LEN > data_end) {
+	if (data + ETH_HLEN <= data_end) {
 		/*
 		 * Headers split across fragments: make them linear first, but only
 		 * for what can be VXLAN to us (pulling copies; others pay nothing).
 		 */
-		__u32 need = may_be_vxlan(skb, cfg) ? VXLAN_PARSE_LEN :
-			     may_be_vxlan6(skb, cfg) ? VXLAN6_PARSE_LEN : 0;
+		__be16 proto = ((struct ethhdr *)data)->h_proto;
+		__u32 need = 0;
 
-		if (need && data + need > data_end && skb->len >= need) {
+		if (proto == bpf_htons(ETH_P_IP)) {
+			if (data + VXLAN_PARSE_LEN > data_end && skb->len >= VXLAN_PARSE_LEN && may_be_vxlan(skb, cfg))
+				need = VXLAN_PARSE_LEN;
+		} else if (proto == bpf_htons(ETH_P_IPV6)) {
+			if (data + VXLAN6_PARSE_LEN > data_end && skb->len >= VXLAN6_PARSE_LEN && may_be_vxlan6(skb, cfg))
+				need = VXLAN6_PARSE_LEN;
+		}
+		if (need) {
 			bpf_skb_pull_data(skb, need);
 			data = (void *)(long)skb->data;
 			data_end = (void *)(long)skb->data_end;
