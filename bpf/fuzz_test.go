@@ -44,12 +44,13 @@ func newRefNode() *refNode {
 		directMACs: map[netip.Addr]net.HardwareAddr{peerC.Remote: peerCMAC}}
 }
 
-// newRefNode6 is newEnv6's node: also an IPv6 underlay address, and peers
-// E and F over IPv6.
+// newRefNode6 is newEnv6's node: also an IPv6 underlay address, peers E
+// and F over IPv6 and G, DirectRouting over IPv6.
 func newRefNode6() *refNode {
 	n := newRefNode()
 	n.ip6 = underlayIP6
-	n.tunnels = append(n.tunnels, peerE, peerF)
+	n.tunnels = append(n.tunnels, peerE, peerF, peerG)
+	n.directMACs[peerG.Remote] = peerGMAC
 	return n
 }
 

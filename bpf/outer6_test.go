@@ -28,6 +28,11 @@ var (
 	// Peer F: over IPv6 with its own VNI.
 	peerF = weftmaps.Tunnel{Subnet: netip.MustParsePrefix("10.244.6.0/24"), Remote: netip.MustParseAddr("fd00:8::6"),
 		VtepMAC: mustMAC("8e:00:00:00:00:06"), VNI: 0x123456, Mode: weftmaps.ModeVXLAN}
+	// Peer G: DirectRouting over IPv6 (its IPv6 underlay address on our L2, main_test.go).
+	peerG = weftmaps.Tunnel{Subnet: netip.MustParsePrefix("10.244.7.0/24"), Remote: netip.MustParseAddr("fd00:8::7"),
+		VtepMAC: mustMAC("8e:00:00:00:00:07"), VNI: 1, Mode: weftmaps.ModeDirect}
+	peerGMAC   = mustMAC("02:00:00:00:08:07")
+	remotePodG = netip.MustParseAddr("10.244.7.7")
 	peerEMAC   = mustMAC("02:00:00:00:08:05")
 	remotePodE = netip.MustParseAddr("10.244.5.7")
 	remotePodF = netip.MustParseAddr("10.244.6.7")
@@ -53,7 +58,7 @@ func config6() weftmaps.Config {
 func newEnv6(tb testing.TB) *env {
 	e := newEnv(tb)
 	e.setConfig(config6())
-	for _, tun := range []weftmaps.Tunnel{peerE, peerF} {
+	for _, tun := range []weftmaps.Tunnel{peerE, peerF, peerG} {
 		if err := e.m.Tunnels.Put(tun); err != nil {
 			tb.Fatal(err)
 		}
@@ -655,4 +660,26 @@ func TestFromUnderlay6WithoutAddress(t *testing.T) {
 		v.outerDst = dst
 		checkUnderlay6TC(t, e, underlayCase{"to " + dst.String(), vxlan6Frame(t, v), "pass_underlay"})
 	}
+}
+
+// DirectRouting to a peer whose underlay address is IPv6: no encapsulation,
+// the IPv4 packet goes to the peer's IPv6 neighbour entry
+// (bpf_redirect_neigh with an IPv6 next hop); on receive, its L2 sender must
+// be that neighbour.
+func TestDirect6(t *testing.T) {
+	e := newEnv6(t)
+	in := podFrame(t, pod1, pkt{dst: remotePodG})
+	r := e.run("from_pod", in)
+	r.check(t, tcActRedirect, counters("direct"))
+	hexDiff(t, "routed packet", r.out[14:], decremented(t, in[14:]))
+	checkPeerTx(t, e, peerG.Remote, 1)
+
+	plain := func(src net.HardwareAddr) []byte {
+		return ether(t, underlayMAC, src, layers.EthernetTypeIPv4,
+			ipv4(t, pkt{src: netip.MustParseAddr("10.244.7.5"), dst: pod2.IP, proto: layers.IPProtocolUDP}))
+	}
+	r = e.run("from_underlay", plain(peerGMAC))
+	r.check(t, tcActRedirect, counters("direct_rx"))
+	r = e.run("from_underlay", plain(peerEMAC))
+	r.check(t, tcActShot, counters("drop_direct_peer"))
 }
