@@ -160,21 +160,91 @@ static __always_inline int lco_term_v4(const struct iphdr *ip, void *data_end, _
 }
 
 /*
- * Sum of the 50 bytes from the outer UDP header to the end of the inner
- * IPv4 header (UDP 8, VXLAN 8, Ethernet 14, IPv4 20), at udp.
+ * The LCO term for an inner IPv6 packet (40 bytes known to be in bounds):
+ * as lco_term_v4, for TCP, UDP with a checksum and ICMPv6, which sum their
+ * pseudo-header too, and no extension headers.
  */
-static __always_inline __u64 vxlan6_headers_sum(const struct udphdr *udp)
+static __always_inline int lco_term_v6(const struct ipv6hdr *ip6, void *data_end, __u32 l3_len, __u16 *term)
 {
-	return SUM16(udp, (8 + 8 + ETH_HLEN + 20) / 2);
+	__u32 plen = bpf_ntohs(ip6->payload_len);
+	const __u32 *s = (const __u32 *)&ip6->saddr, *d = (const __u32 *)&ip6->daddr;
+	__u64 pseudo = 0;
+
+	if (ip6->version != 6 || plen + sizeof(*ip6) != l3_len)
+		return -1;
+	switch (ip6->nexthdr) {
+	case IPPROTO_UDP: {
+		const struct udphdr *udp = (const void *)(ip6 + 1);
+
+		if ((void *)(udp + 1) > data_end || udp->check == 0)
+			return -1;
+		break;
+	}
+	case IPPROTO_TCP:
+	case 58: /* ICMPv6 */
+		break;
+	default:
+		return -1;
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		pseudo += (__u64)s[i] + d[i];
+	pseudo += bpf_htonl(plen) + bpf_htonl(ip6->nexthdr);
+	*term = (__u16)~fold16(pseudo);
+	return 0;
+}
+
+/*
+ * The inner packet's share of the outer UDP checksum: the sum of its IP
+ * header (IPv4 20 or IPv6 40 bytes) plus the LCO term for the rest, for
+ * the packet behind inner_eth (l3_len bytes after it). Returns 0 with *sum
+ * set, or -1 where the LCO argument does not hold (see lco_term_v4). The
+ * rest of the checksum is the pseudo-header and vxlan6_outer_sum.
+ */
+static __always_inline int vxlan6_inner_sum(const struct ethhdr *inner_eth, void *data_end, __u32 l3_len, __u64 *sum)
+{
+	const void *l3 = inner_eth + 1;
+	__u16 term;
+
+	if (inner_eth->h_proto == bpf_htons(ETH_P_IP)) {
+		if (l3 + sizeof(struct iphdr) > data_end || lco_term_v4(l3, data_end, l3_len, &term))
+			return -1;
+		*sum = SUM16(l3, sizeof(struct iphdr) / 2) + term;
+		return 0;
+	}
+	if (inner_eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		if (l3 + sizeof(struct ipv6hdr) > data_end || lco_term_v6(l3, data_end, l3_len, &term))
+			return -1;
+		*sum = SUM16(l3, sizeof(struct ipv6hdr) / 2) + term;
+		return 0;
+	}
+	return -1;
+}
+
+/* Sum of our 30 bytes between the outer IPv6 and the inner IP header: UDP, VXLAN, inner Ethernet. */
+static __always_inline __u64 vxlan6_outer_sum(const struct udphdr *udp)
+{
+	return SUM16(udp, (8 + 8 + ETH_HLEN) / 2);
+}
+
+/* The ECN bits of the IPv4 or IPv6 header behind eth (bounds checked by the caller's LCO sum). */
+static __always_inline __u8 inner_ecn(const struct ethhdr *eth)
+{
+	const __u8 *l3 = (const void *)(eth + 1);
+
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return (l3[1] >> 4) & 0x3; /* traffic class straddles bytes 0 and 1 */
+	return l3[1] & 0x3;
 }
 
 /* ---- encapsulation ---- */
 
 /*
- * Pushes outer IPv6 + UDP + VXLAN + inner Ethernet after the MAC header
- * for an inner IPv4 packet. Returns 0, a helper's error (< 0),
- * ENCAP6_NEEDS_KERNEL (nothing changed: hand it to encap_via_kernel) or
- * ENCAP6_NO_SOURCE (the node has no IPv6 underlay address).
+ * Pushes outer IPv6 + UDP + VXLAN + inner Ethernet after the MAC header,
+ * over an inner IPv4 or IPv6 packet (the frame's own Ethernet type says
+ * which). Returns 0, a helper's error (< 0), ENCAP6_NEEDS_KERNEL (nothing
+ * changed: hand it to encap_via_kernel) or ENCAP6_NO_SOURCE (the node has
+ * no IPv6 underlay address).
  */
 static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct node_config *cfg,
 					 const struct tunnel_info *tun)
@@ -184,13 +254,13 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 			    BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth, *inner_eth;
+	struct ethhdr *eth = data, *inner_eth;
 	struct ipv6hdr *ip6;
-	struct iphdr *inner_ip;
 	struct udphdr *udp;
 	struct vxlanhdr *vx;
 	__u32 hash, udp_len;
-	__u16 term, check;
+	__be16 proto;
+	__u16 check;
 	__u8 ecn;
 	__u64 sum;
 	long err;
@@ -200,11 +270,13 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 	/* One checksum field for every segment: see the header comment. */
 	if (skb->gso_size)
 		return ENCAP6_NEEDS_KERNEL;
-	inner_ip = data + ETH_HLEN;
-	if ((void *)(inner_ip + 1) > data_end)
+	if ((void *)(eth + 1) > data_end)
 		return ENCAP6_NEEDS_KERNEL;
-	if (lco_term_v4(inner_ip, data_end, skb->len - ETH_HLEN, &term))
+	/* The inner packet's share now: adjust_room moves it but changes none of its bytes. */
+	if (vxlan6_inner_sum(eth, data_end, skb->len - ETH_HLEN, &sum))
 		return ENCAP6_NEEDS_KERNEL;
+	proto = eth->h_proto;
+	ecn = inner_ecn(eth);
 
 	hash = bpf_get_hash_recalc(skb);
 	err = bpf_skb_adjust_room(skb, VXLAN6_OVERHEAD, BPF_ADJ_ROOM_MAC, flags);
@@ -218,13 +290,12 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 	udp = (void *)(ip6 + 1);
 	vx = (void *)(udp + 1);
 	inner_eth = (void *)(vx + 1);
-	inner_ip = (void *)(inner_eth + 1);
-	if ((void *)(inner_ip + 1) > data_end)
+	if ((void *)(inner_eth + 1) > data_end)
 		return -1;
 
 	__builtin_memcpy(inner_eth->h_dest, tun->vtep_mac, ETH_ALEN);
 	__builtin_memcpy(inner_eth->h_source, cfg->vtep_mac, ETH_ALEN);
-	inner_eth->h_proto = bpf_htons(ETH_P_IP);
+	inner_eth->h_proto = proto;
 
 	vx->flags = VXLAN_FLAG_I;
 	vx->reserved1[0] = vx->reserved1[1] = vx->reserved1[2] = 0;
@@ -237,7 +308,6 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 	udp->check = 0;
 
 	/* Version 6, traffic class = inner ECN with CE as ECT(0), flow label 0. */
-	ecn = inner_ip->tos & 0x3;
 	*(__be32 *)ip6 = bpf_htonl(0x60000000 | (__u32)(ecn == 0x3 ? 0x2 : ecn) << 20);
 	ip6->payload_len = bpf_htons(udp_len);
 	ip6->nexthdr = IPPROTO_UDP;
@@ -245,7 +315,7 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 	__builtin_memcpy(&ip6->saddr, cfg->underlay_ip6, WEFT_ADDR_LEN);
 	__builtin_memcpy(&ip6->daddr, tun->remote, WEFT_ADDR_LEN);
 
-	sum = pseudo6_sum(cfg->underlay_ip6, tun->remote, udp_len) + vxlan6_headers_sum(udp) + term;
+	sum += pseudo6_sum(cfg->underlay_ip6, tun->remote, udp_len) + vxlan6_outer_sum(udp);
 	check = ~fold16(sum);
 	udp->check = check ? check : 0xffff; /* 0 means "no checksum": send its other form */
 
@@ -330,7 +400,6 @@ static __always_inline enum counter classify_underlay6(void *data, void *data_en
 	struct iphdr *inner_ip;
 	__u32 plen, udp_len, inner_len;
 	enum counter c;
-	__u16 term;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return CNT_PASS_UNDERLAY;
@@ -387,10 +456,12 @@ static __always_inline enum counter classify_underlay6(void *data, void *data_en
 		return c;
 
 	if (!aggregated) {
-		if (lco_term_v4(inner_ip, data_end, inner_len, &term))
+		__u64 sum;
+
+		if (vxlan6_inner_sum(inner_eth, data_end, inner_len, &sum))
 			return CNT_PASS_OUTER6_CSUM;
-		if (fold16(pseudo6_sum((const __u8 *)&ip6->saddr, (const __u8 *)&ip6->daddr, udp_len) +
-			   vxlan6_headers_sum(udp) + term) != 0xffff)
+		sum += pseudo6_sum((const __u8 *)&ip6->saddr, (const __u8 *)&ip6->daddr, udp_len) + vxlan6_outer_sum(udp);
+		if (fold16(sum) != 0xffff)
 			return CNT_PASS_OUTER6_CSUM;
 	}
 
