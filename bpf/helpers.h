@@ -282,6 +282,7 @@ struct vxlan_frame {
 	struct iphdr *inner_ip;
 	const struct tunnel_info *tunnel; /* the peer that owns the inner source */
 	__u32 overhead;                   /* outer bytes to strip: VXLAN_OVERHEAD or VXLAN6_OVERHEAD */
+	__be16 inner_proto;               /* the inner Ethernet type (ETH_P_IP or ETH_P_IPV6) */
 	__u8 outer_ecn;                   /* the outer header's ECN bits (RFC 6040 decap) */
 };
 
@@ -422,5 +423,6 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 	f->inner_ip = inner_ip;
 	f->outer_ecn = ip->tos & 0x3;
 	f->overhead = VXLAN_OVERHEAD;
+	f->inner_proto = inner_eth->h_proto;
 	return CNT_DECAP;
 }

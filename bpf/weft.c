@@ -690,13 +690,7 @@ int from_underlay(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	count_peer_rx(f.tunnel->remote, skb->len);
 	count(CNT_DECAP, skb->len);
-	/*
-	 * Over IPv6 the skb's protocol must become the inner packet's (IPv4),
-	 * or the pod's stack would take it for IPv6.
-	 */
-	if (bpf_skb_adjust_room(skb, -(int)f.overhead, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_FIXED_GSO |
-				(f.overhead == VXLAN_OVERHEAD ? 0 : WEFT_ADJ_ROOM_DECAP_L3_IPV4))) {
+	if (bpf_skb_adjust_room(skb, -(int)f.overhead, BPF_ADJ_ROOM_MAC, decap_flags(&f))) {
 		count(CNT_DROP_HELPER, skb->len);
 		return TC_ACT_SHOT;
 	}
