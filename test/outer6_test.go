@@ -23,81 +23,100 @@ import (
 )
 
 // TestV4InV6WithKernelVXLAN is the interop proof for VXLAN over an IPv6
-// underlay (bpf/outer6.h): Weft node a and node k, whose kernel vxlan
-// device has the driver's defaults over IPv6 (checksums on, zero-checksum
-// receive off, as flannel's flannel-v6.<VNI>), carry IPv4 pods over their
-// IPv6 underlay addresses in both directions, single packets and TCP (GSO,
-// which Weft hands to weftgro0 for the kernel to checksum). Run twice: with
-// veth defaults (checksums may stay offloaded across the veths, so the
-// receivers trust them) and with TX checksumming off on both nodes' eth0,
-// where every outer UDP checksum is computed before it leaves a node and
-// verified in software by the receiver: k's kernel counts no checksum
-// error and Weft takes k's packets on its fast path.
+// underlay (bpf/outer6.h): Weft nodes a (tc receive) and b (XDP receive)
+// and node k, whose kernel vxlan device has the driver's defaults over
+// IPv6 (checksums on, zero-checksum receive off, as flannel's
+// flannel-v6.<VNI>), carry IPv4 pods over their IPv6 underlay addresses,
+// every pair both ways, single packets and TCP (GSO, which Weft hands to
+// weftgro0 for the kernel to checksum). Run twice: with veth defaults
+// (checksums may stay offloaded across the veths, so receivers trust them)
+// and with TX checksumming off on every node's eth0, where each outer UDP
+// checksum is computed before it leaves a node and verified in software by
+// the receiver: k's kernel counts no checksum error and the Weft nodes take
+// the others' packets on their fast path.
 func TestV4InV6WithKernelVXLAN(t *testing.T) {
 	lab, err := topo.New(topo.Options{})
 	if err != nil {
 		t.Fatalf("create lab: %v", err)
 	}
-	pinPath := filepath.Join(loader.BPFFSRoot, "weft-test-"+lab.Prefix, "a")
+	pinRoot := filepath.Join(loader.BPFFSRoot, "weft-test-"+lab.Prefix)
+	type v6node struct {
+		node   *topo.Node
+		ip6    netip.Addr
+		subnet netip.Prefix
+		vtep   net.HardwareAddr
+		decap  loader.DecapMode // "": the kernel's vxlan (k)
+		pod    *topo.Pod
+		pin    string
+	}
+	nodes := []*v6node{
+		{ip6: netip.MustParseAddr("fd00:77::11"), subnet: netip.MustParsePrefix("10.244.1.0/24"), decap: loader.DecapTC},
+		{ip6: netip.MustParseAddr("fd00:77::12"), subnet: netip.MustParsePrefix("10.244.2.0/24"), decap: loader.DecapXDP},
+		{ip6: netip.MustParseAddr("fd00:77::13"), subnet: netip.MustParsePrefix("10.244.3.0/24")},
+	}
 	t.Cleanup(func() {
-		if len(lab.Nodes) > 0 {
-			lab.Nodes[0].Do(func() error { return loader.TeardownNode(pinPath, "") })
+		for _, n := range nodes {
+			if n.node != nil && n.decap != "" {
+				n.node.Do(func() error { return loader.TeardownNode(n.pin, "") })
+			}
 		}
-		os.RemoveAll(filepath.Dir(pinPath))
+		os.RemoveAll(pinRoot)
 		if err := lab.Close(); err != nil {
 			t.Errorf("close lab: %v", err)
 		}
 	})
-	a, err := lab.AddNode("a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := lab.AddNode("k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a6, k6 := netip.MustParseAddr("fd00:77::11"), netip.MustParseAddr("fd00:77::12")
-	aSub, kSub := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.2.0/24")
-	aVtep, kVtep := net.HardwareAddr{0x0e, 0x77, 0, 0, 0, 1}, net.HardwareAddr{0x0e, 0x77, 0, 0, 0, 2}
 	const podMTU = 1500 - 70
-	for _, n := range []struct {
-		node *topo.Node
-		ip   netip.Addr
-	}{{a, a6}, {k, k6}} {
-		if err := addIPv6NoDAD(n.node, n.node.UnderlayIf, n.ip, 64); err != nil {
+	for i, n := range nodes {
+		name := []string{"a", "b", "k"}[i]
+		if n.node, err = lab.AddNode(name); err != nil {
+			t.Fatal(err)
+		}
+		n.vtep = net.HardwareAddr{0x0e, 0x77, 0, 0, 0, byte(i + 1)}
+		n.pin = filepath.Join(pinRoot, name)
+		if err := addIPv6NoDAD(n.node, n.node.UnderlayIf, n.ip6, 64); err != nil {
+			t.Fatal(err)
+		}
+		opts := topo.PodOptions{IP: netip.PrefixFrom(n.subnet.Addr().Next().Next(), 24),
+			Gateway: loader.GatewayIP(n.subnet), MTU: podMTU, GatewayByARP: true}
+		if n.decap == "" {
+			opts.Bridge, opts.GatewayByARP = "kbr0", false
+		}
+		if n.pod, err = n.node.AddPod("p1", opts); err != nil {
 			t.Fatal(err)
 		}
 	}
-
-	// k: the kernel's vxlan over IPv6, programmed the flannel way for a.
-	kPod, err := k.AddPod("p1", topo.PodOptions{IP: netip.PrefixFrom(netip.MustParseAddr("10.244.2.2"), 24),
-		Gateway: netip.MustParseAddr("10.244.2.1"), MTU: podMTU, Bridge: "kbr0"})
-	if err != nil {
-		t.Fatal(err)
+	a, b, k := nodes[0], nodes[1], nodes[2]
+	for _, n := range nodes {
+		var tunnels []maps.Tunnel
+		var peers []topo.FlannelPeer
+		for _, p := range nodes {
+			if p != n {
+				tunnels = append(tunnels, maps.Tunnel{Subnet: p.subnet, Remote: p.ip6, VtepMAC: p.vtep, VNI: testVNI, Mode: maps.ModeVXLAN})
+				peers = append(peers, topo.FlannelPeer{Subnet: p.subnet, PublicIP: p.ip6, VtepMAC: p.vtep})
+			}
+		}
+		if n.decap == "" {
+			// k: the kernel's vxlan over IPv6, programmed the flannel way.
+			if err := setupKernelVXLAN6(n.node, n.ip6, n.vtep, n.subnet, peers, podMTU); err != nil {
+				t.Fatalf("kernel vxlan on %s: %v", n.node.Name, err)
+			}
+			continue
+		}
+		// Weft, with its IPv6 underlay address and its peers' tunnels over IPv6.
+		if err := loadNodeInChild(nodeSpec{
+			NSPath: n.node.NSPath, PinPath: n.pin,
+			Node: loader.NodeConfig{Underlay: n.node.UnderlayIf, UnderlayIP6: n.ip6, Network: netip.MustParsePrefix("10.244.0.0/16"),
+				Subnet: n.subnet, VtepMAC: n.vtep, VNI: testVNI, Port: testPort, Decap: n.decap},
+			Endpoints: []maps.Endpoint{{IP: n.pod.IP, IfIndex: uint32(n.pod.HostIfIndex), MAC: n.pod.MAC, HostMAC: n.pod.HostMAC}},
+			Tunnels:   tunnels,
+		}); err != nil {
+			t.Fatalf("load Weft on %s: %v", n.node.Name, err)
+		}
 	}
-	if err := setupKernelVXLAN6(k, k6, kVtep, kSub, topo.FlannelPeer{Subnet: aSub, PublicIP: a6, VtepMAC: aVtep}, podMTU); err != nil {
-		t.Fatalf("kernel vxlan on k: %v", err)
-	}
-
-	// a: Weft, with its IPv6 underlay address and k's tunnel over IPv6.
-	aPod, err := a.AddPod("p1", topo.PodOptions{IP: netip.PrefixFrom(netip.MustParseAddr("10.244.1.2"), 24),
-		Gateway: loader.GatewayIP(aSub), MTU: podMTU, GatewayByARP: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := loadNodeInChild(nodeSpec{
-		NSPath: a.NSPath, PinPath: pinPath,
-		Node: loader.NodeConfig{Underlay: a.UnderlayIf, UnderlayIP6: a6, Network: netip.MustParsePrefix("10.244.0.0/16"),
-			Subnet: aSub, VtepMAC: aVtep, VNI: testVNI, Port: testPort, Decap: loader.DecapTC},
-		Endpoints: []maps.Endpoint{{IP: aPod.IP, IfIndex: uint32(aPod.HostIfIndex), MAC: aPod.MAC, HostMAC: aPod.HostMAC}},
-		Tunnels:   []maps.Tunnel{{Subnet: kSub, Remote: k6, VtepMAC: kVtep, VNI: testVNI, Mode: maps.ModeVXLAN}},
-	}); err != nil {
-		t.Fatalf("load Weft on a: %v", err)
-	}
-	stats := func() map[string]uint64 {
-		set, err := maps.OpenPinned(pinPath)
+	stats := func(n *v6node) map[string]uint64 {
+		set, err := maps.OpenPinned(n.pin)
 		if err != nil {
-			t.Fatalf("open a's pinned maps: %v", err)
+			t.Fatalf("open %s's pinned maps: %v", n.node.Name, err)
 		}
 		defer set.Close()
 		s, err := set.Stats.Snapshot()
@@ -108,7 +127,8 @@ func TestV4InV6WithKernelVXLAN(t *testing.T) {
 	}
 
 	t.Run("GSO paths compared", func(t *testing.T) {
-		measureGSOPaths(t, lab, a, k, aVtep, pinPath, aPod, kPod, maps.Tunnel{Subnet: kSub, Remote: k6, VtepMAC: kVtep, VNI: testVNI, Mode: maps.ModeVXLAN})
+		measureGSOPaths(t, lab, a.node, k.node, a.vtep, a.pin, a.pod, k.pod,
+			maps.Tunnel{Subnet: k.subnet, Remote: k.ip6, VtepMAC: k.vtep, VNI: testVNI, Mode: maps.ModeVXLAN})
 	})
 	for _, txCsum := range []bool{true, false} {
 		name := "veth defaults"
@@ -116,51 +136,56 @@ func TestV4InV6WithKernelVXLAN(t *testing.T) {
 			name = "TX checksumming off"
 		}
 		t.Run(name, func(t *testing.T) {
-			for _, n := range []*topo.Node{a, k} {
-				if _, err := n.Exec(testCtx(t, 10*time.Second), "ethtool", "-K", n.UnderlayIf, "tx", onOffStr(txCsum)); err != nil {
+			for _, n := range nodes {
+				if _, err := n.node.Exec(testCtx(t, 10*time.Second), "ethtool", "-K", n.node.UnderlayIf, "tx", onOffStr(txCsum)); err != nil {
 					t.Fatal(err)
 				}
 			}
-			before, kBefore := stats(), udp6Snmp(t, k)
-			for _, pr := range [][2]*topo.Pod{{aPod, kPod}, {kPod, aPod}} {
-				if out, err := ping(pr[0].NSPath, pr[1].IP, 2, 0); err != nil {
-					t.Fatalf("ping %s -> %s: %v\n%s", pr[0].NS, pr[1].IP, err, out)
+			before := map[*v6node]map[string]uint64{a: stats(a), b: stats(b)}
+			kBefore := udp6Snmp(t, k.node)
+			for _, pr := range [][2]*v6node{{a, k}, {k, a}, {b, k}, {k, b}, {a, b}, {b, a}} {
+				from, to := pr[0].pod, pr[1].pod
+				if out, err := ping(from.NSPath, to.IP, 2, 0); err != nil {
+					t.Fatalf("ping %s -> %s: %v\n%s", from.NS, to.IP, err, out)
 				}
-				if out, err := ping(pr[0].NSPath, pr[1].IP, 1, podMTU-28); err != nil {
-					t.Errorf("ping at the pod MTU %s -> %s: %v\n%s", pr[0].NS, pr[1].IP, err, out)
+				if out, err := ping(from.NSPath, to.IP, 1, podMTU-28); err != nil {
+					t.Errorf("ping at the pod MTU %s -> %s: %v\n%s", from.NS, to.IP, err, out)
 				}
 				const size = 20 << 20
-				res, err := transferTCP(testCtx(t, time.Minute), pr[0].NSPath, pr[1].NSPath, pr[1].IP, size)
+				res, err := transferTCP(testCtx(t, time.Minute), from.NSPath, to.NSPath, to.IP, size)
 				if err != nil {
-					t.Fatalf("TCP %s -> %s: %v", pr[0].NS, pr[1].IP, err)
+					t.Fatalf("TCP %s -> %s: %v", from.NS, to.IP, err)
 				}
 				if !res.Intact(size) {
-					t.Fatalf("TCP %s -> %s: received %d of %d bytes, sha256 %s, sent %s", pr[0].NS, pr[1].IP, res.Bytes, size, res.RecvSum, res.SentSum)
+					t.Fatalf("TCP %s -> %s: received %d of %d bytes, sha256 %s, sent %s", from.NS, to.IP, res.Bytes, size, res.RecvSum, res.SentSum)
 				}
-				t.Logf("%s -> %s: %d MB intact at %.2f Gbit/s", pr[0].Node.Name, pr[1].Node.Name, res.Bytes>>20, res.Gbps())
+				t.Logf("%s -> %s: %d MB intact at %.2f Gbit/s", pr[0].node.Name, pr[1].node.Name, res.Bytes>>20, res.Gbps())
 			}
-			after, kAfter := stats(), udp6Snmp(t, k)
-			d := func(c string) uint64 { return after[c] - before[c] }
-			t.Logf("a: encap %d, encap_kernel %d, decap %d, pass_outer6_csum %d, decap_reassembled %d; k: Udp6 InCsumErrors +%d, InErrors +%d",
-				d("encap"), d("encap_kernel"), d("decap"), d("pass_outer6_csum"), d("decap_reassembled"),
-				kAfter["Udp6InCsumErrors"]-kBefore["Udp6InCsumErrors"], kAfter["Udp6InErrors"]-kBefore["Udp6InErrors"])
-			if d("encap") == 0 || d("encap_kernel") == 0 {
-				t.Errorf("a sent encap %d (checksummed by Weft), encap_kernel %d (GSO via weftgro0): want both", d("encap"), d("encap_kernel"))
-			}
-			if d("decap")+d("decap_reassembled") == 0 {
-				t.Errorf("a decapsulated nothing")
-			}
-			if !txCsum && d("decap") == 0 {
-				t.Errorf("with real checksums from k, a's fast path decapsulated nothing (pass_outer6_csum %d)", d("pass_outer6_csum"))
-			}
+			kAfter := udp6Snmp(t, k.node)
 			for _, c := range []string{"Udp6InCsumErrors", "Udp6InErrors"} {
 				if kAfter[c] != kBefore[c] {
 					t.Errorf("k's kernel counted %d %s: Weft's outer UDP checksums are not all valid", kAfter[c]-kBefore[c], c)
 				}
 			}
-			for c, v := range after {
-				if strings.HasPrefix(c, "drop_") && v != before[c] {
-					t.Errorf("a dropped %d packets as %s", v-before[c], c)
+			for _, n := range []*v6node{a, b} {
+				after := stats(n)
+				d := func(c string) uint64 { return after[c] - before[n][c] }
+				t.Logf("%s (%s): encap %d, encap_kernel %d, decap %d, pass_outer6_csum %d, decap_reassembled %d",
+					n.node.Name, n.decap, d("encap"), d("encap_kernel"), d("decap"), d("pass_outer6_csum"), d("decap_reassembled"))
+				if d("encap") == 0 || d("encap_kernel") == 0 {
+					t.Errorf("%s sent encap %d (checksummed by Weft), encap_kernel %d (GSO via weftgro0): want both",
+						n.node.Name, d("encap"), d("encap_kernel"))
+				}
+				if !txCsum && d("decap") == 0 {
+					t.Errorf("with real checksums, %s's fast path decapsulated nothing (pass_outer6_csum %d)", n.node.Name, d("pass_outer6_csum"))
+				}
+				if d("decap")+d("decap_reassembled") == 0 {
+					t.Errorf("%s decapsulated nothing", n.node.Name)
+				}
+				for c, v := range after {
+					if strings.HasPrefix(c, "drop_") && v != before[n][c] {
+						t.Errorf("%s dropped %d packets as %s", n.node.Name, v-before[n][c], c)
+					}
 				}
 			}
 		})
@@ -272,8 +297,8 @@ func addIPv6NoDAD(n *topo.Node, dev string, ip netip.Addr, bits int) error {
 // setupKernelVXLAN6 gives k what flanneld gives a node, over IPv6: a vxlan
 // device with the driver's defaults and k's IPv6 underlay address as
 // source, <subnet>.0/32 on it, and the route, neighbour and FDB entry for
-// the peer; the pods' bridge gets <subnet>.1.
-func setupKernelVXLAN6(k *topo.Node, local netip.Addr, vtep net.HardwareAddr, sub netip.Prefix, peer topo.FlannelPeer, mtu int) error {
+// each peer; the pods' bridge gets <subnet>.1.
+func setupKernelVXLAN6(k *topo.Node, local netip.Addr, vtep net.HardwareAddr, sub netip.Prefix, peers []topo.FlannelPeer, mtu int) error {
 	h, err := k.Handle()
 	if err != nil {
 		return err
@@ -305,19 +330,24 @@ func setupKernelVXLAN6(k *topo.Node, local netip.Addr, vtep net.HardwareAddr, su
 	if err := h.LinkSetMTU(br, mtu); err != nil {
 		return err
 	}
-	psub := peer.Subnet.Masked()
-	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST,
-		IP: psub.Addr().AsSlice(), HardwareAddr: peer.VtepMAC}); err != nil {
-		return fmt.Errorf("neighbour: %w", err)
+	for _, peer := range peers {
+		psub := peer.Subnet.Masked()
+		if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST,
+			IP: psub.Addr().AsSlice(), HardwareAddr: peer.VtepMAC}); err != nil {
+			return fmt.Errorf("neighbour: %w", err)
+		}
+		if err := h.NeighAppend(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT, Family: unix.AF_BRIDGE,
+			Flags: netlink.NTF_SELF, IP: peer.PublicIP.AsSlice(), HardwareAddr: peer.VtepMAC}); err != nil {
+			return fmt.Errorf("fdb: %w", err)
+		}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: psub.Addr().AsSlice(), Mask: net.CIDRMask(psub.Bits(), 32)},
+			Gw: psub.Addr().AsSlice()}
+		r.SetFlag(netlink.FLAG_ONLINK)
+		if err := h.RouteReplace(r); err != nil {
+			return err
+		}
 	}
-	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT, Family: unix.AF_BRIDGE,
-		Flags: netlink.NTF_SELF, IP: peer.PublicIP.AsSlice(), HardwareAddr: peer.VtepMAC}); err != nil {
-		return fmt.Errorf("fdb: %w", err)
-	}
-	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: psub.Addr().AsSlice(), Mask: net.CIDRMask(psub.Bits(), 32)},
-		Gw: psub.Addr().AsSlice()}
-	r.SetFlag(netlink.FLAG_ONLINK)
-	return h.RouteReplace(r)
+	return nil
 }
 
 // udp6Snmp reads the Udp6 counters of the node's namespace (/proc/net/snmp6).
