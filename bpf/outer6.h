@@ -25,17 +25,18 @@
  * collect_md device, see encap_via_kernel in underlay.h), which marks them
  * SKB_GSO_UDP_TUNNEL_CSUM. A single packet is checksummed here without
  * reading its payload, by the kernel's local checksum offload argument
- * (LCO, include/linux/skbuff.h lco_csum): the inner TCP, UDP or ICMP
- * packet carries (or, when CHECKSUM_PARTIAL, will carry once its checksum
- * is filled in on the way out) a valid checksum of its own, so the
- * ones'-complement sum of the inner L4 bytes is the complement of the
+ * (LCO, include/linux/skbuff.h lco_csum): the inner TCP, UDP, ICMP or
+ * ICMPv6 packet carries (or, when CHECKSUM_PARTIAL, will carry once its
+ * checksum is filled in on the way out) a valid checksum of its own, so
+ * the ones'-complement sum of the inner L4 bytes is the complement of the
  * inner pseudo-header sum (0 for ICMP, which has none). The outer
  * checksum then needs only the outer pseudo-header, our 50 bytes of
- * UDP/VXLAN/Ethernet/inner IPv4 header, and that complement: about 40
- * additions whatever the packet's size, linear or not. Inner packets the
- * argument does not cover (a fragment, UDP without checksum, IPv4 options,
- * another protocol, Ethernet padding) go to the kernel too, and where there
- * is no weftgro0 they are dropped and counted (drop_outer6_needs_kernel).
+ * UDP/VXLAN/Ethernet/inner IPv4 header (70 with inner IPv6), and that
+ * complement: about 40 additions whatever the packet's size, linear or
+ * not. Inner packets the argument does not cover (a fragment, UDP without
+ * checksum, IPv4 options or IPv6 extension headers, another protocol,
+ * Ethernet padding) go to the kernel too, and where there is no weftgro0
+ * they are dropped and counted (drop_outer6_needs_kernel).
  *
  * The UDP checksum, receiving: zero is dropped (drop_outer6_zero_csum), as
  * udpv6 does for a vxlan socket without udp6zerocsumrx. An aggregated skb
@@ -48,9 +49,12 @@
  * underlay; tc cannot read ip_summed), so the packet goes to the kernel
  * (pass_outer6_csum): udpv6 trusts the partial one and drops the bad one
  * (Udp6InCsumErrors), and what its vxlan socket decapsulates is checked by
- * gro_sink on weftgro0 like anything else it delivers. A packet with a
- * correct outer and a wrong inner checksum is decapsulated and the inner
- * stack drops it, exactly as with the kernel's vxlan.
+ * gro_sink on weftgro0 like anything else it delivers. The sum covers the
+ * headers and trusts the inner checksum for the rest: a frame corrupted in
+ * the inner payload only is decapsulated and dropped by the pod's stack on
+ * its own checksum (where the kernel's udpv6 would have dropped it), and
+ * one whose sender put a wrong inner checksum fails our sum and is the
+ * kernel's (which decapsulates it, and the pod drops it, as before).
  */
 #pragma once
 
@@ -91,12 +95,13 @@ static __always_inline __u32 tunnel_overhead(const struct tunnel_info *tun)
 /* ---- ones'-complement sums ---- */
 
 /* Sum of n 16-bit words at p (caller checked the bounds), not folded. */
-#define SUM16(p, n)                                          \
-	({                                                   \
-		const __u16 *__w = (const __u16 *)(p);       \
-		__u64 __s = 0;                               \
-		_Pragma("unroll") for (int __i = 0; __i < (n); __i++) __s += __w[__i]; \
-		__s;                                         \
+#define SUM16(p, n)                                                      \
+	({                                                               \
+		const __u16 *__w = (const __u16 *)(p);                   \
+		__u64 __s = 0;                                           \
+		_Pragma("unroll") for (int __i = 0; __i < (n); __i++)    \
+			__s += __w[__i];                                 \
+		__s;                                                     \
 	})
 
 static __always_inline __u16 fold16(__u64 sum)
