@@ -16,10 +16,15 @@ FUZZ_LONG_EXECS ?= 5000000
 DEPS_BUILD := clang llvm libbpf-dev
 DEPS_TEST := iproute2 iperf3 ethtool bpftool iputils-ping procps util-linux nftables iptables
 DEPS_BENCH := sockperf
+# make profile: perf record (Debian ships perf in linux-perf).
+DEPS_PROFILE := linux-perf
+# make profile: one data plane and metric, on one underlay.
+PROFILE ?= weft-tc:tcp_1_gbps
+PROFILE_CONFIG ?= wire
 # nft goes into the image (weftd --ip-masq runs it); TestImage builds the image.
 DEPS_IMAGE := nftables
 
-.PHONY: help deps deps-build generate build test fuzz bench demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins image fuzz-long
+.PHONY: help deps deps-build generate build test fuzz bench profile demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins image fuzz-long
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -70,6 +75,11 @@ bench: deps build kube-bins ## data planes side by side and the control plane at
 	@./.ci/ensure-deps.sh $(DEPS_BENCH)
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 	$(GO) run ./test/bench/scale --bin-dir $(BIN) $(SCALE_FLAGS)
+
+profile: deps ## perf record -a -g and BPF run times over one measured window: PROFILE=weft-tc:tcp_1_gbps PROFILE_CONFIG=wire (test/bench/out; needs root)
+	@./.ci/ensure-deps.sh $(DEPS_BENCH) $(DEPS_PROFILE)
+	$(GO) run ./test/bench --only $(PROFILE) --config $(PROFILE_CONFIG) --bpf-stats \
+		--perf test/bench/out/perf-$(subst :,-,$(PROFILE))-$(PROFILE_CONFIG).data $(BENCH_FLAGS)
 
 IMAGE ?= $(BIN)/weft-image.tar
 image: ## write the container image (static binaries + nft, no Docker needed) to $(IMAGE): docker load -i / ctr images import

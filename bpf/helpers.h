@@ -78,6 +78,8 @@ static __always_inline int counter_is_drop(enum counter c)
 	case CNT_PASS_CONNTRACK:
 	case CNT_PASS_OUTER6_CSUM:
 	case CNT_PASS_OUTER6_EXTHDR:
+	case CNT_ND_REPLY:
+	case CNT_PACKET_TOO_BIG:
 		return 0; /* appended after the drops, but not drops */
 	default:
 		return c >= CNT_FIRST_DROP;
@@ -177,25 +179,23 @@ static __always_inline void count(enum counter c, __u64 bytes)
 	}
 }
 
-static __always_inline struct peer_stats *peer_stats_for(const __u8 *remote)
+/*
+ * The counters of the peer behind tun: its slot in peer_counters, which the Go
+ * side assigned when it wrote the entry. A slot out of range (a writer with
+ * another idea of the map's size) counts as "no slot", like slot 0.
+ */
+static __always_inline struct peer_stats *peer_stats_for(const struct tunnel_info *tun)
 {
-	struct peer_key key;
-	struct peer_stats *ps;
+	__u32 slot = tun->stats_slot;
 
-	__builtin_memcpy(key.addr, remote, WEFT_ADDR_LEN);
-	ps = bpf_map_lookup_elem(&tunnel_stats, &key);
-	if (ps)
-		return ps;
-
-	struct peer_stats zero = {};
-	/* A full map only costs us the per-peer numbers, never the packet. */
-	bpf_map_update_elem(&tunnel_stats, &key, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&tunnel_stats, &key);
+	if (slot >= WEFT_PEER_STATS_SLOTS)
+		slot = 0;
+	return bpf_map_lookup_elem(&peer_counters, &slot);
 }
 
-static __always_inline void count_peer_tx(const __u8 *remote, __u64 bytes)
+static __always_inline void count_peer_tx(const struct tunnel_info *tun, __u64 bytes)
 {
-	struct peer_stats *ps = peer_stats_for(remote);
+	struct peer_stats *ps = peer_stats_for(tun);
 
 	if (ps) {
 		ps->tx_packets++;
@@ -203,9 +203,9 @@ static __always_inline void count_peer_tx(const __u8 *remote, __u64 bytes)
 	}
 }
 
-static __always_inline void count_peer_rx(const __u8 *remote, __u64 bytes)
+static __always_inline void count_peer_rx(const struct tunnel_info *tun, __u64 bytes)
 {
-	struct peer_stats *ps = peer_stats_for(remote);
+	struct peer_stats *ps = peer_stats_for(tun);
 
 	if (ps) {
 		ps->rx_packets++;
@@ -275,6 +275,12 @@ static __always_inline int ipv4_header_ok(const struct iphdr *ip, __u32 l3_len)
 	return ip->version == 4 && ip->ihl >= 5 && tot_len >= ip->ihl * 4U && tot_len <= l3_len;
 }
 
+/*
+ * The inner IPv6 half of the checks below. Included here, not at the top:
+ * it builds on everything above.
+ */
+#include "ipv6.h"
+
 /* ---- the VXLAN receive classifier ---- */
 
 struct vxlan_frame {
@@ -282,7 +288,6 @@ struct vxlan_frame {
 	struct iphdr *inner_ip;
 	const struct tunnel_info *tunnel; /* the peer that owns the inner source */
 	__u32 overhead;                   /* outer bytes to strip: VXLAN_OVERHEAD or VXLAN6_OVERHEAD */
-	__be16 inner_proto;               /* the inner Ethernet type (ETH_P_IP or ETH_P_IPV6) */
 	__u8 outer_ecn;                   /* the outer header's ECN bits (RFC 6040 decap) */
 };
 
@@ -302,8 +307,11 @@ static __always_inline enum counter classify_inner(struct ethhdr *inner_eth, voi
 
 	if ((void *)(inner_ip + 1) > data_end)
 		return CNT_DROP_SHORT;
-	if (inner_eth->h_proto != bpf_htons(ETH_P_IP))
+	if (inner_eth->h_proto != bpf_htons(ETH_P_IP)) {
+		if (inner_eth->h_proto == bpf_htons(ETH_P_IPV6))
+			return classify_inner6(inner_eth, data_end, inner_len, outer_saddr, tun);
 		return CNT_DROP_INNER_NOT_IPV4;
+	}
 	if (inner_ip->version != 4 || inner_ip->ihl < 5 ||
 	    bpf_ntohs(inner_ip->tot_len) < inner_ip->ihl * 4 ||
 	    bpf_ntohs(inner_ip->tot_len) > inner_len)
@@ -322,7 +330,7 @@ static __always_inline enum counter classify_inner(struct ethhdr *inner_eth, voi
 	return CNT_DECAP;
 }
 
-/* Bytes a decapsulation needs to see in the linear area. */
+/* Bytes a decapsulation needs to see in the linear area (IPv4 inner; IPv6 inner: 20 more). */
 #define VXLAN_PARSE_LEN (ETH_HLEN + 20 + 8 + 8 + ETH_HLEN + 20)
 
 /*
@@ -423,6 +431,5 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 	f->inner_ip = inner_ip;
 	f->outer_ecn = ip->tos & 0x3;
 	f->overhead = VXLAN_OVERHEAD;
-	f->inner_proto = inner_eth->h_proto;
 	return CNT_DECAP;
 }

@@ -474,27 +474,7 @@ static __always_inline enum counter classify_underlay6(void *data, void *data_en
 	f->inner_ip = inner_ip;
 	f->outer_ecn = bpf_ntohl(*(__be32 *)ip6) >> 20 & 0x3;
 	f->overhead = VXLAN6_OVERHEAD;
-	f->inner_proto = inner_eth->h_proto;
 	return CNT_DECAP;
-}
-
-/* Not in Debian's 6.1 UAPI headers either. */
-#define WEFT_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
-
-/*
- * bpf_skb_adjust_room flags to strip f's outer headers: where the outer
- * and inner families differ, skb->protocol must become the inner one's, or
- * the receiving stack would take an IPv4 packet for IPv6 (or the reverse).
- * IPv4 in IPv4 keeps exactly the flags it always had.
- */
-static __always_inline __u64 decap_flags(const struct vxlan_frame *f)
-{
-	int outer6 = f->overhead != VXLAN_OVERHEAD;
-	int inner6 = f->inner_proto == bpf_htons(ETH_P_IPV6);
-
-	if (outer6 == inner6)
-		return BPF_F_ADJ_ROOM_FIXED_GSO;
-	return BPF_F_ADJ_ROOM_FIXED_GSO | (inner6 ? WEFT_ADJ_ROOM_DECAP_L3_IPV6 : WEFT_ADJ_ROOM_DECAP_L3_IPV4);
 }
 
 /*

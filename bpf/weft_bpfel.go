@@ -65,7 +65,10 @@ const (
 	WeftCounterCNT_DROP_OUTER6ZERO_CSUM        WeftCounter = 46
 	WeftCounterCNT_PASS_OUTER6CSUM             WeftCounter = 47
 	WeftCounterCNT_PASS_OUTER6EXTHDR           WeftCounter = 48
-	WeftCounterCNT__MAX                        WeftCounter = 49
+	WeftCounterCNT_ND_REPLY                    WeftCounter = 49
+	WeftCounterCNT_DROP_ND_SPOOF               WeftCounter = 50
+	WeftCounterCNT_PACKET_TOO_BIG              WeftCounter = 51
+	WeftCounterCNT__MAX                        WeftCounter = 52
 )
 
 type WeftCounterValue struct {
@@ -130,13 +133,14 @@ type WeftPeerStats struct {
 }
 
 type WeftTunnelInfo struct {
-	_        structs.HostLayout
-	Remote   [16]uint8
-	VtepMac  [6]uint8
-	Mode     uint8
-	Flags    uint8
-	Vni      uint32
-	Reserved [3]uint32
+	_         structs.HostLayout
+	Remote    [16]uint8
+	VtepMac   [6]uint8
+	Mode      uint8
+	Flags     uint8
+	Vni       uint32
+	StatsSlot uint32
+	Reserved  [2]uint32
 }
 
 type WeftTunnelKey struct {
@@ -164,8 +168,8 @@ const (
 	WeftMapConfig             = "config"
 	WeftMapEndpoints          = "endpoints"
 	WeftMapFragNeededRate     = "frag_needed_rate"
+	WeftMapPeerCounters       = "peer_counters"
 	WeftMapStats              = "stats"
-	WeftMapTunnelStats        = "tunnel_stats"
 	WeftMapTunnels            = "tunnels"
 	WeftProgFromGroCell       = "from_gro_cell"
 	WeftProgFromHost          = "from_host"
@@ -237,8 +241,8 @@ type WeftMapSpecs struct {
 	Config         *ebpf.MapSpec `ebpf:"config"`
 	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
 	FragNeededRate *ebpf.MapSpec `ebpf:"frag_needed_rate"`
+	PeerCounters   *ebpf.MapSpec `ebpf:"peer_counters"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
-	TunnelStats    *ebpf.MapSpec `ebpf:"tunnel_stats"`
 	Tunnels        *ebpf.MapSpec `ebpf:"tunnels"`
 }
 
@@ -276,8 +280,8 @@ type WeftMaps struct {
 	Config         *ebpf.Map `ebpf:"config"`
 	Endpoints      *ebpf.Map `ebpf:"endpoints"`
 	FragNeededRate *ebpf.Map `ebpf:"frag_needed_rate"`
+	PeerCounters   *ebpf.Map `ebpf:"peer_counters"`
 	Stats          *ebpf.Map `ebpf:"stats"`
-	TunnelStats    *ebpf.Map `ebpf:"tunnel_stats"`
 	Tunnels        *ebpf.Map `ebpf:"tunnels"`
 }
 
@@ -286,8 +290,8 @@ func (m *WeftMaps) Close() error {
 		m.Config,
 		m.Endpoints,
 		m.FragNeededRate,
+		m.PeerCounters,
 		m.Stats,
-		m.TunnelStats,
 		m.Tunnels,
 	)
 }

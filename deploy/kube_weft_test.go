@@ -134,6 +134,23 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
 			t.Errorf("env %s = %+v, want fieldRef %s", e.Name, e.ValueFrom, wantEnv[e.Name])
 		}
 	}
+	// Probes on weftd's default --metrics-addr: readiness on /healthz,
+	// liveness on /livez (a liveness probe on /healthz would restart weftd
+	// through every etcd outage).
+	for _, p := range []struct {
+		name  string
+		probe *corev1.Probe
+		path  string
+	}{{"readiness", c.ReadinessProbe, "/healthz"}, {"liveness", c.LivenessProbe, "/livez"}} {
+		if p.probe == nil || p.probe.HTTPGet == nil {
+			t.Errorf("%s probe %+v, want an httpGet", p.name, p.probe)
+			continue
+		}
+		g := p.probe.HTTPGet
+		if g.Host != "127.0.0.1" || g.Port.IntValue() != 9473 || g.Path != p.path {
+			t.Errorf("%s probe gets %s:%s%s, want 127.0.0.1:9473%s (weftd's default --metrics-addr)", p.name, g.Host, g.Port.String(), g.Path, p.path)
+		}
+	}
 	ic := ps.InitContainers[0]
 	if !reflect.DeepEqual(ic.Command, []string{"/usr/local/bin/weft-install-cni"}) {
 		t.Errorf("init container command %q", ic.Command)

@@ -4,7 +4,7 @@
 //
 // Pin layout (default /sys/fs/bpf/weft):
 //
-//	tunnels endpoints config stats tunnel_stats   maps (pinned by name, see bpf/maps.h)
+//	tunnels endpoints config stats peer_counters  maps (pinned by name, see bpf/maps.h)
 //	progs/<program>                               the programs currently in use (weft-cni attaches progs/from_pod)
 //	links/<hook>                                  bpf_links: underlay-tc, underlay-xdp, host, gro-sink, pod-<ifindex>
 //

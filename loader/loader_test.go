@@ -114,7 +114,7 @@ func TestLoadCreatesPinsAndReopenAdoptsMaps(t *testing.T) {
 	if err != nil {
 		t.Fatalf("load: %+v", err)
 	}
-	for _, name := range []string{"tunnels", "endpoints", "config", "stats", "tunnel_stats", "progs/from_pod", "progs/from_host", "progs/from_underlay", "progs/from_underlay_xdp", "progs/gro_sink"} {
+	for _, name := range []string{"tunnels", "endpoints", "config", "stats", "peer_counters", "progs/from_pod", "progs/from_host", "progs/from_underlay", "progs/from_underlay_xdp", "progs/gro_sink"} {
 		if _, err := os.Stat(filepath.Join(pin, name)); err != nil {
 			t.Errorf("pin %s missing: %v", name, err)
 		}

@@ -18,17 +18,20 @@ import (
 // DefaultHostDevice is the device the one cluster route points at.
 const DefaultHostDevice = "weft0"
 
-// NodeConfig is what a node's data plane needs to know about itself.
+// NodeConfig is what a node's data plane needs to know about itself. Each
+// pod family is present when its network and subnet are given: IPv4
+// (Network, Subnet), IPv6 (IPv6Network, IPv6Subnet), or both.
 type NodeConfig struct {
 	Underlay   string     // underlay NIC name, e.g. eth0
-	UnderlayIP netip.Addr // zero: the NIC's first IPv4 address (none on an IPv6-only underlay with UnderlayIP6)
-	// UnderlayIP6 is the node's IPv6 underlay address (flannel's
-	// PublicIPv6), the source of outer IPv6 headers for tunnels whose
-	// remote is IPv6 (bpf/outer6.h). Zero: none. It must be a plain IPv6
-	// address assigned to the underlay device.
+	UnderlayIP netip.Addr // zero: the NIC's first IPv4 address (none on an IPv6-only underlay)
+	Network    netip.Prefix
+	Subnet     netip.Prefix // this node's IPv4 pod subnet
+	// UnderlayIP6 is the node's IPv6 underlay address, the source of outer
+	// IPv6 headers; zero: the node has none, and peers reach its IPv6 pods
+	// over IPv4 (v6-in-v4, ipv6-contract.md).
 	UnderlayIP6 netip.Addr
-	Network     netip.Prefix
-	Subnet      netip.Prefix // this node's pod subnet
+	IPv6Network netip.Prefix
+	IPv6Subnet  netip.Prefix // this node's IPv6 pod subnet
 	VtepMAC     net.HardwareAddr
 	VNI         uint32
 	Port        uint16
@@ -62,11 +65,39 @@ func GatewayIP(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr().N
 // PodMTU is the MTU pods get on an underlay of mtu bytes.
 func PodMTU(underlayMTU int) int { return underlayMTU - maps.VXLANOverhead }
 
+// VXLAN6Overhead is what encapsulation over an IPv6 underlay adds (outer
+// IPv6 40, UDP 8, VXLAN 8, inner Ethernet 14): VXLAN6_OVERHEAD in bpf/.
+const VXLAN6Overhead = 70
+
+// PodMTU6 is the MTU of IPv6 pod traffic: it travels over the IPv6
+// underlay when the node has one (70 bytes of overhead), else over IPv4
+// (v6-in-v4, 50), as ipv6-contract.md says.
+func PodMTU6(underlayMTU int, ipv6Underlay bool) int {
+	if ipv6Underlay {
+		return underlayMTU - VXLAN6Overhead
+	}
+	return PodMTU(underlayMTU)
+}
+
+// PodMTUFor is the one MTU a pod's eth0 gets on a node of nc: the smaller
+// of its families' (flannel's FLANNEL_MTU in subnet.env).
+func PodMTUFor(nc NodeConfig, underlayMTU int) int {
+	mtu := PodMTU(underlayMTU)
+	if nc.IPv6Subnet.IsValid() {
+		mtu6 := PodMTU6(underlayMTU, nc.UnderlayIP6.IsValid())
+		if !nc.Subnet.IsValid() || mtu6 < mtu {
+			mtu = mtu6
+		}
+	}
+	return mtu
+}
+
 // NodeState is what SetupNode found and made.
 type NodeState struct {
 	Config     maps.Config
 	HostIfName string
 	Decap      DecapMode // what runs: DecapTC when XDP was asked for but the probe failed
+	PodMTU     int       // PodMTUFor the node: what pods (and subnet.env) get
 }
 
 // SetupNode wires this network namespace's node: weft0 with the node's
@@ -92,8 +123,8 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	if nc.ProbeXDPMeta == nil {
 		nc.ProbeXDPMeta = ProbeXDPMeta
 	}
-	if !nc.Subnet.IsValid() || !nc.Network.IsValid() || !nc.Network.Contains(nc.Subnet.Addr()) {
-		return NodeState{}, fmt.Errorf("setup node: subnet %v not inside network %v", nc.Subnet, nc.Network)
+	if err := nc.checkFamilies(); err != nil {
+		return NodeState{}, fmt.Errorf("setup node: %w", err)
 	}
 	ul, err := netlink.LinkByName(nc.Underlay)
 	if err != nil {
@@ -101,7 +132,7 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	}
 	ulIP := nc.UnderlayIP
 	if !ulIP.IsValid() {
-		if ulIP, err = firstIPv4(ul); err != nil && !nc.UnderlayIP6.IsValid() {
+		if ulIP, err = firstIPv4(ul); err != nil && (nc.Subnet.IsValid() || !nc.UnderlayIP6.IsValid()) {
 			return NodeState{}, err
 		}
 	}
@@ -125,6 +156,14 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	if err := setSysctl("net/ipv4/ip_forward", "1"); err != nil {
 		return NodeState{}, err
 	}
+	if nc.IPv6Subnet.IsValid() {
+		// What the kernel routes of IPv6 pod traffic (the host's own, NATed
+		// flows) it must forward, as for IPv4. Like any IPv6 router, the
+		// node then ignores router advertisements unless accept_ra is 2.
+		if err := setSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
+			return NodeState{}, err
+		}
+	}
 
 	cfg := maps.Config{
 		UnderlayIfIndex: uint32(ul.Attrs().Index),
@@ -132,11 +171,16 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 		UnderlayIP6:     nc.UnderlayIP6,
 		UnderlayMAC:     ul.Attrs().HardwareAddr,
 		HostIfIndex:     uint32(host.Attrs().Index),
-		HostIP:          HostIP(nc.Subnet),
 		VtepMAC:         nc.VtepMAC,
 		VNI:             nc.VNI,
 		Port:            nc.Port,
 		MTU:             uint16(mtu),
+	}
+	if nc.Subnet.IsValid() {
+		cfg.HostIP = HostIP(nc.Subnet)
+	}
+	if nc.IPv6Subnet.IsValid() {
+		cfg.HostIP6 = HostIP(nc.IPv6Subnet)
 	}
 	useCell := nc.Decap == DecapTC && !nc.NoGROCell
 	if useCell {
@@ -204,7 +248,38 @@ func SetupNode(d *Datapath, nc NodeConfig) (NodeState, error) {
 	if err != nil {
 		return NodeState{}, err
 	}
-	return NodeState{Config: got, HostIfName: nc.HostDevice, Decap: nc.Decap}, nil
+	return NodeState{Config: got, HostIfName: nc.HostDevice, Decap: nc.Decap, PodMTU: PodMTUFor(nc, mtu)}, nil
+}
+
+// checkFamilies accepts a config with at least one pod family, each with
+// its subnet inside its network.
+func (nc NodeConfig) checkFamilies() error {
+	fam := func(name string, network, subnet netip.Prefix, is4 bool) error {
+		switch {
+		case !network.IsValid() && !subnet.IsValid():
+			return nil
+		case !subnet.IsValid() || !network.IsValid() || !network.Contains(subnet.Addr()) || subnet.Bits() < network.Bits():
+			return fmt.Errorf("%s subnet %v not inside network %v", name, subnet, network)
+		case subnet.Addr().Is4() != is4 || network.Addr().Is4() != is4 || subnet.Addr().Is4In6():
+			return fmt.Errorf("%s subnet %v or network %v of the wrong family", name, subnet, network)
+		}
+		return nil
+	}
+	if err := fam("IPv4", nc.Network, nc.Subnet, true); err != nil {
+		return err
+	}
+	if err := fam("IPv6", nc.IPv6Network, nc.IPv6Subnet, false); err != nil {
+		return err
+	}
+	switch {
+	case !nc.Subnet.IsValid() && !nc.IPv6Subnet.IsValid():
+		return fmt.Errorf("subnet %v not inside network %v", nc.Subnet, nc.Network)
+	case nc.UnderlayIP6.IsValid() && (!nc.UnderlayIP6.Is6() || nc.UnderlayIP6.Is4In6()):
+		return fmt.Errorf("%w: %v is not IPv6", ErrUnderlayIP6, nc.UnderlayIP6)
+	case !nc.Subnet.IsValid() && !nc.UnderlayIP6.IsValid():
+		return errors.New("an IPv6-only node needs an IPv6 underlay address")
+	}
+	return nil
 }
 
 // ensureHostDevice makes weft0: a dummy device, or an ifb where the kernel
@@ -231,8 +306,7 @@ func ensureHostDevice(nc NodeConfig, underlayMTU int) (netlink.Link, error) {
 	} else if l.Type() != "dummy" && l.Type() != "ifb" {
 		return nil, fmt.Errorf("%s exists and is a %s, not a dummy or ifb", name, l.Type())
 	}
-	// IPv6 on weft0 would only send router solicitations into from_host.
-	if err := setSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := hostIPv6(name, nc.IPv6Subnet.IsValid()); err != nil {
 		return nil, err
 	}
 	if l.Attrs().HardwareAddr.String() != nc.VtepMAC.String() {
@@ -250,8 +324,8 @@ func ensureHostDevice(nc NodeConfig, underlayMTU int) (netlink.Link, error) {
 			}
 		}
 	}
-	if l.Attrs().MTU != PodMTU(underlayMTU) {
-		if err := netlink.LinkSetMTU(l, PodMTU(underlayMTU)); err != nil {
+	if l.Attrs().MTU != PodMTUFor(nc, underlayMTU) {
+		if err := netlink.LinkSetMTU(l, PodMTUFor(nc, underlayMTU)); err != nil {
 			return nil, fmt.Errorf("set %s MTU: %w", name, err)
 		}
 	}
@@ -259,35 +333,87 @@ func ensureHostDevice(nc NodeConfig, underlayMTU int) (netlink.Link, error) {
 		return nil, fmt.Errorf("set %s up: %w", name, err)
 	}
 
-	hostIP := HostIP(nc.Subnet)
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: hostIP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
-	if err := netlink.AddrReplace(l, addr); err != nil {
-		return nil, fmt.Errorf("add %s to %s: %w", hostIP, name, err)
+	if err := hostRoutes(l, netlink.FAMILY_V4, nc.Network, nc.Subnet, PodMTU(underlayMTU)); err != nil {
+		return nil, err
+	}
+	if nc.IPv6Subnet.IsValid() { // else IPv6 is off on weft0, and its addresses and routes with it
+		if err := hostRoutes(l, netlink.FAMILY_V6, nc.IPv6Network, nc.IPv6Subnet, PodMTU6(underlayMTU, nc.UnderlayIP6.IsValid())); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// hostIPv6 turns IPv6 on weft0 on or off. Off (an IPv4 network), weft0
+// would only send router solicitations into from_host. On, it carries the
+// node's IPv6 address and the IPv6 cluster route, and nothing else: no
+// link-local address (addr_gen_mode 1), no router solicitations, no
+// autoconfiguration from advertisements, no duplicate address detection.
+// Set before IPv6 comes up, so none of them ever happens.
+func hostIPv6(name string, on bool) error {
+	dir := "net/ipv6/conf/" + name + "/"
+	if !on {
+		if err := setSysctl(dir+"disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	for _, kv := range [][2]string{{"addr_gen_mode", "1"}, {"accept_ra", "0"}, {"router_solicitations", "0"},
+		{"accept_dad", "0"}, {"dad_transmits", "0"}, {"disable_ipv6", "0"}} {
+		if err := setSysctl(dir+kv[0], kv[1]); err != nil {
+			return fmt.Errorf("enable IPv6 on %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// hostRoutes gives weft0 one family's address (<subnet> first address,
+// /32 or /128, like flannel.1 and flannel-v6.1) and the one route for the
+// whole cluster network of that family, and removes addresses of that
+// family left from an earlier subnet. The route goes via <subnet>.1
+// (<subnet>::1) onlink so the kernel keeps a single neighbour entry instead
+// of one per destination. A family the node does not have (zero subnet)
+// gets no address and no route; an earlier one's are removed.
+func hostRoutes(l netlink.Link, family int, network, subnet netip.Prefix, mtu int) error {
+	name := l.Attrs().Name
+	var hostIP netip.Addr
+	if subnet.IsValid() {
+		hostIP = HostIP(subnet)
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: hostIP.AsSlice(), Mask: net.CIDRMask(hostIP.BitLen(), hostIP.BitLen())}}
+		if family == netlink.FAMILY_V6 {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrReplace(l, addr); err != nil {
+			return fmt.Errorf("add %s to %s: %w", hostIP, name, err)
+		}
 	}
 	// Drop addresses of an earlier subnet (a node that got a new lease).
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := netlink.AddrList(l, family)
 	if err != nil {
-		return nil, fmt.Errorf("list %s addresses: %w", name, err)
+		return fmt.Errorf("list %s addresses: %w", name, err)
 	}
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() != hostIP {
 			if err := netlink.AddrDel(l, &a); err != nil {
-				return nil, fmt.Errorf("remove stale address %s from %s: %w", a.IP, name, err)
+				return fmt.Errorf("remove stale address %s from %s: %w", a.IP, name, err)
 			}
 		}
 	}
+	if !subnet.IsValid() {
+		return nil
+	}
 	route := &netlink.Route{
 		LinkIndex: l.Attrs().Index,
-		Dst:       prefixToIPNet(nc.Network),
-		Gw:        GatewayIP(nc.Subnet).AsSlice(),
+		Dst:       prefixToIPNet(network),
+		Gw:        GatewayIP(subnet).AsSlice(),
 		Src:       hostIP.AsSlice(),
 		Flags:     int(netlink.FLAG_ONLINK),
-		MTU:       PodMTU(underlayMTU),
+		MTU:       mtu,
 	}
 	if err := netlink.RouteReplace(route); err != nil {
-		return nil, fmt.Errorf("add cluster route %s dev %s: %w", nc.Network, name, err)
+		return fmt.Errorf("add cluster route %s dev %s: %w", network, name, err)
 	}
-	return l, nil
+	return nil
 }
 
 // addHostLink creates weft0 as a dummy, or as an ifb on kernels built

@@ -42,10 +42,16 @@ func TestSetupNodeUnderlayIP6(t *testing.T) {
 				st.Config.UnderlayIP, st.Config.UnderlayIP6, ip6)
 		}
 
-		// IPv6-only underlay.
+		// IPv6-only underlay: IPv4 pods need an IPv4 underlay address (a
+		// flannel lease's PublicIP), so the node is an IPv6-only one.
 		if out, err := exec.Command("ip", "addr", "del", "192.168.99.1/24", "dev", "ul0").CombinedOutput(); err != nil {
 			return errors.New(string(out))
 		}
+		if _, err := SetupNode(d, nc); err == nil {
+			t.Errorf("IPv4 pods on an IPv6-only underlay: SetupNode succeeded")
+		}
+		nc.Network, nc.Subnet = netip.Prefix{}, netip.Prefix{}
+		nc.IPv6Network, nc.IPv6Subnet = netip.MustParsePrefix("fc00:10:244::/56"), netip.MustParsePrefix("fc00:10:244:1::/64")
 		if st, err = SetupNode(d, nc); err != nil {
 			return err
 		}

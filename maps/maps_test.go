@@ -109,7 +109,8 @@ func TestTunnels(t *testing.T) {
 		delete(wantKeys, key)
 		if key.Prefixlen == 120 {
 			want := bpf.WeftTunnelInfo{Remote: mapped("::ffff:192.168.8.2"), VtepMac: [6]byte{0x8e, 0, 0, 0, 0, 2},
-				Mode: uint8(bpf.WeftTunnelModeTUNNEL_MODE_VXLAN), Vni: 1}
+				Mode: uint8(bpf.WeftTunnelModeTUNNEL_MODE_VXLAN), Vni: 1,
+				StatsSlot: 1} // the first peer written, the first counter slot
 			if val != want {
 				t.Errorf("raw value %+v, want %+v", val, want)
 			}
@@ -177,12 +178,22 @@ func TestTunnelValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid tunnel: %v", err)
 	}
-	// An IPv6 underlay (bpf/outer6.h), for IPv4 and IPv6 pods.
-	for _, sn := range []string{"10.244.1.0/24", "fc00:10:244:1::/64"} {
-		v6 := good
-		v6.Subnet, v6.Remote = netip.MustParsePrefix(sn), netip.MustParseAddr("fd00:8::2")
-		if err := v6.Validate(); err != nil {
-			t.Errorf("tunnel over IPv6 for %s: %v", sn, err)
+	// Every family mix is a tunnel (ipv6-contract.md): v4-in-v6, v6-in-v4, v6-in-v6.
+	for _, fam := range [][2]string{{"10.244.1.0/24", "fd00::2"}, {"fd00:10:244:1::/64", "192.168.8.2"}, {"fd00:10:244:1::/64", "fd00::2"}} {
+		tun := good
+		tun.Subnet, tun.Remote = netip.MustParsePrefix(fam[0]), netip.MustParseAddr(fam[1])
+		if err := tun.Validate(); err != nil {
+			t.Errorf("%s via %s: %v", fam[0], fam[1], err)
+		}
+		if err := s.Tunnels.Put(tun); err != nil {
+			t.Errorf("%s via %s: put: %v", fam[0], fam[1], err)
+		}
+		got, err := s.Tunnels.Lookup(tun.Subnet)
+		if err != nil || !got.Equal(tun) {
+			t.Errorf("%s via %s: read back %v %v", fam[0], fam[1], got, err)
+		}
+		if err := s.Tunnels.Delete(tun.Subnet); err != nil {
+			t.Errorf("delete %s: %v", tun.Subnet, err)
 		}
 	}
 	for name, mutate := range map[string]func(*maps.Tunnel){
@@ -484,6 +495,7 @@ func TestCounters(t *testing.T) {
 		bpf.WeftCounterCNT_PASS_NO_XDP_META: true, bpf.WeftCounterCNT_ENCAP_KERNEL: true,
 		bpf.WeftCounterCNT_PASS_CONNTRACK:  true,
 		bpf.WeftCounterCNT_PASS_OUTER6CSUM: true, bpf.WeftCounterCNT_PASS_OUTER6EXTHDR: true,
+		bpf.WeftCounterCNT_ND_REPLY: true, bpf.WeftCounterCNT_PACKET_TOO_BIG: true,
 	}
 	for i, n := range names {
 		drop := i >= int(bpf.WeftCounterCNT_DROP_NO_TUNNEL) && !appendedNonDrops[bpf.WeftCounter(i)]
@@ -555,11 +567,23 @@ func TestPeerStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	peer := netip.MustParseAddr("192.168.8.2")
+	if err := s.Tunnels.Put(maps.Tunnel{Subnet: netip.MustParsePrefix("10.244.1.0/24"), Remote: peer,
+		VtepMAC: mac("8e:00:00:00:00:02"), VNI: 1, Mode: maps.ModeVXLAN}); err != nil {
+		t.Fatal(err)
+	}
+	slot := rawSlot(t, raw, "10.244.1.0/24")
+	if slot == 0 {
+		t.Fatal("the entry carries no counter slot")
+	}
 	per := make([]bpf.WeftPeerStats, ncpu)
 	for i := range per {
 		per[i] = bpf.WeftPeerStats{TxPackets: 1, TxBytes: 10, RxPackets: 2, RxBytes: 20}
 	}
-	if err := raw.TunnelStats.Put(&bpf.WeftPeerKey{Addr: mapped("::ffff:192.168.8.2")}, per); err != nil {
+	// What the programs would have counted, at the entry's slot and in the overflow slot.
+	if err := raw.PeerCounters.Put(slot, per); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.PeerCounters.Put(uint32(0), per); err != nil {
 		t.Fatal(err)
 	}
 	all, err := s.PeerStats.All()
@@ -571,15 +595,219 @@ func TestPeerStats(t *testing.T) {
 	if len(all) != 1 || all[0] != want {
 		t.Errorf("All = %+v, want [%+v]", all, want)
 	}
+	over, err := s.PeerStats.Overflow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.Remote = (netip.Addr{}); over != want {
+		t.Errorf("Overflow = %+v, want %+v", over, want)
+	}
 	if err := s.PeerStats.Delete(peer); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PeerStats.Delete(peer); err != nil {
-		t.Errorf("deleting an absent peer: %v, want nil", err)
+	if err := s.PeerStats.Delete(netip.MustParseAddr("192.0.2.1")); err != nil {
+		t.Errorf("deleting a peer without tunnels: %v, want nil", err)
 	}
-	if all, _ := s.PeerStats.All(); len(all) != 0 {
-		t.Errorf("after delete: %+v", all)
+	if all, _ := s.PeerStats.All(); len(all) != 1 || all[0] != (maps.PeerStats{Remote: peer}) {
+		t.Errorf("after delete: %+v, want the peer at zero", all)
 	}
+}
+
+// rawSlot is the counter slot the kernel's entry for subnet carries.
+func rawSlot(t *testing.T, raw *bpf.WeftMaps, subnet string) uint32 {
+	t.Helper()
+	p := netip.MustParsePrefix(subnet)
+	var (
+		key bpf.WeftTunnelKey
+		val bpf.WeftTunnelInfo
+	)
+	iter := raw.Tunnels.Iterate()
+	for iter.Next(&key, &val) {
+		bits := int(key.Prefixlen)
+		a := netip.AddrFrom16(key.Addr)
+		if a.Is4In6() {
+			a, bits = a.Unmap(), bits-96
+		}
+		if netip.PrefixFrom(a, bits) == p {
+			return val.StatsSlot
+		}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Fatalf("no entry for %s", subnet)
+	return 0
+}
+
+// One counter slot per remote address: shared by its subnets, given back
+// with its last entry, zeroed before the next peer gets it, found again by
+// a fresh allocator (a restarted weftd), and slot 0 once every slot is taken.
+func TestPeerCounterSlots(t *testing.T) {
+	raw, s := loadSlots(t, 4) // slots 1-3, slot 0 for the rest
+	tun := func(subnet, remote string) maps.Tunnel {
+		return maps.Tunnel{Subnet: netip.MustParsePrefix(subnet), Remote: netip.MustParseAddr(remote),
+			VtepMAC: mac("8e:00:00:00:00:02"), VNI: 1, Mode: maps.ModeVXLAN}
+	}
+	put := func(s *maps.Set, ts ...maps.Tunnel) {
+		t.Helper()
+		for _, x := range ts {
+			if err := s.Tunnels.Put(x); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	del := func(s *maps.Set, subnet string) {
+		t.Helper()
+		if err := s.Tunnels.Delete(netip.MustParsePrefix(subnet)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(slot uint32, pkts uint64) {
+		t.Helper()
+		per := make([]bpf.WeftPeerStats, ebpf.MustPossibleCPU())
+		per[0].TxPackets = pkts
+		if err := raw.PeerCounters.Put(slot, per); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stats := func(s *maps.Set) map[string]uint64 {
+		t.Helper()
+		all, err := s.PeerStats.All()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]uint64{}
+		for _, p := range all {
+			out[p.Remote.String()] = p.TxPackets
+		}
+		return out
+	}
+
+	// A node's IPv4 and IPv6 subnets are one peer.
+	put(s, tun("10.244.1.0/24", "192.168.8.1"), tun("fd00:1::/64", "192.168.8.1"), tun("10.244.2.0/24", "192.168.8.2"))
+	a, a6, b := rawSlot(t, raw, "10.244.1.0/24"), rawSlot(t, raw, "fd00:1::/64"), rawSlot(t, raw, "10.244.2.0/24")
+	if a == 0 || b == 0 || a != a6 || a == b {
+		t.Fatalf("slots: 192.168.8.1 %d and %d, 192.168.8.2 %d; want one non-zero slot each", a, a6, b)
+	}
+	count(a, 5)
+	count(b, 7)
+	if got := stats(s); len(got) != 2 || got["192.168.8.1"] != 5 || got["192.168.8.2"] != 7 {
+		t.Fatalf("All = %v", got)
+	}
+
+	// The slot stays while one entry points at the remote.
+	del(s, "10.244.1.0/24")
+	if got := stats(s); got["192.168.8.1"] != 5 {
+		t.Errorf("after deleting one of two subnets: %v", got)
+	}
+	// Rewriting an entry keeps its slot.
+	put(s, tun("fd00:1::/64", "192.168.8.1"))
+	if got := rawSlot(t, raw, "fd00:1::/64"); got != a {
+		t.Errorf("rewritten entry has slot %d, want %d", got, a)
+	}
+	// The last one gives it back; the next new peer gets it, zeroed.
+	del(s, "fd00:1::/64")
+	if got := stats(s); len(got) != 1 {
+		t.Errorf("after deleting the last subnet: %v, want only 192.168.8.2", got)
+	}
+	put(s, tun("10.244.3.0/24", "192.168.8.3"))
+	if got := rawSlot(t, raw, "10.244.3.0/24"); got != a {
+		t.Errorf("new peer got slot %d, want the freed %d", got, a)
+	}
+	if got := stats(s); got["192.168.8.3"] != 0 {
+		t.Errorf("a reused slot was not zeroed: %v", got)
+	}
+	// Moving a subnet to another remote moves it to that remote's slot and
+	// frees the old remote's.
+	put(s, tun("10.244.2.0/24", "192.168.8.4"))
+	c := rawSlot(t, raw, "10.244.2.0/24")
+	if c == 0 || c == a {
+		t.Errorf("moved subnet has slot %d", c)
+	}
+	if got := stats(s); len(got) != 2 || got["192.168.8.4"] != 0 {
+		t.Errorf("after the move: %v, want 192.168.8.3 and a zeroed 192.168.8.4", got)
+	}
+
+	// A restarted writer goes on with the pinned slots.
+	s2 := maps.FromMaps(raw)
+	put(s2, tun("10.244.30.0/24", "192.168.8.3"))
+	if got := rawSlot(t, raw, "10.244.30.0/24"); got != a {
+		t.Errorf("after a restart 192.168.8.3's second subnet got slot %d, want %d", got, a)
+	}
+	put(s2, tun("10.244.5.0/24", "192.168.8.5"))
+	d := rawSlot(t, raw, "10.244.5.0/24")
+	if d == 0 || d == a || d == c {
+		t.Errorf("after a restart a new peer got slot %d, in use: %d, %d", d, a, c)
+	}
+	// Every slot taken: the next peer counts in slot 0, and is no row.
+	put(s2, tun("10.244.6.0/24", "192.168.8.6"))
+	if got := rawSlot(t, raw, "10.244.6.0/24"); got != 0 {
+		t.Errorf("peer past the last slot got slot %d, want 0", got)
+	}
+	if got := stats(s2); len(got) != 3 {
+		t.Errorf("All with an overflowed peer: %v, want the three with slots", got)
+	}
+	// A freed slot goes to the next new peer.
+	del(s2, "10.244.5.0/24")
+	put(s2, tun("10.244.7.0/24", "192.168.8.7"))
+	if got := rawSlot(t, raw, "10.244.7.0/24"); got != d {
+		t.Errorf("slot %d, want the freed %d", got, d)
+	}
+}
+
+// Batch writes take slots like single ones, and a batch delete gives them back.
+func TestPeerCounterSlotsBatch(t *testing.T) {
+	raw, s := loadSlots(t, 64)
+	var ts []maps.Tunnel
+	var subnets []netip.Prefix
+	for i := range 40 {
+		ts = append(ts, maps.Tunnel{Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
+			Remote: netip.AddrFrom4([4]byte{192, 168, 8, byte(i / 2)}), VtepMAC: mac("8e:00:00:00:00:02"), VNI: 1, Mode: maps.ModeVXLAN})
+		subnets = append(subnets, ts[i].Subnet)
+	}
+	if _, err := s.Tunnels.PutBatch(ts); err != nil {
+		t.Fatal(err)
+	}
+	byRemote := map[netip.Addr]uint32{}
+	seen := map[uint32]netip.Addr{}
+	for _, x := range ts {
+		slot := rawSlot(t, raw, x.Subnet.String())
+		if prev, ok := byRemote[x.Remote]; ok && prev != slot {
+			t.Errorf("%v has slots %d and %d", x.Remote, prev, slot)
+		}
+		if other, ok := seen[slot]; slot == 0 || ok && other != x.Remote {
+			t.Errorf("%v got slot %d (also %v's)", x.Remote, slot, other)
+		}
+		byRemote[x.Remote], seen[slot] = slot, x.Remote
+	}
+	if _, err := s.Tunnels.DeleteBatch(subnets); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Tunnels.Put(ts[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := rawSlot(t, raw, ts[0].Subnet.String()); got == 0 || got > 20 {
+		t.Errorf("after deleting all, a new peer got slot %d, want one of the 20 freed", got)
+	}
+}
+
+// loadSlots is load with a peer_counters map of the given size.
+func loadSlots(t *testing.T, slots uint32) (*bpf.WeftMaps, *maps.Set) {
+	t.Helper()
+	spec, err := bpf.LoadWeft()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	spec.Maps[bpf.WeftMapPeerCounters].MaxEntries = slots
+	var objs bpf.WeftMaps
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatalf("load maps: %+v", err)
+	}
+	t.Cleanup(func() { objs.Close() })
+	return &objs, maps.FromMaps(&objs)
 }
 
 func TestOpenPinnedMissing(t *testing.T) {

@@ -24,12 +24,13 @@ type Set struct {
 
 // FromMaps wraps maps a loader already holds; Close does not close them.
 func FromMaps(m *bpf.WeftMaps) *Set {
+	tunnels := NewCountedTunnelMap(m.Tunnels, m.PeerCounters)
 	return &Set{
-		Tunnels:   NewTunnelMap(m.Tunnels),
+		Tunnels:   tunnels,
 		Endpoints: NewEndpointMap(m.Endpoints),
 		Config:    NewConfigMap(m.Config),
 		Stats:     NewStatsMap(m.Stats),
-		PeerStats: NewPeerStatsMap(m.TunnelStats),
+		PeerStats: NewPeerStatsMap(m.PeerCounters, tunnels),
 	}
 }
 
@@ -55,7 +56,7 @@ func OpenPinned(dir string) (*Set, error) {
 		}
 	}
 	s := &Set{}
-	names := []string{bpf.WeftMapTunnels, bpf.WeftMapEndpoints, bpf.WeftMapConfig, bpf.WeftMapStats, bpf.WeftMapTunnelStats}
+	names := []string{bpf.WeftMapTunnels, bpf.WeftMapEndpoints, bpf.WeftMapConfig, bpf.WeftMapStats, bpf.WeftMapPeerCounters}
 	ms := make([]*ebpf.Map, len(names))
 	for i, n := range names {
 		m, err := open(n)
@@ -67,11 +68,11 @@ func OpenPinned(dir string) (*Set, error) {
 		ms[i] = m
 	}
 	s.raw = ms
-	s.Tunnels = NewTunnelMap(ms[0])
+	s.Tunnels = NewCountedTunnelMap(ms[0], ms[4])
 	s.Endpoints = NewEndpointMap(ms[1])
 	s.Config = NewConfigMap(ms[2])
 	s.Stats = NewStatsMap(ms[3])
-	s.PeerStats = NewPeerStatsMap(ms[4])
+	s.PeerStats = NewPeerStatsMap(ms[4], s.Tunnels)
 	return s, nil
 }
 

@@ -128,44 +128,83 @@ type PeerStats struct {
 	RxBytes   uint64     `json:"rx_bytes"`
 }
 
-// PeerStatsMap is the per-CPU `tunnel_stats` hash: remote underlay address -> traffic.
-type PeerStatsMap struct{ m *ebpf.Map }
+// PeerStatsMap is the per-CPU `peer_counters` array: traffic per remote
+// node, at the slot the tunnels map's entries for that node carry (see
+// slots.go). It reads the slots through the TunnelMap that assigns them.
+type PeerStatsMap struct {
+	m       *ebpf.Map
+	tunnels *TunnelMap
+}
 
-// NewPeerStatsMap wraps an open `tunnel_stats` map.
-func NewPeerStatsMap(m *ebpf.Map) *PeerStatsMap { return &PeerStatsMap{m: m} }
+// NewPeerStatsMap wraps an open `peer_counters` map and the counted
+// TunnelMap (NewCountedTunnelMap) whose entries index it.
+func NewPeerStatsMap(m *ebpf.Map, tunnels *TunnelMap) *PeerStatsMap {
+	return &PeerStatsMap{m: m, tunnels: tunnels}
+}
 
-// All returns every peer's numbers.
-func (pm *PeerStatsMap) All() ([]PeerStats, error) {
+func (pm *PeerStatsMap) read(slot uint32) (PeerStats, error) {
 	var (
-		key    bpf.WeftPeerKey
 		perCPU []bpf.WeftPeerStats
-		out    []PeerStats
+		ps     PeerStats
 	)
-	iter := pm.m.Iterate()
-	for iter.Next(&key, &perCPU) {
-		ps := PeerStats{Remote: addrFrom16(key.Addr)}
-		for _, v := range perCPU {
-			ps.TxPackets += v.TxPackets
-			ps.TxBytes += v.TxBytes
-			ps.RxPackets += v.RxPackets
-			ps.RxBytes += v.RxBytes
-		}
-		out = append(out, ps)
+	if err := pm.m.Lookup(slot, &perCPU); err != nil {
+		return ps, fmt.Errorf("read peer counters slot %d: %w", slot, err)
 	}
-	if err := iter.Err(); err != nil {
-		return nil, fmt.Errorf("read tunnel stats: %w", err)
+	for _, v := range perCPU {
+		ps.TxPackets += v.TxPackets
+		ps.TxBytes += v.TxBytes
+		ps.RxPackets += v.RxPackets
+		ps.RxBytes += v.RxBytes
+	}
+	return ps, nil
+}
+
+// All returns the numbers of every peer the tunnels map points at that has
+// a counter slot; traffic of peers without one is in Overflow.
+func (pm *PeerStatsMap) All() ([]PeerStats, error) {
+	if pm.tunnels == nil || pm.tunnels.slots == nil {
+		return nil, errors.New("read peer counters: no counted tunnels map")
+	}
+	slots, err := pm.tunnels.slots.slots()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PeerStats, 0, len(slots))
+	for remote, slot := range slots {
+		if slot == 0 {
+			continue
+		}
+		ps, err := pm.read(slot)
+		if err != nil {
+			return nil, err
+		}
+		ps.Remote = addrFrom16(remote)
+		out = append(out, ps)
 	}
 	return out, nil
 }
 
-// Delete forgets one peer's numbers (when its last tunnel goes away).
+// Overflow returns the traffic of peers that have no counter slot (every
+// slot was taken): slot 0. Remote is the zero Addr.
+func (pm *PeerStatsMap) Overflow() (PeerStats, error) { return pm.read(0) }
+
+// Delete zeroes one peer's numbers. A peer whose last tunnel went has
+// given its slot back already (zeroed before its next use), so then there
+// is nothing to do.
 func (pm *PeerStatsMap) Delete(remote netip.Addr) error {
 	addr, err := addrTo16(remote)
 	if err != nil {
 		return err
 	}
-	if err := pm.m.Delete(&bpf.WeftPeerKey{Addr: addr}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete tunnel stats %s: %w", remote, err)
+	if pm.tunnels == nil || pm.tunnels.slots == nil {
+		return errors.New("delete peer counters: no counted tunnels map")
+	}
+	slot, ok, err := pm.tunnels.slots.slotOf(addr)
+	if err != nil || !ok {
+		return err
+	}
+	if err := pm.m.Put(slot, make([]bpf.WeftPeerStats, ebpf.MustPossibleCPU())); err != nil {
+		return fmt.Errorf("zero peer counters of %s: %w", remote, err)
 	}
 	return nil
 }

@@ -126,10 +126,41 @@ func tunnelFromBPF(k bpf.WeftTunnelKey, v bpf.WeftTunnelInfo) (Tunnel, error) {
 type TunnelMap struct {
 	m     *ebpf.Map
 	batch batchState
+	slots *slotAllocator // nil: entries carry no counter slot
 }
 
-// NewTunnelMap wraps an open `tunnels` map.
+// NewTunnelMap wraps an open `tunnels` map whose programs count no peers:
+// the entries it writes carry counter slot 0.
 func NewTunnelMap(m *ebpf.Map) *TunnelMap { return &TunnelMap{m: m} }
+
+// NewCountedTunnelMap wraps an open `tunnels` map and the `peer_counters`
+// map its programs count peers in: each entry written carries its remote's
+// counter slot (see slots.go).
+func NewCountedTunnelMap(m, counters *ebpf.Map) *TunnelMap {
+	tm := &TunnelMap{m: m}
+	tm.slots = newSlotAllocator(tm.walk, counters)
+	return tm
+}
+
+// write puts one entry, with its counter slot when there are counters.
+func (tm *TunnelMap) write(key bpf.WeftTunnelKey, val bpf.WeftTunnelInfo) error {
+	put := func(k *bpf.WeftTunnelKey, v *bpf.WeftTunnelInfo) error { return tm.m.Put(k, v) }
+	if tm.slots == nil {
+		return put(&key, &val)
+	}
+	return tm.slots.put(key, val, put)
+}
+
+// remove deletes one entry and gives back its remote's slot if it was the last.
+func (tm *TunnelMap) remove(key bpf.WeftTunnelKey) error {
+	del := func() (int, error) { return 0, tm.m.Delete(&key) }
+	if tm.slots == nil {
+		_, err := del()
+		return err
+	}
+	_, err := tm.slots.del([]bpf.WeftTunnelKey{key}, del)
+	return err
+}
 
 // Put adds or replaces the entry for t.Subnet. The update is atomic for
 // readers: a packet sees the old or the new value, never a mix.
@@ -138,7 +169,7 @@ func (tm *TunnelMap) Put(t Tunnel) error {
 	if err != nil {
 		return err
 	}
-	if err := tm.m.Put(&key, &val); err != nil {
+	if err := tm.write(key, val); err != nil {
 		return fmt.Errorf("put tunnel %s: %w", t.Subnet, err)
 	}
 	return nil
@@ -150,7 +181,7 @@ func (tm *TunnelMap) Delete(subnet netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	if err := tm.m.Delete(&key); err != nil {
+	if err := tm.remove(key); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete tunnel %s: %w", subnet, ErrNotFound)
 		}

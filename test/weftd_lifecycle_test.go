@@ -99,6 +99,11 @@ func TestWeftdLifecycle(t *testing.T) {
 		if metric(t, n, "weft_store_reachable") != 0 {
 			t.Error("weft_store_reachable still 1")
 		}
+		// Unready, yet alive: the DaemonSet's liveness probe (/livez) must not
+		// restart weftd through an etcd outage.
+		if code, body, err := n.Get("/livez"); err != nil || code != http.StatusOK {
+			t.Errorf("/livez during the etcd outage: %d %q (%v), want 200", code, body, err)
+		}
 		c.Fwd.Heal(n.Topo.UnderlayIP)
 		healed = true
 		waitHealth(t, n, http.StatusOK, "", 20*time.Second)

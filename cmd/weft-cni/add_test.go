@@ -80,11 +80,11 @@ func mustLinkIndex(t *testing.T, name string) int {
 
 var addSteps = []string{"ipam", "veth", "record", "pod", "host-route", "endpoint", "attach"}
 
-// TestAddFailureAtEveryStepLeavesNothing fails ADD after each step: the
-// rollback must remove everything, and the same attachment must then ADD
-// cleanly.
+// TestAddFailureAtEveryStepLeavesNothing fails ADD of a dual-stack pod
+// after each step: the rollback must remove everything of both families,
+// and the same attachment must then ADD cleanly.
 func TestAddFailureAtEveryStepLeavesNothing(t *testing.T) {
-	n := newTestNode(t, "10.244.1.0/24")
+	n := newTestNode6(t, "10.244.1.0/24", "fd00:10:244:1::/64")
 	pod := newNetns(t, n.prefix+"-pod")
 	t.Cleanup(func() { failpoint = nil })
 	for _, step := range addSteps {
@@ -115,11 +115,11 @@ func TestAddFailureAtEveryStepLeavesNothing(t *testing.T) {
 	n.assertClean(t, pod)
 }
 
-// TestDelAfterCrashAtEveryStep stops ADD after each step without any
-// rollback (a plugin killed there); DEL, with and without the pod's netns,
-// must remove what was made.
+// TestDelAfterCrashAtEveryStep stops ADD of a dual-stack pod after each
+// step without any rollback (a plugin killed there); DEL, with and without
+// the pod's netns, must remove what was made.
 func TestDelAfterCrashAtEveryStep(t *testing.T) {
-	n := newTestNode(t, "10.244.1.0/24")
+	n := newTestNode6(t, "10.244.1.0/24", "fd00:10:244:1::/64")
 	t.Cleanup(func() { failpoint = nil })
 	for i, step := range addSteps {
 		for _, netnsGone := range []bool{false, true} {

@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/loader"
 	"github.com/weftnet/weft/maps"
@@ -183,6 +184,28 @@ func checkStore(conf *NetConf, args *skel.CmdArgs, ips []netip.Addr) error {
 	return nil
 }
 
+// checkIPv6Usable: ADD adds the pod's IPv6 address without DAD; one that
+// is tentative or failed DAD (re-added by someone else, or DAD turned back
+// on) cannot be used as a source, so the pod has no IPv6 in fact.
+func checkIPv6Usable(l netlink.Link, ipcs []*current.IPConfig) error {
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return fmt.Errorf("pod addresses: %w", err)
+	}
+	var errs []error
+	for _, ipc := range ipcs {
+		if ipc.Address.IP.To4() != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if a.IP.Equal(ipc.Address.IP) && a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+				errs = append(errs, fmt.Errorf("pod address %s is tentative or failed DAD (flags %#x)", a.IP, a.Flags))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // checkPodSide looks inside the pod: interface, MAC, that its veth peer is
 // our host veth, addresses and routes (the reference plugins' validators).
 func checkPodSide(args *skel.CmdArgs, want *expected, hostIndex int) error {
@@ -207,6 +230,8 @@ func checkPodSide(args *skel.CmdArgs, want *expected, hostIndex int) error {
 		}
 		if err := ip.ValidateExpectedInterfaceIPs(args.IfName, want.podIPs); err != nil {
 			errs = append(errs, fmt.Errorf("pod addresses: %w", err))
+		} else {
+			errs = append(errs, checkIPv6Usable(l, want.podIPs))
 		}
 		if err := ip.ValidateExpectedRoute(want.routes); err != nil {
 			errs = append(errs, fmt.Errorf("pod routes: %w", err))

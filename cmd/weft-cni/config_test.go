@@ -59,20 +59,52 @@ func TestLoadConf(t *testing.T) {
 }
 
 func TestParseSubnetEnv(t *testing.T) {
-	good := "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
-	env, err := parseSubnetEnv([]byte(good))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if env.Subnet != netip.MustParsePrefix("10.244.1.0/24") || env.MTU != 1450 || env.Network != netip.MustParsePrefix("10.244.0.0/16") {
-		t.Errorf("parsed %+v", env)
+	for _, c := range []struct {
+		name, in          string
+		subnet, subnet6   string
+		network, network6 string
+	}{
+		{name: "IPv4", in: "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+			subnet: "10.244.1.0/24", network: "10.244.0.0/16"},
+		{name: "dual-stack", in: "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n" +
+			"FLANNEL_IPV6_NETWORK=fc00:10:244::/56\nFLANNEL_IPV6_SUBNET=fc00:10:244:1::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+			subnet: "10.244.1.0/24", network: "10.244.0.0/16", subnet6: "fc00:10:244:1::/64", network6: "fc00:10:244::/56"},
+		{name: "IPv6 only", in: "FLANNEL_IPV6_NETWORK=fc00:10:244::/56\nFLANNEL_IPV6_SUBNET=fc00:10:244:1::1/64\nFLANNEL_MTU=1430\n",
+			subnet6: "fc00:10:244:1::/64", network6: "fc00:10:244::/56"},
+		{name: "smallest subnets", in: "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/30\n" +
+			"FLANNEL_IPV6_NETWORK=fc00::/64\nFLANNEL_IPV6_SUBNET=fc00::1/126\nFLANNEL_MTU=1280\n",
+			subnet: "10.244.1.0/30", network: "10.244.0.0/16", subnet6: "fc00::/126", network6: "fc00::/64"},
+	} {
+		env, err := parseSubnetEnv([]byte(c.in))
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		pp := func(s string) netip.Prefix {
+			if s == "" {
+				return netip.Prefix{}
+			}
+			return netip.MustParsePrefix(s)
+		}
+		if env.Subnet != pp(c.subnet) || env.Network != pp(c.network) || env.Subnet6 != pp(c.subnet6) || env.Network6 != pp(c.network6) {
+			t.Errorf("%s: parsed %+v", c.name, env)
+		}
+		if want := len(strings.Fields(c.subnet + " " + c.subnet6)); len(env.subnets()) != want || env.subnets()[0].Addr().Is6() != (c.subnet == "") {
+			t.Errorf("%s: subnets() = %v, want IPv4 first, %d in all", c.name, env.subnets(), want)
+		}
 	}
 	for _, bad := range []struct{ in, want string }{
-		{"FLANNEL_MTU=1450\n", "FLANNEL_SUBNET missing"},
-		{"FLANNEL_SUBNET=10.244.1.1/24\n", "FLANNEL_MTU missing"},
-		{"FLANNEL_SUBNET=10.244.1.1/31\nFLANNEL_MTU=1450\n", "/30 or larger"},
-		{"FLANNEL_SUBNET=fd00::1/64\nFLANNEL_MTU=1450\n", "IPv4"},
-		{"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=big\n", "FLANNEL_MTU"},
+		{"FLANNEL_MTU=1450\n", "neither an IPv4 nor an IPv6 network"},
+		{"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n", "MTU 0"},
+		{"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n", "must be given together"},
+		{"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/31\nFLANNEL_MTU=1450\n", "/30 or larger"},
+		{"FLANNEL_NETWORK=fd00::/16\nFLANNEL_SUBNET=fd00::1/64\nFLANNEL_MTU=1450\n", "wrong family"},
+		{"FLANNEL_IPV6_NETWORK=10.0.0.0/8\nFLANNEL_IPV6_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n", "wrong family"},
+		{"FLANNEL_IPV6_NETWORK=fd00::/16\nFLANNEL_IPV6_SUBNET=fd00::1/127\nFLANNEL_MTU=1450\n", "/126 or larger"},
+		{"FLANNEL_IPV6_NETWORK=fd00::/16\nFLANNEL_IPV6_SUBNET=fd00::1/64\nFLANNEL_MTU=1200\n", "IPv6 needs at least 1280"},
+		{"FLANNEL_IPV6_NETWORK=fd00::/16\nFLANNEL_IPV6_SUBNET=fd01::1/64\nFLANNEL_MTU=1450\n", "not inside"},
+		{"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=big\n", "FLANNEL_MTU"},
+		{"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=100\n", "576 to 65535"},
 		{"FLANNEL_NETWORK=10.9.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n", "not inside"},
 		{"garbage\n", "no '='"},
 	} {

@@ -95,23 +95,48 @@ type testNode struct {
 	pinPath    string
 	dataDir    string
 	subnetFile string
-	subnet     netip.Prefix
+	subnet     netip.Prefix // IPv4 pod subnet; zero on an IPv6-only node
+	subnet6    netip.Prefix // IPv6 pod subnet; zero without IPv6
 	mtu        int
 }
 
 func newTestNode(t *testing.T, subnet string) *testNode {
 	t.Helper()
+	return newTestNode6(t, subnet, "")
+}
+
+// newTestNode6 is a node with an IPv4 subnet, an IPv6 subnet or both (""
+// for a family it lacks), set up as weftd would (an IPv6-only node on an
+// IPv6 underlay address, a dual-stack one v6-in-v4).
+func newTestNode6(t *testing.T, subnet, subnet6 string) *testNode {
+	t.Helper()
 	n := &testNode{
 		prefix:     "wcni" + randHex(3),
 		dataDir:    t.TempDir(),
 		subnetFile: filepath.Join(t.TempDir(), "subnet.env"),
-		subnet:     netip.MustParsePrefix(subnet).Masked(),
 		mtu:        loader.PodMTU(1500),
+	}
+	if subnet != "" {
+		n.subnet = netip.MustParsePrefix(subnet).Masked()
+	}
+	if subnet6 != "" {
+		n.subnet6 = netip.MustParsePrefix(subnet6).Masked()
+	}
+	nc := loader.NodeConfig{Underlay: "ul0", VtepMAC: net.HardwareAddr{0x0e, 0, 0, 0, 0, 1}, VNI: 1, Port: 8472, Decap: loader.DecapTC}
+	if n.subnet.IsValid() {
+		nc.Network, nc.Subnet = netip.MustParsePrefix("10.0.0.0/8"), n.subnet
+	}
+	if n.subnet6.IsValid() {
+		nc.IPv6Network, nc.IPv6Subnet = netip.MustParsePrefix("fd00::/16"), n.subnet6
+	}
+	if !n.subnet.IsValid() {
+		nc.UnderlayIP6 = netip.MustParseAddr("fd99::1")
 	}
 	n.nsPath = newNetns(t, n.prefix+"-node")
 	for _, args := range [][]string{
 		{"link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"},
 		{"addr", "add", "192.168.99.1/24", "dev", "ul0"},
+		{"addr", "add", "fd99::1/64", "dev", "ul0", "nodad"},
 		{"link", "set", "ul0", "up"}, {"link", "set", "ul0p", "up"}, {"link", "set", "lo", "up"},
 	} {
 		if out, err := exec.Command("ip", append([]string{"-n", n.prefix + "-node"}, args...)...).CombinedOutput(); err != nil {
@@ -133,10 +158,7 @@ func newTestNode(t *testing.T, subnet string) *testNode {
 			return err
 		}
 		defer d.Close()
-		_, err = loader.SetupNode(d, loader.NodeConfig{
-			Underlay: "ul0", Network: netip.MustParsePrefix("10.0.0.0/8"), Subnet: n.subnet,
-			VtepMAC: net.HardwareAddr{0x0e, 0, 0, 0, 0, 1}, VNI: 1, Port: 8472, Decap: loader.DecapTC,
-		})
+		_, err = loader.SetupNode(d, nc)
 		return err
 	})
 	if err != nil {
@@ -148,8 +170,14 @@ func newTestNode(t *testing.T, subnet string) *testNode {
 
 func (n *testNode) writeSubnetEnv(t *testing.T) {
 	t.Helper()
-	env := fmt.Sprintf("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=%s/%d\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=false\n",
-		n.subnet.Addr().Next(), n.subnet.Bits(), n.mtu)
+	var env string
+	if n.subnet.IsValid() {
+		env += fmt.Sprintf("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=%s/%d\n", n.subnet.Addr().Next(), n.subnet.Bits())
+	}
+	if n.subnet6.IsValid() {
+		env += fmt.Sprintf("FLANNEL_IPV6_NETWORK=fd00::/16\nFLANNEL_IPV6_SUBNET=%s/%d\n", n.subnet6.Addr().Next(), n.subnet6.Bits())
+	}
+	env += fmt.Sprintf("FLANNEL_MTU=%d\nFLANNEL_IPMASQ=false\n", n.mtu)
 	if err := os.WriteFile(n.subnetFile, []byte(env), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +235,7 @@ func (n *testNode) check(t *testing.T, a *skel.CmdArgs) error {
 
 // assertClean fails unless the node holds nothing of any attachment: no
 // weft-cni veth, no endpoint entry, no pinned pod link, no address file,
-// no record, no /32 route; and the pod netns (if still there) no eth0.
+// no record, no /32 or /128 route; and the pod netns (if still there) no eth0.
 func (n *testNode) assertClean(t *testing.T, podNS string) {
 	t.Helper()
 	for _, s := range n.leftovers(t, podNS) {
@@ -228,15 +256,18 @@ func (n *testNode) leftovers(t *testing.T, podNS string) []string {
 				left = append(left, "host veth "+l.Attrs().Name)
 			}
 		}
-		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return err
 		}
 		for _, r := range routes {
-			if r.Dst != nil && n.subnet.Contains(netip.MustParseAddr(r.Dst.IP.String())) {
-				if ones, _ := r.Dst.Mask.Size(); ones == 32 {
-					left = append(left, "route "+r.Dst.String())
-				}
+			if r.Dst == nil {
+				continue
+			}
+			a := netip.MustParseAddr(r.Dst.IP.String()).Unmap()
+			// weft0's own <subnet6>::/128 is the node's, not a pod's.
+			if ones, bits := r.Dst.Mask.Size(); ones == bits && (n.subnet.Contains(a) || n.subnet6.Contains(a) && a != loader.HostIP(n.subnet6)) {
+				left = append(left, "route "+r.Dst.String())
 			}
 		}
 		return nil

@@ -18,36 +18,47 @@ import (
 // for an exhausted node subnet.
 const errCodeNoAddress uint = 100
 
-// pool hands out pod addresses from the node subnet with host-local's
+// pool hands out pod addresses from the node subnets with host-local's
 // allocator and its on-disk store, used in-process: one file per address
 // under <dataDir>/ipam/<network name>/, holding the container ID and
 // interface name, so the state is the one operators know from host-local.
+// A dual-stack node has one allocator per family over the one store, as
+// host-local has with two ranges: DEL releases both by container ID.
 type pool struct {
 	store  *disk.Store
-	alloc  *allocator.IPAllocator // nil when opened for release only
-	subnet netip.Prefix
+	allocs []*allocator.IPAllocator // one per subnet; nil when opened for release only
+	nets   []netip.Prefix           // the subnets, in allocs' order
 }
 
 func ipamDir(dataDir string) string { return filepath.Join(dataDir, "ipam") }
 
-// openPool opens the store for allocating from subnet. The range starts at
-// .2: .0 is the node (weft0) and .1 the gateway no device owns.
-func openPool(dataDir, network string, subnet netip.Prefix) (*pool, error) {
+// openPool opens the store for allocating one address from each subnet.
+// Each range starts at .2 (::2): .0 is the node (weft0) and .1 the gateway
+// no device owns, in both families.
+func openPool(dataDir, network string, subnets []netip.Prefix) (*pool, error) {
 	p, err := openStore(dataDir, network)
 	if err != nil {
 		return nil, err
 	}
-	rs := allocator.RangeSet{{
-		Subnet:     types.IPNet(*prefixToIPNet(subnet.Masked())),
-		RangeStart: loader.GatewayIP(subnet).Next().AsSlice(),
-		Gateway:    loader.GatewayIP(subnet).AsSlice(),
-	}}
-	if err := rs.Canonicalize(); err != nil {
-		p.Close()
-		return nil, fmt.Errorf("address range of %s: %w", subnet, err)
+	for _, subnet := range subnets {
+		rs := allocator.RangeSet{{
+			Subnet:     types.IPNet(*prefixToIPNet(subnet.Masked())),
+			RangeStart: loader.GatewayIP(subnet).Next().AsSlice(),
+			Gateway:    loader.GatewayIP(subnet).AsSlice(),
+		}}
+		if err := rs.Canonicalize(); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("address range of %s: %w", subnet, err)
+		}
+		// The id names the allocator's round-robin cursor in the store
+		// (last_reserved_ip.<id>): one per family, IPv4's 0 as before.
+		id := 0
+		if subnet.Addr().Is6() {
+			id = 1
+		}
+		p.allocs = append(p.allocs, allocator.NewIPAllocator(&rs, p.store, id))
+		p.nets = append(p.nets, subnet.Masked())
 	}
-	p.alloc = allocator.NewIPAllocator(&rs, p.store, 0)
-	p.subnet = subnet.Masked()
 	return p, nil
 }
 
@@ -63,21 +74,27 @@ func openStore(dataDir, network string) (*pool, error) {
 
 func (p *pool) Close() error { return p.store.Close() }
 
-// allocate reserves the next free address for the attachment and returns
-// it with the subnet length.
-func (p *pool) allocate(containerID, ifName string) (netip.Prefix, error) {
-	ipc, err := p.alloc.Get(containerID, ifName, nil)
-	if err != nil {
-		// The allocator has no sentinel; its message is stable API in practice.
-		if strings.Contains(err.Error(), "no IP addresses available") {
-			return netip.Prefix{}, types.NewError(errCodeNoAddress,
-				fmt.Sprintf("allocate address: node subnet %s is exhausted", p.subnet), err.Error())
+// allocate reserves the next free address of each subnet for the
+// attachment and returns them with the subnet length, in the subnets'
+// order. An exhausted subnet is errCodeNoAddress naming it; the addresses
+// already reserved stay reserved for the caller's rollback (release) to free.
+func (p *pool) allocate(containerID, ifName string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, alloc := range p.allocs {
+		ipc, err := alloc.Get(containerID, ifName, nil)
+		if err != nil {
+			// The allocator has no sentinel; its message is stable API in practice.
+			if strings.Contains(err.Error(), "no IP addresses available") {
+				return nil, types.NewError(errCodeNoAddress,
+					fmt.Sprintf("allocate address: node subnet %s is exhausted", p.nets[i]), err.Error())
+			}
+			return nil, fmt.Errorf("allocate address in %s: %w", p.nets[i], err)
 		}
-		return netip.Prefix{}, fmt.Errorf("allocate address in %s: %w", p.subnet, err)
+		a, _ := netip.AddrFromSlice(ipc.Address.IP)
+		ones, _ := ipc.Address.Mask.Size()
+		out = append(out, netip.PrefixFrom(a.Unmap(), ones))
 	}
-	a, _ := netip.AddrFromSlice(ipc.Address.IP)
-	ones, _ := ipc.Address.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), nil
+	return out, nil
 }
 
 // release frees whatever the attachment holds; nothing held is fine.

@@ -2,11 +2,12 @@
 // 0.4.0 and 1.1.0 callers). It wires a pod into the node's Weft data plane:
 //
 //	ADD    veth pair (pod side CNI_IFNAME, host side "weft" + hash of the
-//	       attachment), an address from the node subnet in subnet.env
-//	       (host-local's allocator, in-process), default route via the
-//	       gateway <subnet>.1 onlink, /32 route to the pod on the host side,
-//	       the pod's entry in the endpoints map and from_pod attached to
-//	       the host side (pinned link).
+//	       attachment), an address from each node subnet in subnet.env
+//	       (IPv4, IPv6 or both; host-local's allocator, in-process), a
+//	       default route per family via its gateway <subnet>.1 / <subnet>::1
+//	       onlink, /32 and /128 routes to the pod on the host side, the
+//	       pod's entries in the endpoints map (one per address) and
+//	       from_pod attached to the host side (pinned link).
 //	DEL    removes exactly that, idempotently, also without the netns.
 //	CHECK  compares the live state with the prevResult.
 //	STATUS reports whether the data plane and subnet.env are there.

@@ -202,6 +202,13 @@ func runStats(e *env, args []string) error {
 		return err
 	}
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Remote.Less(peers[j].Remote) })
+	// Peers past the last counter slot share one (maps/slots.go).
+	var other *maps.PeerStats
+	if o, err := s.PeerStats.Overflow(); err != nil {
+		return err
+	} else if o.TxPackets+o.RxPackets != 0 {
+		other = &o
+	}
 	if !all {
 		shown := counters[:0]
 		for _, c := range counters {
@@ -215,7 +222,8 @@ func runStats(e *env, args []string) error {
 		return writeJSON(e.stdout, struct {
 			Counters []maps.Counter   `json:"counters"`
 			Peers    []maps.PeerStats `json:"peers"`
-		}{counters, peers})
+			Other    *maps.PeerStats  `json:"peers_without_slot,omitempty"`
+		}{counters, peers, other})
 	}
 	tw := table(e.stdout, "COUNTER", "PACKETS", "BYTES", "VERDICT")
 	for _, c := range counters {
@@ -231,11 +239,14 @@ func runStats(e *env, args []string) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if len(peers) > 0 {
+	if len(peers) > 0 || other != nil {
 		fmt.Fprintln(e.stdout)
 		tw = table(e.stdout, "PEER", "TX-PKTS", "TX-BYTES", "RX-PKTS", "RX-BYTES")
 		for _, p := range peers {
 			row(tw, p.Remote, p.TxPackets, p.TxBytes, p.RxPackets, p.RxBytes)
+		}
+		if other != nil {
+			row(tw, "(peers without a counter slot)", other.TxPackets, other.TxBytes, other.RxPackets, other.RxBytes)
 		}
 		return tw.Flush()
 	}
@@ -321,8 +332,8 @@ func runStatus(e *env, args []string) error {
 		kv("Config", "not set (programs pass everything to the kernel)")
 	} else {
 		c := st.Config
-		kv("Underlay", fmt.Sprintf("%s (ifindex %d, %s, MTU %d)", c.UnderlayIP, c.UnderlayIfIndex, c.UnderlayMAC, c.MTU))
-		kv("Host device", fmt.Sprintf("ifindex %d, %s", c.HostIfIndex, c.HostIP))
+		kv("Underlay", fmt.Sprintf("%s (ifindex %d, %s, MTU %d)", addrs(c.UnderlayIP, c.UnderlayIP6), c.UnderlayIfIndex, c.UnderlayMAC, c.MTU))
+		kv("Host device", fmt.Sprintf("ifindex %d, %s", c.HostIfIndex, addrs(c.HostIP, c.HostIP6)))
 		kv("VTEP", fmt.Sprintf("%s, VNI %d, UDP port %d, source ports [%d, %d)", c.VtepMAC, c.VNI, c.Port, c.SrcPortMin, c.SrcPortMax))
 		kv("Pin layout", c.Layout)
 	}
@@ -337,4 +348,19 @@ func runStatus(e *env, args []string) error {
 	kv("Endpoints", st.Endpoints)
 	kv("Drops", st.Drops)
 	return tw.Flush()
+}
+
+// addrs prints a node's IPv4 and IPv6 address of one kind, leaving out a
+// family it has none of ("none" when neither).
+func addrs(v4, v6 netip.Addr) string {
+	var out []string
+	for _, a := range []netip.Addr{v4, v6} {
+		if a.IsValid() {
+			out = append(out, a.String())
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }

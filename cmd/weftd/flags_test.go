@@ -3,9 +3,11 @@ package main
 import (
 	"errors"
 	"io"
+	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 
 	"github.com/weftnet/weft/control/flannel"
@@ -69,22 +71,70 @@ func TestKubeFlags(t *testing.T) {
 	}
 }
 
-func TestCheckFamilies(t *testing.T) {
-	for _, tc := range []struct {
-		json    string
-		wantErr bool
-	}{
-		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`, false},
-		{`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:10:244::/48","Backend":{"Type":"vxlan"}}`, false},
-		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:10:244::/48","Backend":{"Type":"vxlan"}}`, true},
-	} {
-		cfg, err := flannel.ParseConfig([]byte(tc.json))
-		if err != nil {
-			t.Fatalf("%s: %v", tc.json, err)
+func TestPublicIPv6Flag(t *testing.T) {
+	c, err := parseFlags([]string{"--public-ipv6=fd00:8::1"}, envOf(nil), io.Discard)
+	if err != nil || c.PublicIPv6.String() != "fd00:8::1" {
+		t.Fatalf("%v %v", c.PublicIPv6, err)
+	}
+	c, err = parseFlags(nil, envOf(map[string]string{"FLANNELD_PUBLIC_IPV6": "2001:db8::7"}), io.Discard)
+	if err != nil || c.PublicIPv6.String() != "2001:db8::7" {
+		t.Fatalf("from the environment: %v %v", c.PublicIPv6, err)
+	}
+	for _, bad := range []string{"192.168.8.1", "::ffff:192.168.8.1", "ff02::1", "::", "fe80::1%eth0", "nope"} {
+		if _, err := parseFlags([]string{"--public-ipv6=" + bad}, envOf(nil), io.Discard); err == nil || !strings.Contains(err.Error(), "--public-ipv6") {
+			t.Errorf("--public-ipv6=%s: %v", bad, err)
 		}
-		err = checkFamilies(cfg, zap.NewNop())
-		if (err != nil) != tc.wantErr || (tc.wantErr && !errors.Is(err, errIPv6Only)) {
-			t.Errorf("%s: checkFamilies = %v, want error %t", tc.json, err, tc.wantErr)
+	}
+}
+
+// TestCheckUnderlay: which network configs the node's underlay addresses
+// can carry (the IPv6-only refusal is gone; what the data plane cannot do
+// is refused with a clear error).
+func TestCheckUnderlay(t *testing.T) {
+	const (
+		v4   = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
+		dual = `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:10:244::/48","Backend":{"Type":"vxlan"}}`
+		v6   = `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:10:244::/48","Backend":{"Type":"vxlan"}}`
+	)
+	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}
+	ip4, ip6 := netip.MustParseAddr("192.168.8.1"), netip.MustParseAddr("fd00:8::1")
+	pfx4, pfx6 := netip.MustParsePrefix("192.168.8.0/24"), netip.MustParsePrefix("fd00:8::/64")
+	both := underlay{Link: link, IP: ip4, Prefix: pfx4, PublicIP: ip4, IP6: ip6, Prefix6: pfx6, PublicIPv6: ip6}
+	only4 := underlay{Link: link, IP: ip4, Prefix: pfx4, PublicIP: ip4}
+	only6 := underlay{Link: link, IP6: ip6, Prefix6: pfx6, PublicIPv6: ip6}
+	publicOnly6 := only4
+	publicOnly6.PublicIPv6 = ip6 // --public-ipv6 without an address to send from
+	for _, tc := range []struct {
+		name         string
+		cfg          string
+		ul           underlay
+		wantErr      bool
+		want4, want6 bool // families left in the result
+	}{
+		{"IPv4 network, dual underlay", v4, both, false, true, false},
+		{"IPv4 network, IPv6 underlay", v4, only6, true, false, false},
+		{"dual-stack, dual underlay", dual, both, false, true, true},
+		{"dual-stack, IPv4 underlay (v6-in-v4)", dual, only4, false, true, false},
+		{"dual-stack, IPv6 underlay", dual, only6, true, false, false},
+		{"dual-stack, --public-ipv6 without an IPv6 address", dual, publicOnly6, true, false, false},
+		{"IPv6-only, dual underlay", v6, both, false, false, true},
+		{"IPv6-only, IPv6 underlay", v6, only6, false, false, true},
+		{"IPv6-only, IPv4 underlay", v6, only4, true, false, false},
+	} {
+		cfg, err := flannel.ParseConfig([]byte(tc.cfg))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.cfg, err)
+		}
+		got, err := checkUnderlay(cfg, tc.ul, zap.NewNop())
+		if (err != nil) != tc.wantErr || (err != nil && (!errors.Is(err, errUnderlayFamily) || !strings.Contains(err.Error(), "eth0"))) {
+			t.Errorf("%s: checkUnderlay = %v, want error %t naming the underlay", tc.name, err, tc.wantErr)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		if got.PublicIP.IsValid() != tc.want4 || got.PublicIPv6.IsValid() != tc.want6 || got.IP6.IsValid() != tc.want6 {
+			t.Errorf("%s: result %+v, want IPv4 %t IPv6 %t", tc.name, got, tc.want4, tc.want6)
 		}
 	}
 }

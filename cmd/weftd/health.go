@@ -119,6 +119,7 @@ func (d *daemon) monitor(ctx context.Context, s subnetStore, running *flannel.Ne
 			return
 		case <-t.C:
 		}
+		d.live.beat(time.Now())
 		if st != nil {
 			d.checkStore(ctx, st, deadline, &lastContact, contact)
 		}

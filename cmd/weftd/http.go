@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// serveHTTP starts the /healthz and /metrics endpoint and returns its stop
+// serveHTTP starts the /healthz, /livez and /metrics endpoint and returns its stop
 // function.
 func (d *daemon) serveHTTP(addr string) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
@@ -24,6 +24,7 @@ func (d *daemon) serveHTTP(addr string) (func(), error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", d.handleHealth)
+	mux.HandleFunc("/livez", d.live.handleLive)
 	mux.Handle("/metrics", promhttp.HandlerFor(d.registry(), promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(d.log)}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -46,12 +47,16 @@ func (d *daemon) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	status := struct {
 		Ready        bool     `json:"ready"`
 		Subnet       string   `json:"subnet,omitempty"`
+		IPv6Subnet   string   `json:"ipv6_subnet,omitempty"`
 		LastSnapshot string   `json:"last_snapshot,omitempty"`
 		Failing      []string `json:"failing,omitempty"`
 	}{Failing: d.health.failing()}
 	status.Ready = d.ready.Load() && len(status.Failing) == 0
-	if s := d.subnet.Load(); s != nil {
+	if s := d.subnet.Load(); s != nil && s.IsValid() {
 		status.Subnet = s.String()
+	}
+	if s := d.subnet6.Load(); s != nil && s.IsValid() {
+		status.IPv6Subnet = s.String()
 	}
 	if ns := d.lastSnapshot.Load(); ns != 0 {
 		status.LastSnapshot = time.Unix(0, ns).UTC().Format(time.RFC3339Nano)

@@ -53,6 +53,7 @@ type config struct {
 
 	Iface      string
 	PublicIP   netip.Addr
+	PublicIPv6 netip.Addr // --public-ipv6
 	SubnetFile string
 	LeaseTTL   time.Duration
 	VtepMAC    net.HardwareAddr
@@ -80,6 +81,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 		c         config
 		endpoints string
 		publicIP  string
+		publicIP6 string
 		vtepMAC   string
 		decap     string
 		logLevel  string
@@ -93,6 +95,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.StringVar(&c.EtcdPassword, "etcd-password", "", "etcd password (flanneld's flag)")
 	fs.StringVar(&c.Iface, "iface", "", "underlay interface, by name or address (default: the default route's interface)")
 	fs.StringVar(&publicIP, "public-ip", "", "address other nodes reach this one at (default: the underlay interface's)")
+	fs.StringVar(&publicIP6, "public-ipv6", "", "IPv6 address other nodes reach this one at, in networks with IPv6 (flanneld's flag; default: the underlay interface's global IPv6 address, if any)")
 	fs.StringVar(&c.SubnetFile, "subnet-file", "/run/flannel/subnet.env", "where to write flannel's subnet.env")
 	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", store.DefaultTTL, "TTL of this node's subnet lease in etcd; renewed continuously")
 	fs.StringVar(&vtepMAC, "vtep-mac", "", "this node's VTEP MAC (default: derived from /etc/machine-id and the public IP, stable across reboots)")
@@ -162,6 +165,13 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 			return c, fmt.Errorf("--public-ip %q is not an IPv4 address", publicIP)
 		}
 		c.PublicIP = ip
+	}
+	if publicIP6 != "" {
+		ip, err := flannel.ParsePublicIPv6(publicIP6)
+		if err != nil {
+			return c, fmt.Errorf("--public-ipv6 %q is not a unicast IPv6 address", publicIP6)
+		}
+		c.PublicIPv6 = ip
 	}
 	if vtepMAC != "" {
 		mac, err := net.ParseMAC(vtepMAC)

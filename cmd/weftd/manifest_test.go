@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"path"
 	"strings"
 	"testing"
@@ -11,10 +12,6 @@ import (
 	"github.com/weftnet/weft/control/flannel"
 	"github.com/weftnet/weft/deploy"
 )
-
-// pendingFlags are flags the manifest passes that another branch adds to
-// weftd; the test drops them (saying so) until that lands.
-var pendingFlags = map[string]string{"--ip-masq": "issue 10 (branch k8s-node)"}
 
 func must[T any](t *testing.T, f func() (T, error)) T {
 	t.Helper()
@@ -47,15 +44,7 @@ func TestManifestWeftdArgs(t *testing.T) {
 			env[e.Name] = e.Value
 		}
 	}
-	args := append(slicesClone(c.Command[1:]), c.Args...)
-	var kept []string
-	for _, a := range args {
-		if why, ok := pendingFlags[strings.SplitN(a, "=", 2)[0]]; ok {
-			t.Logf("manifest flag %s is pending: %s adds it to weftd", a, why)
-			continue
-		}
-		kept = append(kept, a)
-	}
+	kept := append(slicesClone(c.Command[1:]), c.Args...)
 	var stderr bytes.Buffer
 	cfg, err := parseFlags(kept, func(k string) string { return env[k] }, &stderr)
 	if err != nil {
@@ -88,6 +77,16 @@ func TestManifestWeftdArgs(t *testing.T) {
 		key := path.Base(cfg.Kube.NetConfPath)
 		if _, err := flannel.ParseConfig([]byte(cm.Data[key])); err != nil {
 			t.Errorf("ConfigMap %s key %s: %v", cm.Name, key, err)
+		}
+	}
+
+	// The probes ask the address weftd serves on with these flags.
+	for _, p := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe} {
+		if p == nil || p.HTTPGet == nil {
+			t.Fatalf("weftd container probe %+v, want httpGet", p)
+		}
+		if got := net.JoinHostPort(p.HTTPGet.Host, p.HTTPGet.Port.String()); got != cfg.MetricsAddr {
+			t.Errorf("probe %s asks %s, weftd serves on --metrics-addr %s", p.HTTPGet.Path, got, cfg.MetricsAddr)
 		}
 	}
 }

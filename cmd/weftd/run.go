@@ -25,11 +25,13 @@ type daemon struct {
 	metrics *metrics.Metrics
 	dp      atomic.Pointer[loader.Datapath] // set once the data plane is loaded
 
-	ready        atomic.Bool  // data plane set up and first snapshot applied
-	lastSnapshot atomic.Int64 // unix nanos of the last applied snapshot
-	subnet       atomic.Pointer[netip.Prefix]
-	configErrors atomic.Uint64 // reads of <prefix>/config that failed or were invalid
-	health       health        // why weftd is unready after it was ready (health.go)
+	ready        atomic.Bool                  // data plane set up and first snapshot applied
+	lastSnapshot atomic.Int64                 // unix nanos of the last applied snapshot
+	subnet       atomic.Pointer[netip.Prefix] // IPv4 pod subnet, once known
+	subnet6      atomic.Pointer[netip.Prefix] // IPv6 pod subnet, once known
+	configErrors atomic.Uint64                // reads of <prefix>/config that failed or were invalid
+	health       health                       // why weftd is unready after it was ready (health.go)
+	live         liveness                     // whether the monitor loop still runs (/livez, live.go)
 }
 
 // run is weftd from flags to shutdown.
@@ -38,7 +40,7 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 
 	// Flag values only the node can check (the interface, the TLS files'
 	// contents) are checked before anything else, and fail like parseFlags.
-	ul, err := findUnderlay(cfg.Iface, cfg.PublicIP)
+	ul, err := findUnderlay(cfg.Iface, cfg.PublicIP, cfg.PublicIPv6)
 	if err != nil {
 		return flagError{err}
 	}
@@ -53,7 +55,8 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		log.Warn("--decap=xdp on a veth underlay is slower than --decap=tc", zap.String("underlay", ul.Link.Attrs().Name))
 	}
 	log.Info("starting", zap.String("underlay", ul.Link.Attrs().Name), zap.Stringer("underlay_ip", ul.IP),
-		zap.Stringer("public_ip", ul.PublicIP), zap.String("pin_path", cfg.PinPath), zap.String("decap", string(cfg.Decap)),
+		zap.Stringer("public_ip", ul.PublicIP), zap.Stringer("underlay_ip6", ul.IP6), zap.Stringer("public_ipv6", ul.PublicIPv6),
+		zap.String("pin_path", cfg.PinPath), zap.String("decap", string(cfg.Decap)),
 		zap.Bool("kube_subnet_mgr", cfg.KubeSubnetMgr))
 
 	if cfg.MetricsAddr != "" {
@@ -73,18 +76,19 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := checkFamilies(netCfg, log); err != nil {
-		return err
+	if ul, err = checkUnderlay(netCfg, ul, log); err != nil {
+		// Like a bad --iface: exit 2, nothing on the node changed yet.
+		return flagError{err}
 	}
 	d.log.Info("network config", zap.Stringer("network", netCfg.Network), zap.Int("subnet_len", netCfg.SubnetLen),
+		zap.Stringer("ipv6_network", netCfg.IPv6Network), zap.Int("ipv6_subnet_len", netCfg.IPv6SubnetLen),
 		zap.String("backend", netCfg.Backend.Type), zap.Int("vni", int(netCfg.Backend.VNI)), zap.Int("port", int(netCfg.Backend.Port)),
 		zap.Bool("direct_routing", netCfg.Backend.DirectRouting))
-	own, err := st.Acquire(ctx, netCfg, identity{PublicIP: ul.PublicIP, VtepMAC: cfg.VtepMAC, SubnetFile: cfg.SubnetFile})
+	own, err := st.Acquire(ctx, netCfg, identity{PublicIP: ul.PublicIP, PublicIPv6: ul.PublicIPv6, VtepMAC: cfg.VtepMAC, SubnetFile: cfg.SubnetFile})
 	if err != nil {
 		return err
 	}
-	subnet := own.Subnet()
-	d.subnet.Store(&subnet)
+	d.storeSubnets(own)
 
 	// One weftd per pin path; weftctl status shows it as running.
 	release, err := loader.HoldAlive(cfg.PinPath)
@@ -101,12 +105,12 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	if nodeState, err = d.publish(ctx, dp, ul, netCfg, own, nodeState); err != nil {
 		return err
 	}
-	subnet = own.Subnet()
-	if err := applyIPMasq(ctx, log, cfg.IPMasq, netCfg.Network); err != nil {
+	if err := applyIPMasq(ctx, log, cfg.IPMasq, netCfg); err != nil {
 		return err
 	}
 
-	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: subnet, PublicIP: own.PublicIP(), Underlay: ul.Prefix}, log, d.metrics)
+	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: own.Subnet(), IPv6Subnet: own.IPv6Subnet(),
+		PublicIP: own.PublicIP(), PublicIPv6: own.PublicIPv6(), Underlay: ul.Prefix, Underlay6: ul.Prefix6}, log, d.metrics)
 	rec.PruneCounters(dp.Maps.PeerStats)
 	errc := make(chan error, 2)
 	go func() { errc <- d.keepLease(ctx, own) }()
@@ -150,6 +154,9 @@ func (d *daemon) setupNode(dp *loader.Datapath, ul underlay, netCfg *flannel.Net
 		UnderlayIP:  ul.IP,
 		Network:     netCfg.Network,
 		Subnet:      own.Subnet(),
+		UnderlayIP6: ul.IP6,
+		IPv6Network: netCfg.IPv6Network,
+		IPv6Subnet:  own.IPv6Subnet(),
 		VtepMAC:     own.VtepMAC(),
 		VNI:         uint32(netCfg.Backend.VNI),
 		Port:        uint16(netCfg.Backend.Port),
@@ -159,16 +166,17 @@ func (d *daemon) setupNode(dp *loader.Datapath, ul underlay, netCfg *flannel.Net
 	})
 	if err == nil {
 		err = writeSubnetEnv(d.cfg.SubnetFile, flannel.SubnetEnv{
-			Network: netCfg.Network, Subnet: own.Subnet(), MTU: loader.PodMTU(int(nodeState.Config.MTU)), IPMasq: d.cfg.IPMasq,
+			Network: netCfg.Network, Subnet: own.Subnet(), IPv6Network: netCfg.IPv6Network, IPv6Subnet: own.IPv6Subnet(),
+			MTU: nodeState.PodMTU, IPMasq: d.cfg.IPMasq,
 		})
 	}
 	if err != nil {
 		return nil, err
 	}
-	d.log.Info("data plane ready", zap.Stringer("subnet", own.Subnet()), zap.Stringer("vtep_mac", own.VtepMAC()),
-		zap.String("decap", string(nodeState.Decap)),
-		zap.Stringer("public_ip", own.PublicIP()), zap.String("subnet_file", d.cfg.SubnetFile),
-		zap.Int("pod_mtu", loader.PodMTU(int(nodeState.Config.MTU))))
+	d.log.Info("data plane ready", zap.Stringer("subnet", own.Subnet()), zap.Stringer("ipv6_subnet", own.IPv6Subnet()),
+		zap.Stringer("vtep_mac", own.VtepMAC()), zap.String("decap", string(nodeState.Decap)),
+		zap.Stringer("public_ip", own.PublicIP()), zap.Stringer("public_ipv6", own.PublicIPv6()), zap.String("subnet_file", d.cfg.SubnetFile),
+		zap.Int("pod_mtu", nodeState.PodMTU))
 	return &nodeState, nil
 }
 
@@ -184,15 +192,14 @@ const publishAttempts = 10
 func (d *daemon) publish(ctx context.Context, dp *loader.Datapath, ul underlay, netCfg *flannel.NetworkConfig, own ownLease,
 	nodeState *loader.NodeState) (*loader.NodeState, error) {
 	for attempt := 1; ; attempt++ {
-		planned := own.Subnet()
+		planned := flannel.SubnetKeyDual(own.Subnet(), own.IPv6Subnet())
 		err := own.Publish(ctx)
 		if !errors.Is(err, errReplanned) || attempt == publishAttempts {
 			return nodeState, err
 		}
 		d.log.Warn("planned subnet taken by another node before publishing; setting the data plane up for another",
-			zap.Stringer("planned", planned), zap.Stringer("now", own.Subnet()), zap.Error(err))
-		sn := own.Subnet()
-		d.subnet.Store(&sn)
+			zap.String("planned", planned), zap.String("now", flannel.SubnetKeyDual(own.Subnet(), own.IPv6Subnet())), zap.Error(err))
+		d.storeSubnets(own)
 		if nodeState, err = d.setupNode(dp, ul, netCfg, own); err != nil {
 			return nil, d.releaseOnError(own, err)
 		}
@@ -252,34 +259,69 @@ func (d *daemon) shutdown(own ownLease, nodeState *loader.NodeState) error {
 	return errors.Join(errs...)
 }
 
-// previousSubnet reads the subnet an earlier run wrote to subnet.env, so a
-// node whose lease expired while it was down asks for the same one back.
-func previousSubnet(path string) netip.Prefix {
+// storeSubnets records own's subnets for the health endpoint.
+func (d *daemon) storeSubnets(own ownLease) {
+	sn, sn6 := own.Subnet(), own.IPv6Subnet()
+	d.subnet.Store(&sn)
+	d.subnet6.Store(&sn6)
+}
+
+// previousSubnets reads the subnets an earlier run wrote to subnet.env, so
+// a node whose lease expired while it was down asks for the same ones back.
+func previousSubnets(path string) (v4, v6 netip.Prefix) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return netip.Prefix{}
+		return netip.Prefix{}, netip.Prefix{}
 	}
 	env, err := flannel.ParseSubnetEnv(b)
 	if err != nil {
-		return netip.Prefix{}
+		return netip.Prefix{}, netip.Prefix{}
 	}
-	return env.Subnet
+	return env.Subnet, env.IPv6Subnet
 }
 
-// errIPv6Only means the network config turns IPv4 off. flannel's schema
-// allows it, but Weft's data plane forwards IPv4 only so far, and a node
-// that went on would find no IPv4 subnet to lease.
-var errIPv6Only = errors.New("the network config has EnableIPv4 false (IPv6 only); Weft forwards IPv4 pod traffic only")
+// errUnderlayFamily is a network config the node's underlay cannot carry.
+var errUnderlayFamily = errors.New("the underlay cannot carry the network's address families")
 
-// checkFamilies refuses an IPv6-only network and warns that a dual-stack
-// one is served for IPv4 only.
-func checkFamilies(cfg *flannel.NetworkConfig, log *zap.Logger) error {
-	if !cfg.EnableIPv4 {
-		return errIPv6Only
+// checkUnderlay refuses what the data plane cannot do with this network
+// config and this underlay, and returns the underlay with the addresses of
+// families the network does not use cleared:
+//
+//   - IPv4 pods need an IPv4 underlay address: their leases reach them at
+//     PublicIP (flannel's schema has no IPv4 subnet behind an IPv6-only
+//     PublicIP);
+//   - an IPv6-only network needs an IPv6 underlay address, the only one its
+//     leases publish;
+//   - a dual-stack network without an IPv6 underlay address is fine: IPv6
+//     pods travel over the IPv4 underlay (v6-in-v4, Weft nodes only; a
+//     flannel node needs PublicIPv6 to reach them), which is logged;
+//   - --public-ipv6 needs an IPv6 address on the underlay to send from.
+//
+// Errors wrap errUnderlayFamily.
+func checkUnderlay(cfg *flannel.NetworkConfig, ul underlay, log *zap.Logger) (underlay, error) {
+	name := ul.Link.Attrs().Name
+	v4, v6 := cfg.Network.IsValid(), cfg.IPv6Network.IsValid()
+	switch {
+	case v4 && (!ul.IP.IsValid() || !ul.PublicIP.IsValid()):
+		return ul, fmt.Errorf("%w: Network %s has IPv4 pods, but underlay %s has no global IPv4 address (they travel over IPv4, to the PublicIP of their node's lease)",
+			errUnderlayFamily, cfg.Network, name)
+	case !v4 && !ul.IP6.IsValid():
+		return ul, fmt.Errorf("%w: the network is IPv6-only (EnableIPv4 false), but underlay %s has no global IPv6 address to reach its peers over; pick one with --iface",
+			errUnderlayFamily, name)
+	case v6 && ul.PublicIPv6.IsValid() && !ul.IP6.IsValid():
+		return ul, fmt.Errorf("%w: --public-ipv6 %s needs a global IPv6 address on underlay %s to send from",
+			errUnderlayFamily, ul.PublicIPv6, name)
+	case v6 && !ul.IP6.IsValid():
+		log.Info("no IPv6 underlay address: IPv6 pods travel over the IPv4 underlay (v6-in-v4); flannel nodes, which need PublicIPv6, cannot reach them",
+			zap.String("underlay", name), zap.Stringer("ipv6_network", cfg.IPv6Network))
 	}
-	if cfg.EnableIPv6 {
-		log.Warn("dual-stack network config: Weft forwards the IPv4 family only; IPv6 pod traffic is dropped (drop_inner_ipv6)",
-			zap.Stringer("ipv6_network", cfg.IPv6Network))
+	if !v6 {
+		ul.IP6, ul.Prefix6, ul.PublicIPv6 = netip.Addr{}, netip.Prefix{}, netip.Addr{}
 	}
-	return nil
+	if !v4 {
+		// An IPv6-only network publishes PublicIP 0.0.0.0, and its pods
+		// never travel over IPv4.
+		ul.PublicIP, ul.Prefix = netip.Addr{}, netip.Prefix{}
+	}
+	return ul, nil
 }

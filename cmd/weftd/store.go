@@ -39,7 +39,8 @@ type subnetStore interface {
 
 // identity is what this node would publish when the store has no say.
 type identity struct {
-	PublicIP   netip.Addr
+	PublicIP   netip.Addr       // zero in an IPv6-only network
+	PublicIPv6 netip.Addr       // zero without IPv6, or without an IPv6 underlay (v6-in-v4)
 	VtepMAC    net.HardwareAddr // --vtep-mac; nil: the store's or derived
 	SubnetFile string           // flannel's subnet.env of an earlier run
 }
@@ -52,13 +53,18 @@ func (me identity) vtepOr(mac net.HardwareAddr) net.HardwareAddr {
 	case mac != nil:
 		return mac
 	}
+	if !me.PublicIP.IsValid() {
+		return stableVtepMAC(machineID(), me.PublicIPv6) // IPv6-only
+	}
 	return stableVtepMAC(machineID(), me.PublicIP)
 }
 
 // ownLease is this node's lease in its store.
 type ownLease interface {
-	Subnet() netip.Prefix
+	Subnet() netip.Prefix     // IPv4 pod subnet; zero in an IPv6-only network
+	IPv6Subnet() netip.Prefix // IPv6 pod subnet; zero without IPv6
 	PublicIP() netip.Addr
+	PublicIPv6() netip.Addr
 	VtepMAC() net.HardwareAddr
 	// Publish announces the lease once the data plane is up (Kubernetes:
 	// annotations and NetworkUnavailable=False; etcd: the subnet key,
@@ -163,17 +169,18 @@ func (e *etcdStore) NetworkConfig(ctx context.Context) (*flannel.NetworkConfig, 
 // Publish takes it.
 func (e *etcdStore) Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me identity) (ownLease, error) {
 	req := store.LeaseRequest{
-		PublicIP: me.PublicIP,
-		VtepMAC:  me.vtepOr(nil),
-		TTL:      e.d.cfg.LeaseTTL,
-		Previous: previousSubnet(me.SubnetFile),
+		PublicIP:   me.PublicIP,
+		PublicIPv6: me.PublicIPv6,
+		VtepMAC:    me.vtepOr(nil),
+		TTL:        e.d.cfg.LeaseTTL,
 	}
+	req.Previous, req.PreviousIPv6 = previousSubnets(me.SubnetFile)
 	plan, err := e.st.PlanLease(ctx, cfg, req)
 	if err != nil {
 		return nil, err
 	}
 	e.d.log.Info("subnet planned; its lease is published once the data plane is set up",
-		zap.Stringer("subnet", plan.Subnet), zap.Bool("existing_lease", plan.Existing != nil))
+		zap.Stringer("subnet", plan.Subnet), zap.Stringer("ipv6_subnet", plan.IPv6Subnet), zap.Bool("existing_lease", plan.Existing != nil))
 	return &etcdLease{e: e, cfg: cfg, req: req, plan: plan}, nil
 }
 
@@ -210,6 +217,7 @@ type etcdLease struct {
 }
 
 func (l *etcdLease) PublicIP() netip.Addr      { return l.req.PublicIP }
+func (l *etcdLease) PublicIPv6() netip.Addr    { return l.req.PublicIPv6 }
 func (l *etcdLease) VtepMAC() net.HardwareAddr { return l.req.VtepMAC }
 
 // Subnet is the planned subnet, and after Publish the one taken, which
@@ -219,6 +227,14 @@ func (l *etcdLease) Subnet() netip.Prefix {
 		return l.own.Subnet()
 	}
 	return l.plan.Subnet
+}
+
+// IPv6Subnet is Subnet's IPv6 counterpart.
+func (l *etcdLease) IPv6Subnet() netip.Prefix {
+	if l.own != nil {
+		return l.own.IPv6Subnet()
+	}
+	return l.plan.IPv6Subnet
 }
 
 // Publish takes exactly the planned subnet, whose data plane is set up: an
@@ -282,30 +298,53 @@ func (k *kubeStore) Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me 
 	if err != nil {
 		return nil, err
 	}
-	ip := me.PublicIP
-	if own.PublicIPOverwrite.IsValid() && own.PublicIPOverwrite != ip {
+	ip, ip6 := me.PublicIP, me.PublicIPv6
+	if own.PublicIPOverwrite.IsValid() && own.PublicIPOverwrite != ip && cfg.Network.IsValid() {
 		k.log.Info("public IP from the Node's public-ip-overwrite annotation", zap.Stringer("public_ip", own.PublicIPOverwrite),
 			zap.Stringer("detected", ip))
 		ip = own.PublicIPOverwrite
 	}
-	me.PublicIP = ip
-	return &kubeLease{m: k.Manager, own: own, ip: ip, mac: me.vtepOr(own.VtepMAC), vni: cfg.Backend.VNI}, nil
+	if own.PublicIPv6Overwrite.IsValid() && !ip6.IsValid() && cfg.IPv6Network.IsValid() {
+		// Outer IPv6 needs a source address on the underlay; without one
+		// this node's IPv6 pods travel over IPv4 whatever peers are told.
+		k.log.Warn("ignoring the Node's public-ipv6-overwrite annotation: the underlay has no IPv6 address to send from (v6-in-v4)",
+			zap.Stringer("public_ipv6_overwrite", own.PublicIPv6Overwrite))
+	} else if own.PublicIPv6Overwrite.IsValid() && own.PublicIPv6Overwrite != ip6 && cfg.IPv6Network.IsValid() {
+		k.log.Info("public IPv6 from the Node's public-ipv6-overwrite annotation", zap.Stringer("public_ipv6", own.PublicIPv6Overwrite),
+			zap.Stringer("detected", ip6))
+		ip6 = own.PublicIPv6Overwrite
+	}
+	me.PublicIP, me.PublicIPv6 = ip, ip6
+	return &kubeLease{m: k.Manager, own: own, ip: ip, ip6: ip6, mac: me.vtepOr(own.VtepMAC), vni: cfg.Backend.VNI}, nil
 }
 
 type kubeLease struct {
 	m   *kube.Manager
 	own kube.Own
 	ip  netip.Addr
+	ip6 netip.Addr
 	mac net.HardwareAddr
 	vni uint32
 }
 
 func (l *kubeLease) Subnet() netip.Prefix      { return l.own.Subnet }
+func (l *kubeLease) IPv6Subnet() netip.Prefix  { return l.own.IPv6Subnet }
 func (l *kubeLease) PublicIP() netip.Addr      { return l.ip }
+func (l *kubeLease) PublicIPv6() netip.Addr    { return l.ip6 }
 func (l *kubeLease) VtepMAC() net.HardwareAddr { return l.mac }
 
+// Publish writes the annotations of the families the Node has a podCIDR
+// of: an IPv6 podCIDR adds public-ipv6 and backend-v6-data (the same
+// VtepMAC) when the node has an IPv6 underlay address.
 func (l *kubeLease) Publish(ctx context.Context) error {
-	attrs, err := flannel.NewVXLANAttrs(l.ip, l.vni, l.mac)
+	ip, ip6 := l.ip, l.ip6
+	if !l.own.Subnet.IsValid() {
+		ip = netip.Addr{}
+	}
+	if !l.own.IPv6Subnet.IsValid() {
+		ip6 = netip.Addr{}
+	}
+	attrs, err := flannel.NewDualVXLANAttrs(ip, ip6, l.vni, l.mac, l.mac)
 	if err != nil {
 		return err
 	}

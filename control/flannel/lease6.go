@@ -137,17 +137,34 @@ func NewDualVXLANAttrs(publicIP, publicIPv6 netip.Addr, vni uint32, vtepMAC, vte
 
 // validateIPv6Part checks the IPv6 half of a lease against an IPv6-enabled
 // network: the subnet's place and size, PublicIPv6 and BackendV6Data.
-func (c *NetworkConfig) validateIPv6Part(sn6 netip.Prefix, attrs LeaseAttrs) (VXLANData, error) {
+//
+// A lease of a dual-stack network may carry its IPv6 subnet without
+// PublicIPv6 (and then without BackendV6Data): Weft's "v6-in-v4", a node
+// whose underlay is IPv4 only, reached for both families at its IPv4
+// PublicIP with its one VtepMAC (ipv6-contract.md). v4 is the lease's
+// validated IPv4 half, whose VtepMAC the IPv6 half then uses; it is zero in
+// an IPv6-only network, where PublicIPv6 and BackendV6Data are required as
+// flannel writes them. A lease with PublicIPv6 must have BackendV6Data, as
+// every flannel node writes it.
+func (c *NetworkConfig) validateIPv6Part(sn6 netip.Prefix, attrs LeaseAttrs, v4 VXLANData) (VXLANData, error) {
 	if sn6.Bits() < c.IPv6Network.Bits() || !c.IPv6Network.Contains(sn6.Addr()) {
 		return VXLANData{}, fmt.Errorf("%w: %s is not inside IPv6Network %s", ErrOutsideNetwork, sn6, c.IPv6Network)
 	}
 	if sn6.Bits() != c.IPv6SubnetLen {
 		return VXLANData{}, fmt.Errorf("%w: %s is a /%d, IPv6SubnetLen is %d", ErrSubnetSize, sn6, sn6.Bits(), c.IPv6SubnetLen)
 	}
-	if !attrs.PublicIPv6.IsValid() {
-		return VXLANData{}, fmt.Errorf("%w: PublicIPv6 is missing for IPv6 subnet %s", ErrPublicIP, sn6)
+	noV6Data := func() bool {
+		t := bytes.TrimSpace(attrs.BackendV6Data)
+		return len(t) == 0 || string(t) == "null"
 	}
-	if t := bytes.TrimSpace(attrs.BackendV6Data); len(t) == 0 || string(t) == "null" {
+	if !attrs.PublicIPv6.IsValid() {
+		if !attrs.PublicIP.IsValid() || v4.VtepMAC == nil {
+			return VXLANData{}, fmt.Errorf("%w: PublicIPv6 is missing for IPv6 subnet %s", ErrPublicIP, sn6)
+		}
+		if noV6Data() {
+			return v4, nil // v6-in-v4: the IPv4 device's VTEP serves both families
+		}
+	} else if noV6Data() {
 		return VXLANData{}, fmt.Errorf("%w: BackendV6Data is missing for IPv6 subnet %s", ErrLeaseJSON, sn6)
 	}
 	d, err := ParseVXLANData(attrs.BackendV6Data)

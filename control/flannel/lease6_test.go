@@ -262,6 +262,13 @@ func TestParseLeaseDualStack(t *testing.T) {
 		t.Fatalf("%+v %v", l, err)
 	}
 
+	// Weft's v6-in-v4: an IPv6 subnet without PublicIPv6 is reached over
+	// the IPv4 underlay with the IPv4 VTEP (ipv6-contract.md).
+	l, err = c.ParseLease(pfx, lease("10.5.74.0-24&fc00:10:244:4::-64", value("192.168.8.4", "8e:00:00:00:00:04"), 4))
+	if err != nil || !l.HasIPv4() || !l.HasIPv6() || l.PublicIPv6().IsValid() || l.VXLANv6.VtepMAC.String() != "8e:00:00:00:00:04" {
+		t.Fatalf("v6-in-v4 lease: %+v %v", l, err)
+	}
+
 	k := "10.5.72.0-24&fc00:10:244:1::-64"
 	cases := []struct {
 		name string
@@ -273,7 +280,7 @@ func TestParseLeaseDualStack(t *testing.T) {
 		{"IPv6 subnet wider than IPv6Network", lease("10.5.72.0-24&fc00::-32", good, 2), ErrOutsideNetwork},
 		{"IPv6 subnet of the wrong size", lease("10.5.72.0-24&fc00:10:244:100::-56", good, 2), ErrSubnetSize},
 		{"IPv6 subnet in IPv4 form", lease("10.5.72.0-24&10.5.0.0-24", good, 2), ErrLeaseKey},
-		{"PublicIPv6 null", lease(k, dualValue("192.168.8.2", "", "8e:00:00:00:00:02", ""), 2), ErrPublicIP},
+		{"PublicIPv6 null, BackendV6Data garbage", lease(k, `{"PublicIP":"192.168.8.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"8e:00:00:00:00:02"},"BackendV6Data":{"VNI":1,"VtepMAC":"nope"}}`, 2), ErrVtepMAC},
 		{"PublicIPv6 an IPv4 address", lease(k, dualValue("192.168.8.2", "192.168.8.2", "8e:00:00:00:00:02", "8e:00:00:00:06:02"), 2), ErrPublicIP},
 		{"PublicIPv6 IPv4-mapped", lease(k, dualValue("192.168.8.2", "::ffff:192.168.8.2", "8e:00:00:00:00:02", "8e:00:00:00:06:02"), 2), ErrPublicIP},
 		{"PublicIPv6 multicast", lease(k, dualValue("192.168.8.2", "ff02::2", "8e:00:00:00:00:02", "8e:00:00:00:06:02"), 2), ErrPublicIP},

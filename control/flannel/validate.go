@@ -41,7 +41,8 @@ func (l Lease) PublicIPv6() netip.Addr { return l.Attrs.PublicIPv6 }
 func (l Lease) HasIPv4() bool { return l.Subnet.IsValid() }
 
 // HasIPv6 reports whether the lease carries a validated IPv6 subnet, with
-// PublicIPv6 and VXLANv6 to reach it.
+// VXLANv6 to reach it: at PublicIPv6, or at PublicIP when the lease has no
+// PublicIPv6 (v6-in-v4, see validateIPv6Part).
 func (l Lease) HasIPv6() bool { return l.IPv6Subnet.IsValid() }
 
 // LeaseError says why the value at Key is not a usable lease.
@@ -111,7 +112,7 @@ func (c *NetworkConfig) ParseLease(prefix string, kv KV) (Lease, error) {
 		l.Subnet = sn
 	}
 	if hasV6 && sn6.IsValid() {
-		if l.VXLANv6, err = c.validateIPv6Part(sn6, attrs); err != nil {
+		if l.VXLANv6, err = c.validateIPv6Part(sn6, attrs, l.VXLAN); err != nil {
 			return fail(err)
 		}
 		l.IPv6Subnet = sn6
@@ -143,11 +144,17 @@ func (c *NetworkConfig) ParseLeases(prefix string, kvs []KV) ([]Lease, []*LeaseE
 // Valid leases all have SubnetLen (IPv6SubnetLen) size, so two overlap only
 // when they name the same subnet of one family (possible through a
 // dual-stack key beside a plain one, or two keys sharing one half). The
-// older key (lower CreateRevision) keeps the subnet, so an established node
-// keeps its traffic and the newcomer is reported with ErrOverlap, in both
-// families: a key is one node's pair of subnets.
+// older key (lower CreateRevision, then key) owns each subnet, so an
+// established node keeps its traffic; a key is one node's pair of subnets,
+// so a newcomer that does not own every subnet it names is reported with
+// ErrOverlap, in both families. Ownership is decided per subnet among all
+// the leases naming it, whether or not the owner also owns its other half:
+// the rule control/store's incremental index applies event by event, so
+// both always agree. (When A owns X, B names X and Y, and C names Y, B
+// loses X to A and C loses Y to B, so Y has no valid lease until B or C is
+// fixed: a conflict only an operator can resolve.)
 //
-// An invalid lease whose subnet overlaps a valid one (a /25 or /23 written
+// An invalid lease whose subnet overlaps an owned one (a /25 or /23 written
 // over a node's /24) gets ErrOverlap naming that key added to its error.
 // Invalid leases never take part otherwise: a bad value must not displace a
 // good one.
@@ -158,38 +165,40 @@ func CheckOverlaps(valid []Lease, invalid []*LeaseError) ([]Lease, []*LeaseError
 	slices.SortFunc(byAge, func(a, b Lease) int {
 		return cmp.Or(cmp.Compare(a.CreateRevision, b.CreateRevision), strings.Compare(a.Key, b.Key))
 	})
-	owner4 := make(map[netip.Prefix]Lease, len(byAge))
-	owner6 := make(map[netip.Prefix]Lease)
+	owner := make(map[netip.Prefix]Lease, len(byAge)) // both families: their prefixes never collide
+	for _, l := range byAge {
+		for _, sn := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+			if _, taken := owner[sn]; sn.IsValid() && !taken {
+				owner[sn] = l
+			}
+		}
+	}
 	var (
 		outValid   = make([]Lease, 0, len(byAge))
 		outInvalid = make([]*LeaseError, 0, len(invalid))
 	)
 	for _, l := range byAge {
-		o, taken := owner4[l.Subnet]
-		sn := l.Subnet
-		if !l.Subnet.IsValid() || !taken {
-			o, taken = owner6[l.IPv6Subnet]
-			sn = l.IPv6Subnet
-			taken = taken && l.IPv6Subnet.IsValid()
-		}
-		if taken {
+		if err := NotOwner(l, func(sn netip.Prefix) string { return owner[sn].Key }); err != nil {
 			outInvalid = append(outInvalid, &LeaseError{Key: l.Key, Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet,
-				ModRevision: l.ModRevision, Err: fmt.Errorf("%w: %s is already leased by %s", ErrOverlap, sn, o.Key)})
+				ModRevision: l.ModRevision, Err: err})
 			continue
-		}
-		if l.Subnet.IsValid() {
-			owner4[l.Subnet] = l
-		}
-		if l.IPv6Subnet.IsValid() {
-			owner6[l.IPv6Subnet] = l
 		}
 		outValid = append(outValid, l)
 	}
-
-	// Sorted by address and pairwise disjoint, so one binary search finds
-	// any valid subnet overlapping a given prefix.
-	sorted4 := sortedBy(outValid, func(l Lease) netip.Prefix { return l.Subnet })
-	sorted6 := sortedBy(outValid, func(l Lease) netip.Prefix { return l.IPv6Subnet })
+	// The owned subnets of each family, sorted by address and pairwise
+	// disjoint, so one binary search finds any owned subnet overlapping a
+	// given prefix.
+	var sorted4, sorted6 []owned
+	for sn, l := range owner {
+		if sn.Addr().Is4() {
+			sorted4 = append(sorted4, owned{sn, l.Key})
+		} else {
+			sorted6 = append(sorted6, owned{sn, l.Key})
+		}
+	}
+	byAddr := func(a, b owned) int { return a.p.Addr().Compare(b.p.Addr()) }
+	slices.SortFunc(sorted4, byAddr)
+	slices.SortFunc(sorted6, byAddr)
 	for _, e := range invalid {
 		e2 := *e
 		if o, ok := overlapping(sorted4, e.Subnet); ok {
@@ -205,22 +214,25 @@ func CheckOverlaps(valid []Lease, invalid []*LeaseError) ([]Lease, []*LeaseError
 	return outValid, outInvalid
 }
 
-// owned is one valid lease's subnet of one family.
+// NotOwner is the ErrOverlap of a lease that does not own every subnet it
+// names: ownerOf gives the key owning a subnet. Its IPv4 subnet is looked
+// at first. nil when l owns all of them.
+func NotOwner(l Lease, ownerOf func(netip.Prefix) string) error {
+	for _, sn := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+		if !sn.IsValid() {
+			continue
+		}
+		if o := ownerOf(sn); o != l.Key {
+			return fmt.Errorf("%w: %s is already leased by %s", ErrOverlap, sn, o)
+		}
+	}
+	return nil
+}
+
+// owned is one owner's subnet of one family.
 type owned struct {
 	p   netip.Prefix
 	key string
-}
-
-// sortedBy lists the valid subnets get picks from leases, by address.
-func sortedBy(leases []Lease, get func(Lease) netip.Prefix) []owned {
-	var out []owned
-	for _, l := range leases {
-		if p := get(l); p.IsValid() {
-			out = append(out, owned{p, l.Key})
-		}
-	}
-	slices.SortFunc(out, func(a, b owned) int { return a.p.Addr().Compare(b.p.Addr()) })
-	return out
 }
 
 // overlapping finds a subnet in sorted (one family, by address, disjoint)

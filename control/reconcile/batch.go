@@ -84,8 +84,10 @@ func (r *Reconciler) change(c peers.Change, dirty map[netip.Prefix]struct{}) {
 	old := r.records[c.Key]
 	if old != nil {
 		if old.usable {
-			r.claims.Remove(old.tunnel.Subnet, c.Key)
-			dirty[old.tunnel.Subnet] = struct{}{}
+			for _, t := range old.tunnels {
+				r.claims.Remove(t.Subnet, c.Key)
+				dirty[t.Subnet] = struct{}{}
+			}
 		}
 		if !old.valid {
 			r.invalid--
@@ -101,31 +103,40 @@ func (r *Reconciler) change(c peers.Change, dirty map[netip.Prefix]struct{}) {
 		return
 	case c.Lease != nil:
 		rec.valid = true
-		if r.isSelf(c.Lease.Subnet, c.Lease.PublicIP()) {
-			if c.Lease.Subnet != r.self.Subnet {
+		if r.isSelfLease(c.Lease) {
+			if c.Lease.Subnet != r.self.Subnet || c.Lease.IPv6Subnet != r.self.IPv6Subnet {
 				r.log.Debug("skipping a lease of our own PublicIP", zap.String("key", c.Key))
 			}
 			break
 		}
-		rec.tunnel, rec.usable = TunnelFor(*c.Lease, r.cfg, r.self), true
-	default: // invalid: keep the last known good tunnel, if any
+		rec.tunnels = TunnelsFor(*c.Lease, r.cfg, r.self)
+		rec.usable = len(rec.tunnels) > 0
+	default: // invalid: keep the last known good tunnels, if any
 		r.invalid++
 		e := c.Invalid
 		switch {
 		case old != nil && old.usable:
-			rec.tunnel, rec.usable = old.tunnel, true
-		case old == nil && e.Subnet.IsValid():
+			rec.tunnels, rec.usable = old.tunnels, true
+		case old == nil:
 			// No memory of this key (weftd restarted): what is pinned for
-			// its subnet was programmed from an earlier valid value.
-			if t, ok := r.mirror[e.Subnet.Masked()]; ok && !r.isSelf(t.Subnet, t.Remote) {
-				rec.tunnel, rec.usable = t, true
+			// its subnets was programmed from an earlier valid value.
+			for _, sn := range []netip.Prefix{e.Subnet, e.IPv6Subnet} {
+				if !sn.IsValid() {
+					continue
+				}
+				if t, ok := r.mirror[sn.Masked()]; ok && !r.isSelf(t.Subnet, t.Remote) {
+					rec.tunnels = append(rec.tunnels, t)
+				}
 			}
+			rec.usable = len(rec.tunnels) > 0
 		}
 	}
 	r.records[c.Key] = rec
 	if rec.usable {
-		r.claims.Add(rec.tunnel.Subnet, c.Key)
-		dirty[rec.tunnel.Subnet] = struct{}{}
+		for _, t := range rec.tunnels {
+			r.claims.Add(t.Subnet, c.Key)
+			dirty[t.Subnet] = struct{}{}
+		}
 	}
 	if c.Invalid != nil {
 		r.report(c.Key, rec, c.Invalid)
@@ -145,12 +156,23 @@ func (r *Reconciler) desired(sn netip.Prefix) (t maps.Tunnel, ok, fromLKG bool) 
 		}
 	})
 	if validKey != "" {
-		return r.records[validKey].tunnel, true, false
+		return r.records[validKey].tunnelFor(sn)
 	}
 	if lkgKey == "" {
 		return maps.Tunnel{}, false, false
 	}
-	return r.records[lkgKey].tunnel, true, true
+	t, ok, _ = r.records[lkgKey].tunnelFor(sn)
+	return t, ok, ok
+}
+
+// tunnelFor is the record's tunnel for sn, one of its families' subnets.
+func (rec *record) tunnelFor(sn netip.Prefix) (t maps.Tunnel, ok, fromLKG bool) {
+	for _, t := range rec.tunnels {
+		if t.Subnet == sn {
+			return t, true, false
+		}
+	}
+	return maps.Tunnel{}, false, false
 }
 
 // validClaim reports whether a valid lease claims sn.
@@ -169,9 +191,17 @@ func (r *Reconciler) report(key string, rec *record, e *flannel.LeaseError) {
 	rec.reported, rec.badRev = true, e.ModRevision
 	r.metrics.InvalidLeaseReports.Add(1)
 	fields := []zap.Field{zap.String("key", key), zap.Int64("mod_revision", e.ModRevision), zap.Error(e.Err)}
-	if rec.usable && !r.validClaim(rec.tunnel.Subnet) {
-		r.log.Warn("invalid lease; keeping the tunnel from its last valid value", append(fields, zap.Stringer("tunnel", rec.tunnel))...)
-		return
+	if rec.usable {
+		var kept []string
+		for _, t := range rec.tunnels {
+			if !r.validClaim(t.Subnet) {
+				kept = append(kept, t.String())
+			}
+		}
+		if len(kept) > 0 {
+			r.log.Warn("invalid lease; keeping the tunnels from its last valid value", append(fields, zap.Strings("tunnels", kept))...)
+			return
+		}
 	}
 	r.log.Warn("invalid lease skipped", fields...)
 }

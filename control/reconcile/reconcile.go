@@ -27,6 +27,14 @@
 // one failing entry does not stop the others; bulk changes (a cold start)
 // go to the kernel in batch syscalls where it supports them for the map.
 //
+// Families (issue 14). A store key names one node; a dual-stack node's
+// lease yields two entries, its IPv4 and its IPv6 pod subnet, each claimed
+// by that key (TunnelsFor; the remote, VtepMAC and DirectRouting rules of
+// the IPv6 entry are in TunnelForIPv6). Everything below is per subnet, so
+// the delta path, the last known good values, the audit and the pruning of
+// per-peer counters (keyed by remote: a peer may have an IPv4 and an IPv6
+// one) treat both families alike.
+//
 // Bad leases. A lease that fails validation (flannel.LeaseError) is skipped
 // and reported: logged once per bad value with its key, and counted in
 // metrics. It never removes anything else. If the key held a valid lease
@@ -85,15 +93,21 @@ const batchMin = 16
 // bulk change (a cold start at 50,000 nodes) logs one summary instead.
 const logEach = 64
 
-// Self is what the reconciler needs to know about this node.
+// Self is what the reconciler needs to know about this node. Each family's
+// fields are zero when the node has none of that family.
 type Self struct {
-	Subnet   netip.Prefix // our own lease: never a tunnel
-	PublicIP netip.Addr   // our underlay address: never a tunnel destination
-	// Underlay is the prefix of our underlay interface's address. With
+	Subnet     netip.Prefix // our own IPv4 lease: never a tunnel
+	IPv6Subnet netip.Prefix // our own IPv6 lease: never a tunnel
+	PublicIP   netip.Addr   // our IPv4 underlay address: never a tunnel destination
+	PublicIPv6 netip.Addr   // our IPv6 underlay address: never a tunnel destination
+	// Underlay is the prefix of our underlay interface's IPv4 address. With
 	// DirectRouting on, a peer whose PublicIP is inside it shares our L2
 	// segment and is reached without encapsulation, as in flannel (which
 	// asks the kernel whether the route to the peer has no gateway).
 	Underlay netip.Prefix
+	// Underlay6 is the same for the IPv6 underlay address: a peer's IPv6
+	// pod subnet is routed directly when its PublicIPv6 is inside it.
+	Underlay6 netip.Prefix
 }
 
 // Result counts what one reconciliation did. Unchanged counts the entries
@@ -103,12 +117,14 @@ type Result struct {
 	Added, Updated, Removed, Unchanged int
 }
 
-// record is what the reconciler remembers of one store key.
+// record is what the reconciler remembers of one store key. A key names
+// one node, which has a tunnel per family it leases (a dual-stack node
+// two: its IPv4 and its IPv6 pod subnet).
 type record struct {
-	valid    bool        // the key's current value is a valid lease
-	tunnel   maps.Tunnel // from the current valid value, or the last valid one
-	usable   bool        // tunnel is set and does not point at this node
-	reported bool        // a bad value was reported, and its ModRevision is badRev
+	valid    bool          // the key's current value is a valid lease
+	tunnels  []maps.Tunnel // from the current valid value, or the last valid one
+	usable   bool          // tunnels are set and do not point at this node
+	reported bool          // a bad value was reported, and its ModRevision is badRev
 	badRev   int64
 }
 
@@ -221,9 +237,9 @@ func New(table TunnelTable, cfg *flannel.NetworkConfig, self Self, log *zap.Logg
 		claims: subnetkeys.New(0), pending: map[netip.Prefix]struct{}{}, lkg: map[netip.Prefix]struct{}{}}
 }
 
-// TunnelFor is the map entry for a remote node's lease. The VNI is the
-// network's, as flannel's kernel device sends every packet with its own
-// VNI whatever the lease says.
+// TunnelFor is the map entry for a remote node's IPv4 lease. The VNI is
+// the network's, as flannel's kernel device sends every packet with its
+// own VNI whatever the lease says.
 func TunnelFor(l flannel.Lease, cfg *flannel.NetworkConfig, self Self) maps.Tunnel {
 	mode := maps.ModeVXLAN
 	if cfg.Backend.DirectRouting && self.Underlay.IsValid() && self.Underlay.Contains(l.PublicIP()) {
@@ -232,11 +248,65 @@ func TunnelFor(l flannel.Lease, cfg *flannel.NetworkConfig, self Self) maps.Tunn
 	return maps.Tunnel{Subnet: l.Subnet, Remote: l.PublicIP(), VtepMAC: l.VXLAN.VtepMAC, VNI: cfg.Backend.VNI, Mode: mode}
 }
 
-func (r *Reconciler) isSelf(sn netip.Prefix, publicIP netip.Addr) bool {
-	// A lease of our PublicIP under another subnet is a stale one of ours
-	// (flannel would have reused it had it been usable); a tunnel to it
-	// would loop packets back to this node.
-	return (r.self.Subnet.IsValid() && sn.Overlaps(r.self.Subnet)) || (r.self.PublicIP.IsValid() && publicIP == r.self.PublicIP)
+// TunnelForIPv6 is the map entry for a remote node's IPv6 lease
+// (ipv6-contract.md): remote is the peer's PublicIPv6 (outer IPv6), else
+// its IPv4 PublicIP (v6-in-v4: outer IPv4); the VtepMAC is BackendV6Data's,
+// which ParseLease already fell back to BackendData's for a v6-in-v4
+// lease. DirectRouting follows flannel per family: direct only when the
+// peer's IPv6 underlay address shares our IPv6 underlay prefix; a v6-in-v4
+// peer is always encapsulated, because an IPv6 packet cannot be routed to
+// an IPv4 next hop.
+func TunnelForIPv6(l flannel.Lease, cfg *flannel.NetworkConfig, self Self) maps.Tunnel {
+	remote, mode := l.PublicIPv6(), maps.ModeVXLAN
+	if !remote.IsValid() {
+		remote = l.PublicIP()
+	} else if cfg.Backend.DirectRouting && self.Underlay6.IsValid() && self.Underlay6.Contains(remote) {
+		mode = maps.ModeDirect
+	}
+	return maps.Tunnel{Subnet: l.IPv6Subnet, Remote: remote, VtepMAC: l.VXLANv6.VtepMAC, VNI: cfg.Backend.VNI, Mode: mode}
+}
+
+// TunnelsFor is every map entry for a remote node's lease: one per family
+// the lease carries, IPv4 first.
+func TunnelsFor(l flannel.Lease, cfg *flannel.NetworkConfig, self Self) []maps.Tunnel {
+	n := 0
+	if l.HasIPv4() {
+		n++
+	}
+	if l.HasIPv6() {
+		n++
+	}
+	// Exactly sized: the reconciler keeps one such slice per node, and
+	// most clusters are single-family.
+	out := make([]maps.Tunnel, 0, n)
+	if l.HasIPv4() {
+		out = append(out, TunnelFor(l, cfg, self))
+	}
+	if l.HasIPv6() {
+		out = append(out, TunnelForIPv6(l, cfg, self))
+	}
+	return out
+}
+
+// isSelf reports whether a subnet, or a node with these underlay
+// addresses, is this node. A lease of our PublicIP (or PublicIPv6) under
+// another subnet is a stale one of ours (flannel would have reused it had
+// it been usable); a tunnel to it would loop packets back to this node.
+func (r *Reconciler) isSelf(sn netip.Prefix, remotes ...netip.Addr) bool {
+	if (r.self.Subnet.IsValid() && sn.Overlaps(r.self.Subnet)) || (r.self.IPv6Subnet.IsValid() && sn.Overlaps(r.self.IPv6Subnet)) {
+		return true
+	}
+	for _, a := range remotes {
+		if a.IsValid() && (a == r.self.PublicIP || a == r.self.PublicIPv6) {
+			return true
+		}
+	}
+	return false
+}
+
+// isSelfLease is isSelf for every subnet and underlay address of l.
+func (r *Reconciler) isSelfLease(l *flannel.Lease) bool {
+	return r.isSelf(l.Subnet, l.PublicIP(), l.PublicIPv6()) || r.isSelf(l.IPv6Subnet)
 }
 
 // readMirror replaces the mirror with the kernel's map. On error nothing

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,13 +49,28 @@ var (
 
 // LeaseRequest says who this node is.
 type LeaseRequest struct {
-	PublicIP netip.Addr       // underlay IPv4 address (flanneld --public-ip)
-	VtepMAC  net.HardwareAddr // stable across restarts
-	TTL      time.Duration    // etcd lease TTL; DefaultTTL when zero
-	// Previous is the subnet the node had before (flannel reads it from
-	// subnet.env). It is taken again when no lease holds our PublicIP and
-	// it is free, so pods keep their addresses after a long outage.
-	Previous netip.Prefix
+	PublicIP netip.Addr // underlay IPv4 address (flanneld --public-ip); zero on an IPv6-only underlay
+	// PublicIPv6 is the IPv6 underlay address (flanneld --public-ipv6),
+	// published in networks with IPv6; zero when the node has none, which
+	// in a dual-stack network makes its IPv6 pods travel over the IPv4
+	// underlay (v6-in-v4, ipv6-contract.md). An IPv6-only network needs it.
+	PublicIPv6 netip.Addr
+	VtepMAC    net.HardwareAddr // stable across restarts; one for both families
+	TTL        time.Duration    // etcd lease TTL; DefaultTTL when zero
+	// Previous and PreviousIPv6 are the subnets the node had before
+	// (flannel reads them from subnet.env). Each is taken again when no
+	// lease of ours exists and it is free, so pods keep their addresses
+	// after a long outage.
+	Previous     netip.Prefix
+	PreviousIPv6 netip.Prefix
+}
+
+// who names the node in errors: its PublicIP, or PublicIPv6 without one.
+func (r LeaseRequest) who() string {
+	if r.PublicIP.IsValid() {
+		return r.PublicIP.String()
+	}
+	return r.PublicIPv6.String()
 }
 
 // OwnLease is this node's lease: the subnet key it holds and the etcd lease
@@ -63,19 +79,23 @@ type OwnLease struct {
 	s     *Store
 	cfg   *flannel.NetworkConfig
 	req   LeaseRequest
-	value []byte       // our lease JSON
-	plan  netip.Prefix // AcquirePlan: the only subnet it may take
+	value []byte // our lease JSON
+	plan  Plan   // AcquirePlan: the only subnets it may take
 
 	renewed atomic.Int64 // unix nanos of the last renewal or acquisition
 
-	mu     sync.Mutex
-	subnet netip.Prefix
-	id     clientv3.LeaseID // 0 for a reservation (a key an admin wrote without TTL)
-	rev    int64
+	mu      sync.Mutex
+	subnet  netip.Prefix     // zero in an IPv6-only network
+	subnet6 netip.Prefix     // zero in a network without IPv6
+	id      clientv3.LeaseID // 0 for a reservation (a key an admin wrote without TTL)
+	rev     int64
 }
 
-// Subnet is the node's pod subnet.
+// Subnet is the node's IPv4 pod subnet; zero in an IPv6-only network.
 func (o *OwnLease) Subnet() netip.Prefix { o.mu.Lock(); defer o.mu.Unlock(); return o.subnet }
+
+// IPv6Subnet is the node's IPv6 pod subnet; zero without IPv6.
+func (o *OwnLease) IPv6Subnet() netip.Prefix { o.mu.Lock(); defer o.mu.Unlock(); return o.subnet6 }
 
 // ID is the etcd lease the key is attached to; 0 for a reservation.
 func (o *OwnLease) ID() clientv3.LeaseID { o.mu.Lock(); defer o.mu.Unlock(); return o.id }
@@ -84,7 +104,11 @@ func (o *OwnLease) ID() clientv3.LeaseID { o.mu.Lock(); defer o.mu.Unlock(); ret
 func (o *OwnLease) Revision() int64 { o.mu.Lock(); defer o.mu.Unlock(); return o.rev }
 
 // Key is the etcd key of the lease.
-func (o *OwnLease) Key() string { return flannel.LeaseKey(o.s.prefix, o.Subnet()) }
+func (o *OwnLease) Key() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return flannel.LeaseKeyDual(o.s.prefix, o.subnet, o.subnet6)
+}
 
 // AcquireLease takes this node's subnet, following flannel's rules: keep the
 // subnet of a valid lease holding our PublicIP if the config still allows
@@ -99,21 +123,21 @@ func (s *Store) AcquireLease(ctx context.Context, cfg *flannel.NetworkConfig, re
 	return s.acquire(ctx, o)
 }
 
-// AcquirePlan takes exactly the subnet of plan (from PlanLease), keeping an
-// existing lease as AcquireLease does (nothing written when unchanged), so
-// that a lease key only ever appears for a subnet the caller has set its
-// data plane up for. When plan.Subnet was taken meanwhile (or our lease is
-// now another subnet) it writes nothing and returns an error wrapping
-// ErrPlanStale.
+// AcquirePlan takes exactly the subnets of plan (from PlanLease), keeping
+// an existing lease as AcquireLease does (nothing written when unchanged),
+// so that a lease key only ever appears for subnets the caller has set its
+// data plane up for. When a planned subnet was taken meanwhile (or our
+// lease is now another one) it writes nothing and returns an error
+// wrapping ErrPlanStale.
 func (s *Store) AcquirePlan(ctx context.Context, cfg *flannel.NetworkConfig, req LeaseRequest, plan Plan) (*OwnLease, error) {
-	if !plan.Subnet.IsValid() {
-		return nil, fmt.Errorf("acquire lease for %s: no planned subnet", req.PublicIP)
+	if !plan.valid() {
+		return nil, fmt.Errorf("acquire lease for %s: no planned subnet", req.who())
 	}
 	o, err := s.newOwnLease(cfg, req)
 	if err != nil {
 		return nil, err
 	}
-	o.plan = plan.Subnet
+	o.plan = plan
 	return s.acquire(ctx, o)
 }
 
@@ -124,7 +148,7 @@ func (s *Store) newOwnLease(cfg *flannel.NetworkConfig, req LeaseRequest) (*OwnL
 	if req.TTL < time.Second {
 		return nil, fmt.Errorf("acquire lease: TTL %v is under a second", req.TTL)
 	}
-	attrs, err := flannel.NewVXLANAttrs(req.PublicIP, cfg.Backend.VNI, req.VtepMAC)
+	attrs, err := leaseAttrs(cfg, req)
 	if err != nil {
 		return nil, fmt.Errorf("acquire lease: %w", err)
 	}
@@ -133,6 +157,40 @@ func (s *Store) newOwnLease(cfg *flannel.NetworkConfig, req LeaseRequest) (*OwnL
 		return nil, fmt.Errorf("acquire lease: %w", err)
 	}
 	return &OwnLease{s: s, cfg: cfg, req: req, value: value}, nil
+}
+
+// leaseAttrs is the value this node writes, as a flannel node of the same
+// families would (flannel's newSubnetAttrs): an IPv4 network's lease has
+// the IPv4 fields only ("PublicIPv6":null, whatever IPv6 address the node
+// has); with IPv6 the lease adds PublicIPv6 and BackendV6Data with the
+// same VtepMAC (Weft has one VTEP for both families); an IPv6-only
+// network's lease has PublicIP "0.0.0.0" and the IPv6 fields only.
+//
+// A node without an IPv6 underlay address in a dual-stack network
+// (v6-in-v4: peers reach its IPv6 pods at PublicIP) writes
+// "PublicIPv6":null but still BackendV6Data: a flannel node drops a whole
+// dual-stack lease whose BackendV6Data does not decode, IPv4 half included
+// (pkg/backend/vxlan handleSubnetEvents), while with it flannel programs
+// the IPv4 half and only fails the IPv6 FDB entry it has no address for.
+func leaseAttrs(cfg *flannel.NetworkConfig, req LeaseRequest) (flannel.LeaseAttrs, error) {
+	pub4, pub6 := req.PublicIP, req.PublicIPv6
+	switch {
+	case !cfg.IPv6Network.IsValid():
+		pub6 = netip.Addr{}
+	case !cfg.Network.IsValid():
+		if !pub6.IsValid() {
+			return flannel.LeaseAttrs{}, fmt.Errorf("%w: an IPv6-only network needs the node's IPv6 underlay address (PublicIPv6)", flannel.ErrPublicIP)
+		}
+		pub4 = netip.Addr{}
+	}
+	if cfg.Network.IsValid() && !pub4.IsValid() {
+		return flannel.LeaseAttrs{}, fmt.Errorf("%w: a network with IPv4 needs the node's IPv4 underlay address (PublicIP)", flannel.ErrPublicIP)
+	}
+	a, err := flannel.NewDualVXLANAttrs(pub4, pub6, cfg.Backend.VNI, req.VtepMAC, req.VtepMAC)
+	if err == nil && cfg.IPv6Network.IsValid() && !pub6.IsValid() {
+		a.BackendV6Data = a.BackendData // v6-in-v4: the same VTEP
+	}
+	return a, err
 }
 
 // acquire runs the list-then-transaction loop for o.
@@ -150,16 +208,16 @@ func (s *Store) acquire(ctx context.Context, o *OwnLease) (*OwnLease, error) {
 		err := o.tryAcquire(ctx, &granted)
 		switch {
 		case err == nil:
-			s.log.Info("acquired subnet lease", zap.Stringer("subnet", o.Subnet()),
+			s.log.Info("acquired subnet lease", zap.String("key", o.Key()),
 				zap.Int64("lease_id", int64(o.ID())), zap.Int64("revision", o.Revision()))
 			return o, nil
 		case errors.Is(err, errRace):
 			continue
 		default:
-			return nil, fmt.Errorf("acquire lease for %s: %w", req.PublicIP, err)
+			return nil, fmt.Errorf("acquire lease for %s: %w", req.who(), err)
 		}
 	}
-	return nil, fmt.Errorf("acquire lease for %s: %w after %d attempts", req.PublicIP, ErrAcquireConflict, acquireAttempts)
+	return nil, fmt.Errorf("acquire lease for %s: %w after %d attempts", req.who(), ErrAcquireConflict, acquireAttempts)
 }
 
 func (o *OwnLease) tryAcquire(ctx context.Context, granted *clientv3.LeaseID) error {
@@ -168,26 +226,32 @@ func (o *OwnLease) tryAcquire(ctx context.Context, granted *clientv3.LeaseID) er
 	if err != nil {
 		return err
 	}
-	sv := survey(s.prefix, cfg, o.req.PublicIP, kvs)
+	sv := survey(s.prefix, cfg, o.req, kvs)
 
 	// flannel deletes a lease of its PublicIP that the config no longer
-	// allows (the Network or SubnetLen changed) before allocating anew.
+	// allows (the Network or SubnetLen changed, IPv6 was turned on or
+	// off) before allocating anew.
 	if len(sv.stale) > 0 {
 		for _, kv := range sv.stale {
 			s.log.Info("deleting our lease that does not fit the network config",
-				zap.String("key", kv.Key), zap.Stringer("network", cfg.Network), zap.Int("subnet_len", cfg.SubnetLen))
+				zap.String("key", kv.Key), zap.Stringer("network", cfg.Network), zap.Int("subnet_len", cfg.SubnetLen),
+				zap.Stringer("ipv6_network", cfg.IPv6Network), zap.Int("ipv6_subnet_len", cfg.IPv6SubnetLen))
 			if err := s.deleteIfUnchanged(ctx, kv); err != nil {
 				return err
+			}
+			if kv.EtcdLease != 0 {
+				// It held only that key; left alone it would linger for its TTL.
+				s.revoke(clientv3.LeaseID(kv.EtcdLease))
 			}
 		}
 		return errRace // re-read without them
 	}
-	if o.plan.IsValid() {
-		// AcquirePlan: only the planned subnet, whose data plane is set up.
+	if o.plan.valid() {
+		// AcquirePlan: only the planned subnets, whose data plane is set up.
 		switch {
-		case sv.mine != nil && sv.mine.Subnet != o.plan:
-			return fmt.Errorf("%w: %s, our lease is now %s", ErrPlanStale, o.plan, sv.mine.Subnet)
-		case sv.mine == nil && (!cfg.InRange(o.plan) || !isFree(sv.used, o.plan)):
+		case sv.mine != nil && (sv.mine.Subnet != o.plan.Subnet || sv.mine.IPv6Subnet != o.plan.IPv6Subnet):
+			return fmt.Errorf("%w: %s, our lease is now %s", ErrPlanStale, o.plan, sv.mine.Key)
+		case sv.mine == nil && !sv.fits(cfg, o.plan):
 			return fmt.Errorf("%w: %s", ErrPlanStale, o.plan)
 		}
 	}
@@ -195,45 +259,52 @@ func (o *OwnLease) tryAcquire(ctx context.Context, granted *clientv3.LeaseID) er
 		return o.reattach(ctx, *sv.mine, granted)
 	}
 	candidate := o.plan
-	if !candidate.IsValid() {
+	if !candidate.valid() {
 		var err error
-		if candidate, err = sv.pickFree(cfg, o.req.Previous); err != nil {
+		if candidate, err = sv.pickFree(cfg, o.req); err != nil {
 			return err
 		}
 	}
-	return o.create(ctx, candidate, granted)
+	return o.create(ctx, candidate.Subnet, candidate.IPv6Subnet, granted)
 }
 
 // subnetSurvey is what one list of the subnets says about this node.
 type subnetSurvey struct {
-	used  []netip.Prefix // every subnet whose key exists, valid or not
-	mine  *flannel.Lease // our oldest valid lease in range, if any
-	stale []flannel.KV   // ours, but the config no longer allows the subnet
+	used  []netip.Prefix // every subnet (of both families) whose key exists, valid or not
+	mine  *flannel.Lease // our oldest valid lease that fits the config, if any
+	stale []flannel.KV   // ours, but the config no longer allows its subnets
 }
 
-func survey(prefix string, cfg *flannel.NetworkConfig, publicIP netip.Addr, kvs []flannel.KV) subnetSurvey {
-	// Every key that parses blocks its subnet, valid or not: a subnet is
-	// only free if its key does not exist at all.
+func survey(prefix string, cfg *flannel.NetworkConfig, req LeaseRequest, kvs []flannel.KV) subnetSurvey {
+	// Every key that parses blocks its subnets, valid or not: a subnet is
+	// only free if no key names it at all.
 	var sv subnetSurvey
 	for _, kv := range kvs {
+		// The key's own halves: ParseLease leaves out the half of a family
+		// the network does not have, which still makes our lease stale.
+		name := strings.TrimPrefix(kv.Key, flannel.SubnetsPrefix(prefix))
+		k4, k6, kerr := flannel.ParseSubnetKey(name)
+		if kerr == nil {
+			for _, p := range []netip.Prefix{k4, k6} {
+				if p.IsValid() {
+					sv.used = append(sv.used, p)
+				}
+			}
+		}
 		l, err := cfg.ParseLease(prefix, kv)
 		if err != nil {
-			var le *flannel.LeaseError
-			if errors.As(err, &le) && le.Subnet.IsValid() {
-				sv.used = append(sv.used, le.Subnet)
-			}
-			if errors.Is(err, flannel.ErrOutsideNetwork) || errors.Is(err, flannel.ErrSubnetSize) {
-				if a, aerr := flannel.ParseLeaseAttrs(kv.Value); aerr == nil && a.PublicIP == publicIP {
+			if kerr == nil && (errors.Is(err, flannel.ErrOutsideNetwork) || errors.Is(err, flannel.ErrSubnetSize) ||
+				errors.Is(err, flannel.ErrLeaseFamily)) {
+				if a, aerr := flannel.DecodeLeaseAttrs(kv.Value); aerr == nil && ours(cfg, a, req) {
 					sv.stale = append(sv.stale, kv)
 				}
 			}
 			continue
 		}
-		sv.used = append(sv.used, l.Subnet)
-		if l.PublicIP() != publicIP {
+		if !cfg.OwnLease(l.Attrs, req.PublicIP, req.PublicIPv6) {
 			continue
 		}
-		if !cfg.InRange(l.Subnet) {
+		if !cfg.LeaseFits(k4, k6) {
 			sv.stale = append(sv.stale, kv)
 		} else if sv.mine == nil || l.CreateRevision < sv.mine.CreateRevision {
 			sv.mine = &l
@@ -242,46 +313,81 @@ func survey(prefix string, cfg *flannel.NetworkConfig, publicIP netip.Addr, kvs 
 	return sv
 }
 
-// pickFree is previous if it is in range and free, else a random one of
-// the first 100 free subnets.
-func (sv subnetSurvey) pickFree(cfg *flannel.NetworkConfig, previous netip.Prefix) (netip.Prefix, error) {
-	if previous.IsValid() && cfg.InRange(previous) && isFree(sv.used, previous) {
-		return previous, nil
-	}
-	free := cfg.FreeSubnets(sv.used, 100)
-	if len(free) == 0 {
-		return netip.Prefix{}, fmt.Errorf("%w: %s, range %s-%s", ErrNoFreeSubnet, cfg.Network, cfg.SubnetMin, cfg.SubnetMax)
-	}
-	return free[rand.IntN(len(free))], nil
+// ours reports whether a lease the config rejects is one of this node's:
+// by PublicIP, or by PublicIPv6 (a lease of an earlier IPv6-only config,
+// or of a dual-stack one after the network went IPv6-only).
+func ours(cfg *flannel.NetworkConfig, a flannel.LeaseAttrs, req LeaseRequest) bool {
+	return cfg.OwnLease(a, req.PublicIP, req.PublicIPv6) ||
+		(a.PublicIP.IsValid() && a.PublicIP == req.PublicIP) ||
+		(!req.PublicIP.IsValid() && a.PublicIPv6.IsValid() && a.PublicIPv6 == req.PublicIPv6)
 }
 
-// Plan is the subnet AcquireLease would take, found without writing, so
-// that the node can set up its data plane for it before peers see a lease
-// (they program a tunnel to the node as soon as the key appears).
+// fits reports whether p's subnets are ones this config allocates and no
+// key names.
+func (sv subnetSurvey) fits(cfg *flannel.NetworkConfig, p Plan) bool {
+	return cfg.LeaseFits(p.Subnet, p.IPv6Subnet) &&
+		(!p.Subnet.IsValid() || isFree(sv.used, p.Subnet)) && (!p.IPv6Subnet.IsValid() || isFree(sv.used, p.IPv6Subnet))
+}
+
+// pickFree picks a subnet of each family the network has, independently
+// as flannel does: the previous one if it is in range and free, else a
+// random one of the first 100 free subnets.
+func (sv subnetSurvey) pickFree(cfg *flannel.NetworkConfig, req LeaseRequest) (Plan, error) {
+	var p Plan
+	if cfg.Network.IsValid() {
+		if prev := req.Previous; prev.IsValid() && cfg.InRange(prev) && isFree(sv.used, prev) {
+			p.Subnet = prev
+		} else if free := cfg.FreeSubnets(sv.used, 100); len(free) > 0 {
+			p.Subnet = free[rand.IntN(len(free))]
+		} else {
+			return Plan{}, fmt.Errorf("%w: %s, range %s-%s", ErrNoFreeSubnet, cfg.Network, cfg.SubnetMin, cfg.SubnetMax)
+		}
+	}
+	if cfg.IPv6Network.IsValid() {
+		if prev := req.PreviousIPv6; prev.IsValid() && cfg.InRangeIPv6(prev) && isFree(sv.used, prev) {
+			p.IPv6Subnet = prev
+		} else if free := cfg.FreeIPv6Subnets(sv.used, 100); len(free) > 0 {
+			p.IPv6Subnet = free[rand.IntN(len(free))]
+		} else {
+			return Plan{}, fmt.Errorf("%w: %s, range %s-%s", ErrNoFreeSubnet, cfg.IPv6Network, cfg.IPv6SubnetMin, cfg.IPv6SubnetMax)
+		}
+	}
+	return p, nil
+}
+
+// Plan is the subnets AcquireLease would take, found without writing, so
+// that the node can set up its data plane for them before peers see a
+// lease (they program tunnels to the node as soon as the key appears).
 type Plan struct {
-	Subnet netip.Prefix
+	Subnet     netip.Prefix // zero in an IPv6-only network
+	IPv6Subnet netip.Prefix // zero in a network without IPv6
 	// Existing is our valid lease of an earlier run, which peers already
-	// see; nil when the subnet is to be created.
+	// see; nil when the subnets are to be created.
 	Existing *flannel.Lease
 }
 
-// PlanLease picks this node's subnet by AcquireLease's rules (our lease by
-// PublicIP, else req.Previous if free, else a random free one) and writes
-// nothing. AcquirePlan takes it.
+func (p Plan) valid() bool { return p.Subnet.IsValid() || p.IPv6Subnet.IsValid() }
+
+func (p Plan) String() string { return flannel.SubnetKeyDual(p.Subnet, p.IPv6Subnet) }
+
+// PlanLease picks this node's subnets by AcquireLease's rules (our lease by
+// PublicIP, or PublicIPv6 in an IPv6-only network; else req.Previous and
+// req.PreviousIPv6 if free, else random free ones) and writes nothing.
+// AcquirePlan takes them.
 func (s *Store) PlanLease(ctx context.Context, cfg *flannel.NetworkConfig, req LeaseRequest) (Plan, error) {
 	kvs, _, err := s.listRaw(ctx)
 	if err != nil {
-		return Plan{}, fmt.Errorf("plan lease for %s: %w", req.PublicIP, err)
+		return Plan{}, fmt.Errorf("plan lease for %s: %w", req.who(), err)
 	}
-	sv := survey(s.prefix, cfg, req.PublicIP, kvs)
+	sv := survey(s.prefix, cfg, req, kvs)
 	if sv.mine != nil {
-		return Plan{Subnet: sv.mine.Subnet, Existing: sv.mine}, nil
+		return Plan{Subnet: sv.mine.Subnet, IPv6Subnet: sv.mine.IPv6Subnet, Existing: sv.mine}, nil
 	}
-	sn, err := sv.pickFree(cfg, req.Previous)
+	p, err := sv.pickFree(cfg, req)
 	if err != nil {
-		return Plan{}, fmt.Errorf("plan lease for %s: %w", req.PublicIP, err)
+		return Plan{}, fmt.Errorf("plan lease for %s: %w", req.who(), err)
 	}
-	return Plan{Subnet: sn}, nil
+	return p, nil
 }
 
 // ReleasePlan gives up a plan that was never acquired: nothing was written
@@ -309,9 +415,9 @@ func isFree(used []netip.Prefix, p netip.Prefix) bool {
 	return true
 }
 
-// create takes sn if its key does not exist, attached to a (granted once)
-// etcd lease.
-func (o *OwnLease) create(ctx context.Context, sn netip.Prefix, granted *clientv3.LeaseID) error {
+// create takes sn and sn6 (either may be zero) if their key does not exist,
+// attached to a (granted once) etcd lease.
+func (o *OwnLease) create(ctx context.Context, sn, sn6 netip.Prefix, granted *clientv3.LeaseID) error {
 	s := o.s
 	if *granted == 0 {
 		g, err := s.cli.Grant(ctx, ttlSeconds(o.req.TTL))
@@ -321,7 +427,7 @@ func (o *OwnLease) create(ctx context.Context, sn netip.Prefix, granted *clientv
 		}
 		*granted = g.ID
 	}
-	key := flannel.LeaseKey(s.prefix, sn)
+	key := flannel.LeaseKeyDual(s.prefix, sn, sn6)
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(o.value), clientv3.WithLease(*granted))).
@@ -334,7 +440,7 @@ func (o *OwnLease) create(ctx context.Context, sn netip.Prefix, granted *clientv
 		s.log.Debug("subnet taken concurrently, retrying", zap.String("key", key))
 		return errRace
 	}
-	o.set(sn, *granted, resp.Header.Revision)
+	o.set(sn, sn6, *granted, resp.Header.Revision)
 	return nil
 }
 
@@ -371,7 +477,7 @@ func (o *OwnLease) reattach(ctx context.Context, mine flannel.Lease, granted *cl
 			return errRace
 		}
 		s.log.Info("kept existing subnet lease", zap.String("key", mine.Key))
-		o.set(mine.Subnet, id, resp.Header.Revision)
+		o.set(mine.Subnet, mine.IPv6Subnet, id, resp.Header.Revision)
 		return nil
 	}
 
@@ -403,18 +509,18 @@ func (o *OwnLease) reattach(ctx context.Context, mine flannel.Lease, granted *cl
 		return errRace
 	}
 	s.log.Info("updated existing subnet lease", zap.String("key", mine.Key), zap.Bool("new_etcd_lease", move))
-	o.set(mine.Subnet, newID, resp.Header.Revision)
+	o.set(mine.Subnet, mine.IPv6Subnet, newID, resp.Header.Revision)
 	if move && id != 0 {
 		s.revoke(id) // it held only this key, which has moved
 	}
 	return nil
 }
 
-func (o *OwnLease) set(sn netip.Prefix, id clientv3.LeaseID, rev int64) {
+func (o *OwnLease) set(sn, sn6 netip.Prefix, id clientv3.LeaseID, rev int64) {
 	o.renewed.Store(time.Now().UnixNano())
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.subnet, o.id, o.rev = sn, id, rev
+	o.subnet, o.subnet6, o.id, o.rev = sn, sn6, id, rev
 }
 
 func (s *Store) deleteIfUnchanged(ctx context.Context, kv flannel.KV) error {
@@ -584,20 +690,20 @@ func (o *OwnLease) leaseAlive(ctx context.Context, id clientv3.LeaseID) bool {
 }
 
 func (o *OwnLease) tryReacquire(ctx context.Context, granted *clientv3.LeaseID) error {
-	s, sn := o.s, o.Subnet()
-	key := flannel.LeaseKey(s.prefix, sn)
+	s, sn, sn6 := o.s, o.Subnet(), o.IPv6Subnet()
+	key := flannel.LeaseKeyDual(s.prefix, sn, sn6)
 	resp, err := s.cli.Get(ctx, key)
 	if err != nil {
 		s.metrics.StoreErrors.Add(1)
 		return fmt.Errorf("read %s: %w", key, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return o.create(ctx, sn, granted)
+		return o.create(ctx, sn, sn6, granted)
 	}
 	kv := resp.Kvs[0]
 	l, err := o.cfg.ParseLease(s.prefix, flannel.KV{Key: key, Value: kv.Value,
 		CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, EtcdLease: kv.Lease})
-	if err != nil || l.PublicIP() != o.req.PublicIP {
+	if err != nil || !o.cfg.OwnLease(l.Attrs, o.req.PublicIP, o.req.PublicIPv6) {
 		return fmt.Errorf("re-acquire %s: %w (value now %q)", key, ErrSubnetTaken, kv.Value)
 	}
 	return o.reattach(ctx, l, granted)

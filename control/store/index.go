@@ -27,6 +27,11 @@ import (
 //     naming the owner added to its error; cover indexes invalid records by
 //     the prefix that contains every subnet they can overlap, so an owner
 //     change finds them with at most SubnetLen+1 map lookups.
+//
+// Both families share owners and cover (an IPv4 and an IPv6 prefix never
+// collide as map keys): a dual-stack key is a candidate for its IPv4 and
+// its IPv6 subnet, and is valid only while it owns both
+// (flannel.NotOwner, the rule CheckOverlaps applies to a whole set).
 type index struct {
 	cfg    *flannel.NetworkConfig
 	prefix string
@@ -50,13 +55,40 @@ func newIndex(cfg *flannel.NetworkConfig, prefix string, size int) *index {
 // indexed: p itself when at most SubnetLen wide, else the SubnetLen subnet
 // around it. ok is false when p cannot overlap a lease.
 func (ix *index) coverOf(p netip.Prefix) (netip.Prefix, bool) {
-	if !p.IsValid() || !p.Addr().Is4() {
+	l := ix.subnetLen(p)
+	if l == 0 {
 		return netip.Prefix{}, false
 	}
-	if p.Bits() > ix.cfg.SubnetLen {
-		p = netip.PrefixFrom(p.Addr(), ix.cfg.SubnetLen)
+	if p.Bits() > l {
+		p = netip.PrefixFrom(p.Addr(), l)
 	}
 	return p.Masked(), true
+}
+
+// subnetLen is the size of a lease in p's family, 0 if the network does not
+// have that family (p cannot overlap a lease).
+func (ix *index) subnetLen(p netip.Prefix) int {
+	switch {
+	case !p.IsValid():
+		return 0
+	case p.Addr().Is4() && ix.cfg.Network.IsValid():
+		return ix.cfg.SubnetLen
+	case p.Addr().Is6() && ix.cfg.IPv6Network.IsValid():
+		return ix.cfg.IPv6SubnetLen
+	}
+	return 0
+}
+
+// subnetsOf is a lease's (or a bad record's) subnets, IPv4 first; zero
+// halves left out.
+func subnetsOf(v4, v6 netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, 2)
+	for _, p := range []netip.Prefix{v4, v6} {
+		if p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // update applies events and returns the keys whose state may have changed
@@ -79,8 +111,11 @@ func (ix *index) update(evs []Event, track bool) []string {
 			return
 		}
 		ix.owners.Each(sn, mark)
+		if len(ix.cover) == 0 {
+			return // no invalid record to annotate: the common case
+		}
 		// Invalid records overlapping sn: their annotation names its owner.
-		for b := 0; b <= ix.cfg.SubnetLen; b++ {
+		for b := 0; b <= ix.subnetLen(sn); b++ {
 			for _, k := range ix.cover[netip.PrefixFrom(sn.Addr(), b).Masked()] {
 				mark(k)
 			}
@@ -91,12 +126,18 @@ func (ix *index) update(evs []Event, track bool) []string {
 		mark(key)
 		if old := ix.recs[key]; old != nil {
 			if old.err == nil {
-				ix.owners.Remove(old.lease.Subnet, key)
-				touchSubnet(old.lease.Subnet)
-			} else if c, ok := ix.coverOf(old.err.Subnet); ok {
-				ix.cover[c] = remove(ix.cover[c], key)
-				if len(ix.cover[c]) == 0 {
-					delete(ix.cover, c)
+				for _, sn := range subnetsOf(old.lease.Subnet, old.lease.IPv6Subnet) {
+					ix.owners.Remove(sn, key)
+					touchSubnet(sn)
+				}
+			} else {
+				for _, sn := range subnetsOf(old.err.Subnet, old.err.IPv6Subnet) {
+					if c, ok := ix.coverOf(sn); ok {
+						ix.cover[c] = remove(ix.cover[c], key)
+						if len(ix.cover[c]) == 0 {
+							delete(ix.cover, c)
+						}
+					}
 				}
 			}
 			delete(ix.recs, key)
@@ -108,8 +149,10 @@ func (ix *index) update(evs []Event, track bool) []string {
 		if err != nil {
 			le := err.(*flannel.LeaseError)
 			ix.recs[key] = &indexed{err: le}
-			if c, ok := ix.coverOf(le.Subnet); ok {
-				ix.cover[c] = append(ix.cover[c], key)
+			for _, sn := range subnetsOf(le.Subnet, le.IPv6Subnet) {
+				if c, ok := ix.coverOf(sn); ok {
+					ix.cover[c] = append(ix.cover[c], key)
+				}
 			}
 			continue
 		}
@@ -117,8 +160,10 @@ func (ix *index) update(evs []Event, track bool) []string {
 		// was a third of the index's memory.
 		l.Value, l.Attrs.BackendData, l.Attrs.BackendV6Data = nil, nil, nil
 		ix.recs[key] = &indexed{lease: l}
-		ix.owners.Add(l.Subnet, key)
-		touchSubnet(l.Subnet)
+		for _, sn := range subnetsOf(l.Subnet, l.IPv6Subnet) {
+			ix.owners.Add(sn, key)
+			touchSubnet(sn)
+		}
 	}
 	return dirty
 }
@@ -156,17 +201,15 @@ func (ix *index) overlapping(p netip.Prefix) (netip.Prefix, string, bool) {
 	if !ok {
 		return netip.Prefix{}, "", false
 	}
-	if c.Bits() == ix.cfg.SubnetLen {
+	l := ix.subnetLen(c)
+	if c.Bits() == l {
 		k, ok := ix.owner(c)
 		return c, k, ok
 	}
-	if n := 1 << (ix.cfg.SubnetLen - c.Bits()); n <= maxEnumerate {
-		step := uint32(1) << (32 - ix.cfg.SubnetLen)
-		a4 := c.Addr().As4()
-		base := uint32(a4[0])<<24 | uint32(a4[1])<<16 | uint32(a4[2])<<8 | uint32(a4[3])
-		for i := range uint32(n) {
-			v := base + i*step
-			sn := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), ix.cfg.SubnetLen)
+	if d := l - c.Bits(); d < 32 && 1<<d <= maxEnumerate {
+		n := 1 << d
+		for i := range n {
+			sn := nthSubnet(c, l, uint64(i))
 			if k, ok := ix.owner(sn); ok {
 				return sn, k, true
 			}
@@ -187,6 +230,31 @@ func (ix *index) overlapping(p netip.Prefix) (netip.Prefix, string, bool) {
 	return found, key, found.IsValid()
 }
 
+// nthSubnet is the i-th /bits subnet of c (i below 2^(bits-c.Bits())), in
+// either family.
+func nthSubnet(c netip.Prefix, bits int, i uint64) netip.Prefix {
+	b := c.Addr().AsSlice()
+	// i shifted to the subnet's last bit, added byte by byte from the end.
+	shift := len(b)*8 - bits
+	carry := uint64(0)
+	for j := len(b) - 1; j >= 0; j-- {
+		pos := (len(b)-1-j)*8 - shift // bit position of byte j's lowest bit relative to i
+		var add uint64
+		switch {
+		case pos >= 64:
+			add = 0
+		case pos >= 0:
+			add = i >> pos & 0xff
+		case pos > -8:
+			add = i << -pos & 0xff
+		}
+		sum := uint64(b[j]) + add + carry
+		b[j], carry = byte(sum), sum>>8
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return netip.PrefixFrom(a, bits)
+}
+
 // state is key's current Change.
 func (ix *index) state(key string) peers.Change {
 	r := ix.recs[key]
@@ -194,17 +262,19 @@ func (ix *index) state(key string) peers.Change {
 	case r == nil:
 		return peers.Change{Key: key}
 	case r.err == nil:
-		if o, _ := ix.owner(r.lease.Subnet); o != key {
-			return peers.Change{Key: key, Invalid: &flannel.LeaseError{Key: key, Subnet: r.lease.Subnet, ModRevision: r.lease.ModRevision,
-				Err: fmt.Errorf("%w: %s is already leased by %s", flannel.ErrOverlap, r.lease.Subnet, o)}}
+		if err := flannel.NotOwner(r.lease, func(sn netip.Prefix) string { o, _ := ix.owner(sn); return o }); err != nil {
+			return peers.Change{Key: key, Invalid: &flannel.LeaseError{Key: key, Subnet: r.lease.Subnet, IPv6Subnet: r.lease.IPv6Subnet,
+				ModRevision: r.lease.ModRevision, Err: err}}
 		}
 		l := r.lease
 		return peers.Change{Key: key, Lease: &l}
 	}
-	if sn, o, ok := ix.overlapping(r.err.Subnet); ok {
-		e := *r.err
-		e.Err = fmt.Errorf("%w; and %w: %s overlaps %s of %s", r.err.Err, flannel.ErrOverlap, r.err.Subnet, sn, o)
-		return peers.Change{Key: key, Invalid: &e}
+	for _, p := range subnetsOf(r.err.Subnet, r.err.IPv6Subnet) {
+		if sn, o, ok := ix.overlapping(p); ok {
+			e := *r.err
+			e.Err = fmt.Errorf("%w; and %w: %s overlaps %s of %s", r.err.Err, flannel.ErrOverlap, p, sn, o)
+			return peers.Change{Key: key, Invalid: &e}
+		}
 	}
 	return peers.Change{Key: key, Invalid: r.err}
 }

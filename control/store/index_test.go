@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -20,11 +21,6 @@ import (
 // (ParseLeases, CheckOverlaps) says: same valid leases, same invalid keys,
 // same error texts (the owner named in overlap errors included).
 func TestIndexMatchesFullValidation(t *testing.T) {
-	cfg, err := flannel.ParseConfig([]byte(bigNet))
-	if err != nil {
-		t.Fatal(err)
-	}
-	const prefix = "/test"
 	names := []string{
 		"10.244.1.0-24", "10.244.2.0-24", "10.244.3.0-24", "10.244.1.0-24&fd00:1::-64", "10.244.2.0-24&fd00:2::-64",
 		"10.244.1.0-25", "10.244.1.128-25", "10.244.2.0-23", "10.244.0.0-22", "10.244.0.0-16", "10.99.0.0-24", "junk",
@@ -33,6 +29,44 @@ func TestIndexMatchesFullValidation(t *testing.T) {
 		leaseValue("192.168.8.1", mac(1)), leaseValue("192.168.8.2", mac(2)), leaseValue("192.168.8.3", mac(3)),
 		`{"PublicIP":`, leaseValue("192.168.8.300", mac(4)),
 	}
+	checkIndexAgainstFull(t, bigNet, names, values)
+}
+
+// The same for dual-stack and IPv6-only networks: keys that share one half
+// or the other, IPv6-only keys, IPv6 prefixes wider and narrower than a
+// lease, values of each family mix.
+func TestIndexMatchesFullValidationIPv6(t *testing.T) {
+	names := []string{
+		"10.244.1.0-24&fd00:0:0:1::-64", "10.244.2.0-24&fd00:0:0:1::-64", "10.244.1.0-24&fd00:0:0:2::-64",
+		"10.244.3.0-24&fd00:0:0:3::-64", "10.244.1.0-24", "10.244.3.0-24", "0.0.0.0-0&fd00:0:0:3::-64",
+		"0.0.0.0-0&fd00:0:0:4::-64", "10.244.4.0-24&fd00::-60", "10.244.5.0-24&fd00:0:0:5:8000::-65",
+		"10.244.6.0-24&fd00::-48", "10.244.7.0-24&fd01::-64", "10.244.8.0-24&fd00:0:0:1::-64", "junk",
+	}
+	dual := func(i int) string {
+		return fmt.Sprintf(`{"PublicIP":"192.168.8.%d","PublicIPv6":"fd08::%d","BackendType":"vxlan",`+
+			`"BackendData":{"VNI":1,"VtepMAC":"%s"},"BackendV6Data":{"VNI":1,"VtepMAC":"%s"}}`, i, i, mac(i), mac(i))
+	}
+	values := []string{
+		dual(1), dual(2), dual(3), leaseValue("192.168.8.4", mac(4)), `{"PublicIP":`,
+		fmt.Sprintf(`{"PublicIP":"0.0.0.0","PublicIPv6":"fd08::5","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"%s"}}`, mac(5)),
+	}
+	for _, cfg := range []string{
+		`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}`,
+	} {
+		checkIndexAgainstFull(t, cfg, names, values)
+	}
+}
+
+// checkIndexAgainstFull drives the incremental index with random puts and
+// deletes of names x values under the network config cfgJSON.
+func checkIndexAgainstFull(t *testing.T, cfgJSON string, names, values []string) {
+	t.Helper()
+	cfg, err := flannel.ParseConfig([]byte(cfgJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const prefix = "/test"
 	rng := rand.New(rand.NewPCG(1, 2))
 	for round := range 20 {
 		ix := newIndex(cfg, prefix, 0)
@@ -63,7 +97,7 @@ func TestIndexMatchesFullValidation(t *testing.T) {
 			}
 			wantValid, wantInvalid := cfg.ParseLeases(prefix, slices.Collect(maps.Values(current)))
 			if got, want := describeView(view), describeSets(wantValid, wantInvalid); got != want {
-				t.Fatalf("round %d step %d after %s %s:\n got %s\nwant %s", round, step, ev.Type, key, got, want)
+				t.Fatalf("%s round %d step %d after %s %s:\n got %s\nwant %s", cfgJSON, round, step, ev.Type, key, got, want)
 			}
 		}
 		// And a Full batch from the same index says the same.
@@ -77,10 +111,31 @@ func TestIndexMatchesFullValidation(t *testing.T) {
 	}
 }
 
+func TestNthSubnet(t *testing.T) {
+	for _, tc := range []struct {
+		c    string
+		bits int
+		i    uint64
+		want string
+	}{
+		{"10.244.0.0/16", 24, 0, "10.244.0.0/24"},
+		{"10.244.0.0/16", 24, 255, "10.244.255.0/24"},
+		{"10.244.0.0/22", 25, 5, "10.244.2.128/25"},
+		{"fd00::/48", 64, 0x1234, "fd00:0:0:1234::/64"},
+		{"fd00:0:0:ff00::/56", 64, 0xff, "fd00:0:0:ffff::/64"},
+		{"fd00::/60", 65, 3, "fd00:0:0:1:8000::/65"},
+		{"fd00::/100", 126, 1 << 20, "fd00::40:0/126"},
+	} {
+		if got := nthSubnet(netip.MustParsePrefix(tc.c), tc.bits, tc.i); got.String() != tc.want {
+			t.Errorf("nthSubnet(%s, %d, %d) = %s, want %s", tc.c, tc.bits, tc.i, got, tc.want)
+		}
+	}
+}
+
 func describeSets(valid []flannel.Lease, invalid []*flannel.LeaseError) string {
 	var s []string
 	for _, l := range valid {
-		s = append(s, fmt.Sprintf("%s=%s", l.Key, l.PublicIP()))
+		s = append(s, fmt.Sprintf("%s=%s,%s %s %s", l.Key, l.PublicIP(), l.PublicIPv6(), l.Subnet, l.IPv6Subnet))
 	}
 	for _, e := range invalid {
 		s = append(s, fmt.Sprintf("!%s: %v", e.Key, e.Err))

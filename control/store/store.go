@@ -27,6 +27,19 @@
 //     failure, so the consumer can never keep a stale partial view. Sync
 //     folds the batches into whole snapshots for consumers that want them.
 //
+// Families (issue 14). In a dual-stack network a node leases a pair,
+// "10.244.1.0-24&fd00:10:244:1::-64", picked per family as flannel does
+// (FreeSubnets, FreeIPv6Subnets; Previous and PreviousIPv6 first); in an
+// IPv6-only network "0.0.0.0-0&fd00:10:244:1::-64". The value carries
+// PublicIPv6 and BackendV6Data (the same VtepMAC as BackendData); a node
+// without an IPv6 underlay address writes "PublicIPv6":null (v6-in-v4:
+// peers reach its IPv6 pods over IPv4, see leaseAttrs); an IPv4 network's lease
+// keeps flannel's "PublicIPv6":null. A node finds its own lease by PublicIP,
+// or by PublicIPv6 in an IPv6-only network, where every PublicIP is
+// 0.0.0.0. A lease of ours that lacks a family the config has (or has one
+// it lacks) is deleted and a pair taken anew, as flanneld does when IPv6
+// is turned on or off. The watch index checks overlaps per family.
+//
 // Every etcd failure is counted in metrics.Metrics.StoreErrors.
 package store
 

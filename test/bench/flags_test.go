@@ -12,7 +12,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(o.configs, []string{cfgWire, cfgBridged, cfgVeth}) || o.rounds != 3 || len(o.dataplanes) != len(cluster.DataPlanes) || len(o.metrics) != len(allMetrics) {
+	if !slices.Equal(o.configs, []string{cfgWire, cfgBridged, cfgVeth, cfgIPv6}) || o.rounds != 3 || len(o.dataplanes) != len(cluster.DataPlanes) || len(o.metrics) != len(allMetrics) {
 		t.Errorf("defaults: %+v", o)
 	}
 
@@ -32,7 +32,14 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("A/B flags: %+v, %v", o, err)
 	}
 
+	if o, err = parseFlags([]string{"--only", "host-gw:udp64_pps", "--perf", "out/x.data", "--bpf-stats"}); err != nil ||
+		o.perfOut != "out/x.data" || !o.bpfStats {
+		t.Errorf("--only with --perf and --bpf-stats: %+v, %v", o, err)
+	}
+
 	for _, bad := range [][]string{
+		{"--perf", "x.data"},
+		{"--bpf-stats"},
 		{"--only", "weft-tc"},
 		{"--only", "nope:tcp_1_gbps"},
 		{"--only", "weft-tc:nope"},

@@ -16,7 +16,15 @@
 //
 // Node i (0-based) is named "a", "b", ..., owns pod subnet 10.244.<i+1>.0/24
 // and VtepMAC 0e:77:00:00:00:<i+1>; its pods get <subnet>.2, .3, ... Every
-// node knows every other node before New returns. Everything lives in the
+// node knows every other node before New returns.
+//
+// With Options.Network6 the pods are dual-stack: node i also owns the /64
+// number i+1 of Network6 (fd00:10:244:<i+1>::/64 by default's shape) and
+// its pods get ::2, ::3, ... IPv6 pods travel over the IPv6 underlay where
+// the lab has one (Lab.UnderlayCIDR6: host-gw routes via the peer's IPv6
+// address, kernel-vxlan's flannel-v6.<VNI>, Weft tunnels to the peer's
+// IPv6 address); Weft alone also carries them over an IPv4-only underlay
+// (v6-in-v4), which host-gw and flannel cannot. Everything lives in the
 // lab's namespaces; Weft's pins go under PinRoot/<node>.
 package cluster
 
@@ -112,8 +120,11 @@ type Options struct {
 	// /sys/fs/bpf/weft-cluster-<lab prefix>. Removed by Close.
 	PinRoot string
 	Network netip.Prefix // default 10.244.0.0/16
-	VNI     uint32       // default 1
-	Port    uint16       // default 8472
+	// Network6, if valid, makes the pods dual-stack (see the package
+	// comment); a /48 to /63, e.g. fd00:10:244::/48.
+	Network6 netip.Prefix
+	VNI      uint32 // default 1
+	Port     uint16 // default 8472
 	// UnderlayNetfilter keeps br_netfilter's iptables hooks on the underlay
 	// bridge (the kernel's default in a new namespace). By default they are
 	// switched off there: the bridge stands in for a switch, and every frame
@@ -127,6 +138,7 @@ type Cluster struct {
 	Lab       *topo.Lab
 	DataPlane DataPlane
 	Network   netip.Prefix
+	Network6  netip.Prefix // invalid: IPv4 pods only
 	VNI       uint32
 	Port      uint16
 	PinRoot   string
@@ -138,6 +150,7 @@ type Node struct {
 	Name    string
 	Topo    *topo.Node
 	Subnet  netip.Prefix
+	Subnet6 netip.Prefix // with Options.Network6
 	VtepMAC net.HardwareAddr
 	PinPath string // Weft nodes: where the node's data plane is pinned
 	Pods    []*topo.Pod
@@ -166,6 +179,11 @@ func New(o Options) (c *Cluster, err error) {
 	if o.VNI == 0 {
 		o.VNI = DefaultVNI
 	}
+	if o.Network6.IsValid() {
+		if err := checkNetwork6(o); err != nil {
+			return nil, err
+		}
+	}
 	if o.Port == 0 {
 		o.Port = DefaultPort
 	}
@@ -173,7 +191,7 @@ func New(o Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("create lab: %w", err)
 	}
-	c = &Cluster{Lab: lab, DataPlane: o.DataPlane, Network: o.Network.Masked(), VNI: o.VNI, Port: o.Port, PinRoot: o.PinRoot}
+	c = &Cluster{Lab: lab, DataPlane: o.DataPlane, Network: o.Network.Masked(), Network6: o.Network6.Masked(), VNI: o.VNI, Port: o.Port, PinRoot: o.PinRoot}
 	if c.PinRoot == "" {
 		c.PinRoot = filepath.Join(loader.BPFFSRoot, "weft-cluster-"+lab.Prefix)
 	}
@@ -211,6 +229,7 @@ func New(o Options) (c *Cluster, err error) {
 			Name:    name,
 			Topo:    tn,
 			Subnet:  netip.PrefixFrom(netip.AddrFrom4([4]byte{base[0], base[1], byte(i + 1), 0}), 24),
+			Subnet6: subnet6(c.Network6, i+1),
 			VtepMAC: net.HardwareAddr{0x0e, 0x77, 0, 0, 0, byte(i + 1)},
 			PinPath: filepath.Join(c.PinRoot, name),
 		})
@@ -229,37 +248,78 @@ func New(o Options) (c *Cluster, err error) {
 }
 
 // PodMTU is the MTU the data plane gives pods: the underlay's for host-gw,
-// 50 bytes less for every encapsulating data plane.
+// 50 bytes less for every encapsulating data plane, 70 less where IPv6
+// pods travel over an IPv6 underlay (one eth0 serves both families).
 func (c *Cluster) PodMTU() int {
-	if c.DataPlane.Encap() {
-		return loader.PodMTU(c.Lab.MTU)
+	switch {
+	case !c.DataPlane.Encap():
+		return c.Lab.MTU
+	case c.v6OverV6():
+		return c.Lab.MTU - ipv6EncapOverhead
 	}
-	return c.Lab.MTU
+	return loader.PodMTU(c.Lab.MTU)
+}
+
+// ipv6EncapOverhead is what VXLAN over an IPv6 underlay adds (outer IPv6
+// 40 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+const ipv6EncapOverhead = topo.FlannelEncapOverhead6
+
+// v6OverV6 says IPv6 pods exist and travel over an IPv6 underlay.
+func (c *Cluster) v6OverV6() bool { return c.Network6.IsValid() && c.Lab.UnderlayCIDR6.IsValid() }
+
+// checkNetwork6 refuses what the data plane cannot do with IPv6 pods.
+func checkNetwork6(o Options) error {
+	if !o.Network6.Addr().Is6() || o.Network6.Addr().Is4In6() || o.Network6.Bits() > 63 || o.Network6.Bits() < 48 {
+		return fmt.Errorf("Network6 %v: want an IPv6 prefix of /48 to /63", o.Network6)
+	}
+	switch {
+	case o.DataPlane == KernelCollectMD:
+		return fmt.Errorf("data plane %s: no IPv6 pods (its tc programs are IPv4 only)", o.DataPlane)
+	case (o.DataPlane == HostGW || o.DataPlane == KernelVXLAN) && !o.Lab.UnderlayCIDR6.IsValid():
+		return fmt.Errorf("data plane %s: IPv6 pods need an IPv6 underlay (Lab.UnderlayCIDR6)", o.DataPlane)
+	}
+	return nil
+}
+
+// subnet6 is the /64 number i of network (invalid network: invalid).
+func subnet6(network netip.Prefix, i int) netip.Prefix {
+	if !network.IsValid() {
+		return netip.Prefix{}
+	}
+	b := network.Masked().Addr().As16()
+	b[6], b[7] = b[6]|byte(i>>8), b[7]|byte(i)
+	return netip.PrefixFrom(netip.AddrFrom16(b), 64)
 }
 
 func (c *Cluster) addPods(n *Node, count int) error {
 	gw := loader.GatewayIP(n.Subnet)
 	if c.DataPlane == KernelVXLAN {
-		if _, err := n.Topo.SetupFlannelVXLAN(topo.FlannelOptions{Subnet: n.Subnet, VNI: int(c.VNI), Port: int(c.Port), VtepMAC: n.VtepMAC}); err != nil {
+		if _, err := n.Topo.SetupFlannelVXLAN(topo.FlannelOptions{Subnet: n.Subnet, Subnet6: n.Subnet6,
+			VNI: int(c.VNI), Port: int(c.Port), VtepMAC: n.VtepMAC, VtepMAC6: vtepMAC6(n.VtepMAC)}); err != nil {
 			return err
 		}
 	}
 	for j := 0; j < count; j++ {
-		ip := n.Subnet.Addr()
-		for k := 0; k < 2+j; k++ {
-			ip = ip.Next()
+		ip := nth(n.Subnet.Addr(), 2+j)
+		var ip6 netip.Addr
+		if n.Subnet6.IsValid() {
+			ip6 = nth(n.Subnet6.Addr(), 2+j)
 		}
 		var po topo.PodOptions
 		switch c.DataPlane {
 		case KernelVXLAN:
-			po = n.Topo.Flannel.PodOptions(ip)
+			po = n.Topo.Flannel.PodOptionsFor(ip, ip6)
 		case WeftTC, WeftXDP, WeftDirect, WeftTCNoCell, WeftDirectNoCell:
-			// Weft's from_pod answers the pod's ARP for its gateway, as with weft-cni.
+			// Weft's from_pod answers the pod's ARP and Neighbour
+			// Solicitations for its gateways, as with weft-cni.
 			po = topo.PodOptions{IP: netip.PrefixFrom(ip, n.Subnet.Bits()), Gateway: gw, MTU: c.PodMTU(), GatewayByARP: true}
 		default:
 			// Routed veth, static gateway neighbour: host-gw's kernel forwarding
 			// or collect-md's BPF takes it from there.
 			po = topo.PodOptions{IP: netip.PrefixFrom(ip, n.Subnet.Bits()), Gateway: gw, MTU: c.PodMTU()}
+		}
+		if ip6.IsValid() && c.DataPlane != KernelVXLAN {
+			po.IP6, po.Gateway6 = netip.PrefixFrom(ip6, n.Subnet6.Bits()), loader.GatewayIP(n.Subnet6)
 		}
 		p, err := n.Topo.AddPod(fmt.Sprintf("p%d", j+1), po)
 		if err != nil {
@@ -268,6 +328,13 @@ func (c *Cluster) addPods(n *Node, count int) error {
 		n.Pods = append(n.Pods, p)
 	}
 	return nil
+}
+
+func nth(a netip.Addr, n int) netip.Addr {
+	for ; n > 0; n-- {
+		a = a.Next()
+	}
+	return a
 }
 
 func (c *Cluster) peers(n *Node) []*Node {
@@ -288,14 +355,27 @@ func (c *Cluster) tunnels(n *Node) []maps.Tunnel {
 	var ts []maps.Tunnel
 	for _, p := range c.peers(n) {
 		ts = append(ts, maps.Tunnel{Subnet: p.Subnet, Remote: p.Topo.UnderlayIP, VtepMAC: p.VtepMAC, VNI: c.VNI, Mode: mode})
+		if p.Subnet6.IsValid() {
+			// The peer's IPv6 underlay address where there is one (outer
+			// IPv6), else its IPv4 one (v6-in-v4): the contract's rule.
+			remote := p.Topo.UnderlayIP
+			if p.Topo.UnderlayIP6.IsValid() {
+				remote = p.Topo.UnderlayIP6
+			}
+			ts = append(ts, maps.Tunnel{Subnet: p.Subnet6, Remote: remote, VtepMAC: p.VtepMAC, VNI: c.VNI, Mode: mode})
+		}
 	}
 	return ts
 }
 
+// endpoints are the node's pods as the endpoints map holds them: one entry
+// per address, a dual-stack pod's two sharing its veth.
 func endpoints(n *Node) []maps.Endpoint {
 	var eps []maps.Endpoint
 	for _, p := range n.Pods {
-		eps = append(eps, maps.Endpoint{IP: p.IP, IfIndex: uint32(p.HostIfIndex), MAC: p.MAC, HostMAC: p.HostMAC})
+		for _, a := range p.Addrs() {
+			eps = append(eps, maps.Endpoint{IP: a, IfIndex: uint32(p.HostIfIndex), MAC: p.MAC, HostMAC: p.HostMAC})
+		}
 	}
 	return eps
 }
@@ -306,6 +386,11 @@ func (c *Cluster) program(n *Node) error {
 		for _, p := range c.peers(n) {
 			if err := n.Topo.AddRoute(p.Subnet, p.Topo.UnderlayIP); err != nil {
 				return err
+			}
+			if p.Subnet6.IsValid() {
+				if err := n.Topo.AddRoute(p.Subnet6, p.Topo.UnderlayIP6); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -344,14 +429,17 @@ func (c *Cluster) loadWeft(n *Node) error {
 		}
 		defer d.Close()
 		if _, err := loader.SetupNode(d, loader.NodeConfig{
-			Underlay:  n.Topo.UnderlayIf,
-			Network:   c.Network,
-			Subnet:    n.Subnet,
-			VtepMAC:   n.VtepMAC,
-			VNI:       c.VNI,
-			Port:      c.Port,
-			Decap:     decap,
-			NoGROCell: c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirectNoCell,
+			Underlay:    n.Topo.UnderlayIf,
+			Network:     c.Network,
+			Subnet:      n.Subnet,
+			UnderlayIP6: n.Topo.UnderlayIP6, // zero on an IPv4 underlay: v6-in-v4
+			IPv6Network: c.Network6,
+			IPv6Subnet:  n.Subnet6,
+			VtepMAC:     n.VtepMAC,
+			VNI:         c.VNI,
+			Port:        c.Port,
+			Decap:       decap,
+			NoGROCell:   c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirectNoCell,
 		}); err != nil {
 			return err
 		}
@@ -364,7 +452,9 @@ func (c *Cluster) loadWeft(n *Node) error {
 			if err := d.Maps.Endpoints.Put(e); err != nil {
 				return err
 			}
-			if err := d.AttachPod(int(e.IfIndex)); err != nil {
+		}
+		for _, p := range n.Pods {
+			if err := d.AttachPod(p.HostIfIndex); err != nil {
 				return err
 			}
 		}
@@ -445,4 +535,12 @@ func disableBridgeNetfilter(nsPath string) error {
 		}
 		return nil
 	})
+}
+
+// vtepMAC6 is a kernel-vxlan node's flannel-v6 MAC: its own, as flanneld
+// gives each device (0e:77:00:00:06:<i+1>).
+func vtepMAC6(mac net.HardwareAddr) net.HardwareAddr {
+	m := append(net.HardwareAddr(nil), mac...)
+	m[4] = 0x06
+	return m
 }

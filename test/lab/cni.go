@@ -75,8 +75,16 @@ func (c *Cluster) addPodCNI(n *Node, name string) (*topo.Pod, error) {
 	if len(res.IPs) == 0 {
 		return nil, fmt.Errorf("CNI ADD %s on %s: result has no IP", name, n.Name)
 	}
-	ip, _ := netip.AddrFromSlice(res.IPs[0].Address.IP)
-	pod := &topo.Pod{Name: name, NS: filepath.Base(nsPath), NSPath: nsPath, IP: ip.Unmap(), Node: n.Topo}
+	pod := &topo.Pod{Name: name, NS: filepath.Base(nsPath), NSPath: nsPath, Node: n.Topo}
+	for _, ipc := range res.IPs {
+		a, _ := netip.AddrFromSlice(ipc.Address.IP)
+		ones, _ := ipc.Address.Mask.Size()
+		if a = a.Unmap(); a.Is4() {
+			pod.IP, pod.Prefix = a, netip.PrefixFrom(a, ones)
+		} else {
+			pod.IP6, pod.Prefix6 = a, netip.PrefixFrom(a, ones)
+		}
+	}
 	for _, ifc := range res.Interfaces {
 		if ifc.Sandbox == "" {
 			pod.HostIf = ifc.Name

@@ -39,18 +39,58 @@ func flannelLeaseJSON(publicIP netip.Addr, vni int, vtep net.HardwareAddr) strin
 		publicIP, vni, vtep)
 }
 
+// flannelLeaseJSONDual is a dual-stack (publicIP valid) or IPv6-only
+// vxlan lease as flanneld marshals it: PublicIPv6 and BackendV6Data beside
+// the IPv4 fields; an IPv6-only lease has PublicIP 0.0.0.0 and no
+// BackendData (control/flannel/lease6.go shows the shapes).
+func flannelLeaseJSONDual(publicIP, publicIP6 netip.Addr, vni int, vtep, vtep6 net.HardwareAddr) string {
+	if !publicIP.IsValid() {
+		return fmt.Sprintf(`{"PublicIP":"0.0.0.0","PublicIPv6":"%s","BackendType":"vxlan","BackendV6Data":{"VNI":%d,"VtepMAC":"%s"}}`,
+			publicIP6, vni, vtep6)
+	}
+	return fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":"%s","BackendType":"vxlan","BackendData":{"VNI":%d,"VtepMAC":"%s"},"BackendV6Data":{"VNI":%d,"VtepMAC":"%s"}}`,
+		publicIP, publicIP6, vni, vtep, vni, vtep6)
+}
+
+// flannelSubnetKey is flannel's MakeSubnetKey: "10.244.1.0-24", with
+// "&<v6 subnet>-<len>" for an IPv6 subnet, "0.0.0.0-0&..." without IPv4.
+func flannelSubnetKey(sn, sn6 netip.Prefix) string {
+	if !sn6.IsValid() {
+		return strings.Replace(sn.String(), "/", "-", 1)
+	}
+	v4 := "0.0.0.0-0"
+	if sn.IsValid() {
+		v4 = strings.Replace(sn.String(), "/", "-", 1)
+	}
+	return v4 + "&" + strings.Replace(sn6.String(), "/", "-", 1)
+}
+
 // AddFlannelNode creates a kernel-vxlan node that takes subnet (the test or
 // the operator chooses it, as a flannel reservation would), writes its lease
 // with a TTL and keeps flannel.1 in step with the other leases.
 func (c *Cluster) AddFlannelNode(name string, subnet netip.Prefix) (*Node, error) {
+	return c.AddFlannelNodeDual(name, subnet, netip.Prefix{})
+}
+
+// AddFlannelNodeDual is AddFlannelNode for a dual-stack node (subnet and
+// subnet6) or an IPv6-only one (subnet invalid): flannel-v6.1 beside (or
+// instead of) flannel.1, a lease with PublicIPv6 and BackendV6Data, and
+// pods with an address of each family. It needs an IPv6 underlay.
+func (c *Cluster) AddFlannelNodeDual(name string, subnet, subnet6 netip.Prefix) (*Node, error) {
 	tn, err := c.Lab.AddNode(name)
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{Name: name, Kind: KindFlannel, Topo: tn, cluster: c, Subnet: subnet.Masked(),
+	n := &Node{Name: name, Kind: KindFlannel, Topo: tn, cluster: c, Subnet: subnet.Masked(), Subnet6: subnet6.Masked(),
 		SubnetFile: filepath.Join(c.Opts.RunDir, name, "subnet.env")}
+	if !subnet.IsValid() {
+		n.Subnet = netip.Prefix{}
+	}
+	if !subnet6.IsValid() {
+		n.Subnet6 = netip.Prefix{}
+	}
 	c.Nodes = append(c.Nodes, n)
-	vtep, err := tn.SetupFlannelVXLAN(topo.FlannelOptions{Subnet: n.Subnet, VNI: 1, Port: 8472})
+	vtep, err := tn.SetupFlannelVXLAN(topo.FlannelOptions{Subnet: n.Subnet, Subnet6: n.Subnet6, VNI: 1, Port: 8472})
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +102,7 @@ func (c *Cluster) AddFlannelNode(name string, subnet netip.Prefix) (*Node, error
 		if err := c.addKubeFlannelNode(f); err != nil {
 			return nil, err
 		}
-		c.Opts.Logf("node %s: kernel vxlan (flannel v3 style, Node annotations), subnet %s, vtep %s", name, n.Subnet, vtep)
+		c.Opts.Logf("node %s: kernel vxlan (flannel v3 style, Node annotations), subnets %s, vtep %s", name, joinValid(n.Subnet, n.Subnet6), vtep)
 		return n, nil
 	}
 	cli, err := c.Etcd.Client()
@@ -79,7 +119,7 @@ func (c *Cluster) AddFlannelNode(name string, subnet netip.Prefix) (*Node, error
 	}
 	c.flannels = append(c.flannels, f)
 	go f.watch(ctx, c.EtcdPrefix, rev)
-	c.Opts.Logf("node %s: kernel vxlan (flannel v3 style), subnet %s, vtep %s", name, n.Subnet, vtep)
+	c.Opts.Logf("node %s: kernel vxlan (flannel v3 style), subnets %s, vtep %s", name, joinValid(n.Subnet, n.Subnet6), vtep)
 	return n, nil
 }
 
@@ -94,8 +134,16 @@ func (f *flannelNode) announce(ctx context.Context, prefix string) (int64, error
 	if _, err := f.cli.KeepAlive(ctx, grant.ID); err != nil {
 		return 0, fmt.Errorf("flannel node %s: keep lease alive: %w", n.Name, err)
 	}
-	key := prefix + "/subnets/" + strings.Replace(n.Subnet.String(), "/", "-", 1)
-	if _, err := f.cli.Put(ctx, key, flannelLeaseJSON(n.Topo.UnderlayIP, 1, n.VtepMAC), clientv3.WithLease(grant.ID)); err != nil {
+	key := prefix + "/subnets/" + flannelSubnetKey(n.Subnet, n.Subnet6)
+	value := flannelLeaseJSON(n.Topo.UnderlayIP, 1, n.VtepMAC)
+	if n.Subnet6.IsValid() {
+		var ip4 netip.Addr
+		if n.Subnet.IsValid() {
+			ip4 = n.Topo.UnderlayIP
+		}
+		value = flannelLeaseJSONDual(ip4, n.Topo.UnderlayIP6, 1, n.Topo.Flannel.VtepMAC, n.Topo.Flannel.VtepMAC6)
+	}
+	if _, err := f.cli.Put(ctx, key, value, clientv3.WithLease(grant.ID)); err != nil {
 		return 0, fmt.Errorf("flannel node %s: write lease: %w", n.Name, err)
 	}
 	return f.resync(ctx, prefix)
@@ -103,29 +151,53 @@ func (f *flannelNode) announce(ctx context.Context, prefix string) (int64, error
 
 type flannelLease struct {
 	PublicIP    string
+	PublicIPv6  *string
 	BackendType string
 	BackendData struct {
 		VtepMAC string
 	}
+	BackendV6Data struct {
+		VtepMAC string
+	}
 }
 
-// peerFromKV turns another node's lease into the peer flannel.1 needs.
+// peerFromKV turns another node's lease into the peer flannel.1 (and
+// flannel-v6.1) needs: a family goes in when the lease has its subnet,
+// public address and VtepMAC. A Weft lease with an IPv6 subnet but no
+// PublicIPv6 (IPv6 over the IPv4 underlay) gives flannel no IPv6 peer: it
+// cannot carry IPv6 over IPv4, and neither can a real flannel node.
 func (f *flannelNode) peerFromKV(prefix string, key, value []byte) (topo.FlannelPeer, bool) {
 	name := strings.TrimPrefix(string(key), prefix+"/subnets/")
-	sn, err := netip.ParsePrefix(strings.Replace(name, "-", "/", 1))
-	if err != nil || sn.Masked() == f.node.Subnet {
+	if name == flannelSubnetKey(f.node.Subnet, f.node.Subnet6) {
+		return topo.FlannelPeer{}, false
+	}
+	v4, v6, _ := strings.Cut(name, "&")
+	sn, err := netip.ParsePrefix(strings.Replace(v4, "-", "/", 1))
+	if err != nil {
 		return topo.FlannelPeer{}, false
 	}
 	var l flannelLease
 	if json.Unmarshal(value, &l) != nil || l.BackendType != "vxlan" {
 		return topo.FlannelPeer{}, false
 	}
+	var p topo.FlannelPeer
 	ip, err := netip.ParseAddr(l.PublicIP)
 	mac, merr := net.ParseMAC(l.BackendData.VtepMAC)
-	if err != nil || merr != nil {
+	if sn.Bits() > 0 && err == nil && merr == nil {
+		p.Subnet, p.PublicIP, p.VtepMAC = sn, ip, mac
+	}
+	if v6 != "" && l.PublicIPv6 != nil {
+		sn6, err := netip.ParsePrefix(strings.Replace(v6, "-", "/", 1))
+		ip6, ierr := netip.ParseAddr(*l.PublicIPv6)
+		mac6, merr := net.ParseMAC(l.BackendV6Data.VtepMAC)
+		if err == nil && ierr == nil && merr == nil {
+			p.Subnet6, p.PublicIP6, p.VtepMAC6 = sn6, ip6, mac6
+		}
+	}
+	if !p.Subnet.IsValid() && !p.Subnet6.IsValid() {
 		return topo.FlannelPeer{}, false
 	}
-	return topo.FlannelPeer{Subnet: sn, PublicIP: ip, VtepMAC: mac}, true
+	return p, true
 }
 
 func (f *flannelNode) resync(ctx context.Context, prefix string) (int64, error) {
@@ -158,7 +230,8 @@ func (f *flannelNode) program(key string, p topo.FlannelPeer) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if old, ok := f.peers[key]; ok {
-		if old.PublicIP == p.PublicIP && old.VtepMAC.String() == p.VtepMAC.String() {
+		if old.PublicIP == p.PublicIP && old.VtepMAC.String() == p.VtepMAC.String() &&
+			old.Subnet6 == p.Subnet6 && old.PublicIP6 == p.PublicIP6 && old.VtepMAC6.String() == p.VtepMAC6.String() {
 			return
 		}
 		f.node.Topo.RemoveFlannelPeer(old)

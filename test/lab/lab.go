@@ -44,13 +44,24 @@ const metricsPort = 9473
 
 // Options configures New.
 type Options struct {
-	Prefix    string       // run-unique name prefix; generated when empty
-	RunRoot   string       // parent of RunDir; default DefaultRunRoot
-	RunDir    string       // state, logs, subnet files, etcd data; default <RunRoot>/<prefix>
-	BinDir    string       // directory holding weftd, weftctl, weft-cni
-	Network   netip.Prefix // default 10.244.0.0/16
-	NetConfig string       // <prefix>/config JSON; default a vxlan config for Network
-	WireLike  bool         // underlay veths behave like a wire (topo.SetWireLike)
+	Prefix  string       // run-unique name prefix; generated when empty
+	RunRoot string       // parent of RunDir; default DefaultRunRoot
+	RunDir  string       // state, logs, subnet files, etcd data; default <RunRoot>/<prefix>
+	BinDir  string       // directory holding weftd, weftctl, weft-cni
+	Network netip.Prefix // default 10.244.0.0/16
+	// Network6, if valid, enables IPv6 pods (flannel's EnableIPv6,
+	// IPv6Network, IPv6SubnetLen 64): dual-stack, or IPv6-only with
+	// IPv6Only (EnableIPv4 false). Used by the default NetConfig.
+	Network6 netip.Prefix
+	IPv6Only bool
+	// UnderlayCIDR6 puts IPv6 on the underlay (topo.Options); with
+	// NoUnderlayIPv4 the underlay is IPv6-only and etcd is reached over
+	// IPv6. Weft nodes publish their IPv6 underlay address (--public-ipv6)
+	// when the network has IPv6 pods.
+	UnderlayCIDR6  netip.Prefix
+	NoUnderlayIPv4 bool
+	NetConfig      string // <prefix>/config JSON; default a vxlan config for Network (and Network6)
+	WireLike       bool   // underlay veths behave like a wire (topo.SetWireLike)
 	// Store is where leases live: StoreEtcd (default) or StoreKube (Node
 	// objects on a real kube-apiserver, weftd --kube-subnet-mgr).
 	Store Store
@@ -98,10 +109,12 @@ type Node struct {
 	CNIDataDir string
 	Cmd        *exec.Cmd // weftd, while running
 	Pods       []*topo.Pod
-	Subnet     netip.Prefix
+	Subnet     netip.Prefix // IPv4 pod subnet; invalid on an IPv6-only network
+	Subnet6    netip.Prefix // IPv6 pod subnet; invalid without IPv6
 	VtepMAC    net.HardwareAddr
 	cluster    *Cluster
 	podCIDR    netip.Prefix // StoreKube: what the lab assigned the Node
+	podCIDR6   netip.Prefix // StoreKube: its IPv6 podCIDR
 	// KubeEnv is the environment of a kube-mode weftd (the DaemonSet's
 	// downward-API variables); empty means NODE_NAME=<Name>.
 	KubeEnv []string
@@ -126,6 +139,7 @@ type NodeState struct {
 	NSPath     string     `json:"netns"`
 	UnderlayIP netip.Addr `json:"underlay_ip"`
 	Subnet     string     `json:"subnet"`
+	Subnet6    string     `json:"subnet6,omitempty"`
 	PinPath    string     `json:"pin_path,omitempty"`
 	Pods       []PodState `json:"pods"`
 }
@@ -135,6 +149,7 @@ type PodState struct {
 	Name   string     `json:"name"`
 	NSPath string     `json:"netns"`
 	IP     netip.Addr `json:"ip"`
+	IP6    netip.Addr `json:"ip6,omitzero"`
 }
 
 // New builds the underlay, starts etcd, exposes it on the underlay at
@@ -144,7 +159,7 @@ func New(opts Options) (*Cluster, error) {
 		opts.Network = netip.MustParsePrefix("10.244.0.0/16")
 	}
 	if opts.NetConfig == "" {
-		opts.NetConfig = fmt.Sprintf(`{"Network":"%s","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}`, opts.Network)
+		opts.NetConfig = defaultNetConfig(opts)
 	}
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
@@ -164,7 +179,8 @@ func New(opts Options) (*Cluster, error) {
 		opts.RunDir = filepath.Join(opts.RunRoot, opts.Prefix)
 	}
 	// Logs live in the run directory, which Close removes.
-	tl, err := topo.New(topo.Options{Prefix: opts.Prefix, KeepLogs: true, LogDir: filepath.Join(opts.RunDir, "logs")})
+	tl, err := topo.New(topo.Options{Prefix: opts.Prefix, KeepLogs: true, LogDir: filepath.Join(opts.RunDir, "logs"),
+		UnderlayCIDR6: opts.UnderlayCIDR6, NoUnderlayIPv4: opts.NoUnderlayIPv4})
 	if err != nil {
 		return nil, err
 	}
@@ -175,6 +191,20 @@ func New(opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// defaultNetConfig is flannel's network config for the options: a vxlan
+// backend on Network, with IPv6 (EnableIPv6, IPv6Network, a /64 per node)
+// when Network6 is set, and without IPv4 (EnableIPv4 false) when IPv6Only.
+func defaultNetConfig(o Options) string {
+	backend := `"Backend":{"Type":"vxlan","VNI":1,"Port":8472}`
+	switch {
+	case o.Network6.IsValid() && o.IPv6Only:
+		return fmt.Sprintf(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"%s","IPv6SubnetLen":64,%s}`, o.Network6, backend)
+	case o.Network6.IsValid():
+		return fmt.Sprintf(`{"Network":"%s","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"%s","IPv6SubnetLen":64,%s}`, o.Network, o.Network6, backend)
+	}
+	return fmt.Sprintf(`{"Network":"%s","SubnetLen":24,%s}`, o.Network, backend)
 }
 
 func (c *Cluster) init() error {
@@ -195,7 +225,7 @@ func (c *Cluster) init() error {
 	if c.Etcd, err = etcdtest.Start(filepath.Join(c.Opts.RunDir, "etcd")); err != nil {
 		return err
 	}
-	addr, err := c.Lab.ServiceAddr(2)
+	addr, err := c.Lab.ServiceAddrAny(2) // IPv6 on an IPv6-only underlay
 	if err != nil {
 		return err
 	}
@@ -229,13 +259,18 @@ func (c *Cluster) writeState() error {
 		st.KubeAPI = c.Kube.Fwd.URL()
 	}
 	for _, n := range c.Nodes {
-		ns := NodeState{Name: n.Name, Kind: n.Kind, NSPath: n.Topo.NSPath, UnderlayIP: n.Topo.UnderlayIP,
-			Subnet: n.Subnet.String(), Pods: []PodState{}}
+		ns := NodeState{Name: n.Name, Kind: n.Kind, NSPath: n.Topo.NSPath, UnderlayIP: n.Topo.Addr(), Pods: []PodState{}}
+		if n.Subnet.IsValid() {
+			ns.Subnet = n.Subnet.String()
+		}
+		if n.Subnet6.IsValid() {
+			ns.Subnet6 = n.Subnet6.String()
+		}
 		if n.Kind == KindWeft {
 			ns.PinPath = n.PinPath
 		}
 		for _, p := range n.Pods {
-			ns.Pods = append(ns.Pods, PodState{Name: p.Name, NSPath: p.NSPath, IP: p.IP})
+			ns.Pods = append(ns.Pods, PodState{Name: p.Name, NSPath: p.NSPath, IP: p.IP, IP6: p.IP6})
 		}
 		st.Nodes = append(st.Nodes, ns)
 	}
@@ -342,6 +377,21 @@ func (c *Cluster) AddWeftNode(name string, extra ...string) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.startWeftNode(tn, extra...)
+}
+
+// AddRoutedWeftNode is AddWeftNode for a node behind two routers and a
+// smaller-MTU link (topo.AddRoutedNode): PMTU and fragmentation tests.
+func (c *Cluster) AddRoutedWeftNode(name string, o topo.RoutedOptions, extra ...string) (*Node, error) {
+	tn, err := c.Lab.AddRoutedNode(name, o)
+	if err != nil {
+		return nil, err
+	}
+	return c.startWeftNode(tn, extra...)
+}
+
+func (c *Cluster) startWeftNode(tn *topo.Node, extra ...string) (*Node, error) {
+	name := tn.Name
 	n := &Node{Name: name, Kind: KindWeft, Topo: tn, cluster: c,
 		PinPath:    filepath.Join(c.pinRoot, name),
 		SubnetFile: filepath.Join(c.Opts.RunDir, name, "subnet.env"),
@@ -361,8 +411,11 @@ func (c *Cluster) WeftdArgs(n *Node, extra ...string) []string {
 		"--iface", n.Topo.UnderlayIf,
 		"--pin-path", n.PinPath,
 		"--subnet-file", n.SubnetFile,
-		"--metrics-addr", netip.AddrPortFrom(n.Topo.UnderlayIP, metricsPort).String(),
+		"--metrics-addr", netip.AddrPortFrom(n.Topo.Addr(), metricsPort).String(),
 		"--subnet-lease-ttl", "30s",
+	}
+	if c.Opts.Network6.IsValid() && n.Topo.UnderlayIP6.IsValid() {
+		args = append(args, "--public-ipv6", n.Topo.UnderlayIP6.String())
 	}
 	return append(args, extra...)
 }
@@ -397,12 +450,12 @@ func (c *Cluster) StartWeftd(n *Node, extra ...string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	sn, err := readSubnetEnv(n.SubnetFile)
+	env, err := readSubnetEnv(n.SubnetFile)
 	if err != nil {
 		return err
 	}
-	n.Subnet = sn
-	c.Opts.Logf("node %s: weftd ready, subnet %s", n.Name, sn)
+	n.Subnet, n.Subnet6 = env.Subnet, env.IPv6Subnet
+	c.Opts.Logf("node %s: weftd ready, subnets %s", n.Name, joinValid(n.Subnet, n.Subnet6))
 	return nil
 }
 
@@ -428,7 +481,7 @@ func (n *Node) Get(path string) (int, string, error) {
 	}}
 	defer tr.CloseIdleConnections()
 	cl := &http.Client{Transport: tr, Timeout: 3 * time.Second}
-	resp, err := cl.Get("http://" + netip.AddrPortFrom(n.Topo.UnderlayIP, metricsPort).String() + path)
+	resp, err := cl.Get("http://" + netip.AddrPortFrom(n.Topo.Addr(), metricsPort).String() + path)
 	if err != nil {
 		return 0, "", err
 	}
@@ -472,20 +525,30 @@ func (n *Node) Tunnels() ([]maps.Tunnel, error) {
 	return set.Tunnels.All()
 }
 
-// readSubnetEnv returns FLANNEL_SUBNET's subnet from a subnet.env.
-func readSubnetEnv(path string) (netip.Prefix, error) {
+// readSubnetEnv reads a node's subnet.env with flannel's format (both
+// families' subnets, masked).
+func readSubnetEnv(path string) (flannel.SubnetEnv, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("read %s: %w", path, err)
+		return flannel.SubnetEnv{}, fmt.Errorf("read %s: %w", path, err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "FLANNEL_SUBNET="); ok {
-			p, err := netip.ParsePrefix(strings.TrimSpace(v))
-			if err != nil {
-				return netip.Prefix{}, fmt.Errorf("%s: FLANNEL_SUBNET: %w", path, err)
-			}
-			return p.Masked(), nil
+	env, err := flannel.ParseSubnetEnv(b)
+	if err != nil {
+		return flannel.SubnetEnv{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return env, nil
+}
+
+// joinValid prints the valid prefixes among ps, "none" if none is.
+func joinValid(ps ...netip.Prefix) string {
+	var out []string
+	for _, p := range ps {
+		if p.IsValid() {
+			out = append(out, p.String())
 		}
 	}
-	return netip.Prefix{}, fmt.Errorf("%s has no FLANNEL_SUBNET", path)
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, " ")
 }

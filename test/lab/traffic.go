@@ -73,7 +73,7 @@ func transferTCP(ctx context.Context, srcNS, dstNS string, listen, dial netip.Ad
 	var l net.Listener
 	err := topo.Do(dstNS, func() error {
 		var err error
-		l, err = net.Listen("tcp4", listen.String())
+		l, err = net.Listen(tcpNet(listen.Addr()), listen.String())
 		return err
 	})
 	if err != nil {
@@ -109,7 +109,7 @@ func transferTCP(ctx context.Context, srcNS, dstNS string, listen, dial netip.Ad
 	var c net.Conn
 	err = topo.Do(srcNS, func() error {
 		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, "tcp4", dial.String())
+		c, err = (&net.Dialer{}).DialContext(ctx, tcpNet(dial.Addr()), dial.String())
 		return err
 	})
 	if err != nil {
@@ -135,6 +135,22 @@ func transferTCP(ctx context.Context, srcNS, dstNS string, listen, dial netip.Ad
 		return Transfer{}, fmt.Errorf("receive after %d bytes: %w", r.n, r.err)
 	}
 	return Transfer{Bytes: r.n, SentSum: hex.EncodeToString(h.Sum(nil)), RecvSum: r.sum, Duration: time.Since(start)}, nil
+}
+
+// tcpNet and udpNet name a's family for net.Listen and Dial: traffic to an
+// IPv6 pod must not be answered from an IPv4 socket, and the other way round.
+func tcpNet(a netip.Addr) string {
+	if a.Unmap().Is4() {
+		return "tcp4"
+	}
+	return "tcp6"
+}
+
+func udpNet(a netip.Addr) string {
+	if a.Unmap().Is4() {
+		return "udp4"
+	}
+	return "udp6"
 }
 
 // pacedWriter sleeps after each write until the bytes written so far fit
@@ -166,7 +182,7 @@ func EchoUDP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, count, si
 	var srv net.PacketConn
 	if err := topo.Do(dstNS, func() error {
 		var err error
-		srv, err = net.ListenPacket("udp4", netip.AddrPortFrom(dst, 0).String())
+		srv, err = net.ListenPacket(udpNet(dst), netip.AddrPortFrom(dst, 0).String())
 		return err
 	}); err != nil {
 		return 0, fmt.Errorf("listen in %s: %w", dstNS, err)
@@ -185,7 +201,7 @@ func EchoUDP(ctx context.Context, srcNS, dstNS string, dst netip.Addr, count, si
 	var c net.Conn
 	if err := topo.Do(srcNS, func() error {
 		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, "udp4", srv.LocalAddr().String())
+		c, err = (&net.Dialer{}).DialContext(ctx, udpNet(dst), srv.LocalAddr().String())
 		return err
 	}); err != nil {
 		return 0, fmt.Errorf("dial from %s: %w", srcNS, err)

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Node is a host: a network namespace with an underlay interface.
@@ -19,8 +20,10 @@ type Node struct {
 	NS     string // namespace name, "<prefix>-<name>"
 	NSPath string // /var/run/netns/<NS>
 
-	UnderlayIP      netip.Addr
+	UnderlayIP      netip.Addr   // invalid on an IPv6-only underlay
 	UnderlayPrefix  netip.Prefix // UnderlayIP with the underlay's prefix length
+	UnderlayIP6     netip.Addr   // IPv6 underlay address; invalid without one
+	UnderlayPrefix6 netip.Prefix // UnderlayIP6 with the underlay's prefix length
 	UnderlayIf      string       // "eth0"
 	UnderlayIfIndex int
 	UnderlayMAC     net.HardwareAddr
@@ -41,10 +44,27 @@ type Node struct {
 // because overlay replies may arrive on another interface than the route
 // back would pick; "all" and "default" both matter, the kernel uses the max
 // of "all" and the interface's value.
+// IPv6 forwarding is on in every node (pods may be IPv6 on any underlay);
+// DAD is off for addresses the lab adds, none of which can clash, so they
+// are usable at once instead of after a second of tentative state
+// ("all" and the interface's value: the kernel uses the larger).
 var nodeSysctls = [][2]string{
 	{"net.ipv4.ip_forward", "1"},
 	{"net.ipv4.conf.all.rp_filter", "0"},
 	{"net.ipv4.conf.default.rp_filter", "0"},
+	{"net.ipv6.conf.all.forwarding", "1"},
+	{"net.ipv6.conf.all.accept_dad", "0"},
+	{"net.ipv6.conf.default.accept_dad", "0"},
+}
+
+// Addr is the node's underlay address of its preferred family: IPv4 where
+// the underlay has it, else IPv6. Services in the node (weftd's metrics,
+// a flannel node's public IP) listen there.
+func (n *Node) Addr() netip.Addr {
+	if n.UnderlayIP.IsValid() {
+		return n.UnderlayIP
+	}
+	return n.UnderlayIP6
 }
 
 func (n *Node) setup() error {
@@ -81,8 +101,15 @@ func (n *Node) addUnderlayVeth() error {
 		if err != nil {
 			return fmt.Errorf("find %s: %w", n.UnderlayIf, err)
 		}
-		if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(n.UnderlayPrefix)}); err != nil {
-			return fmt.Errorf("add address %v to %s: %w", n.UnderlayPrefix, n.UnderlayIf, err)
+		if n.UnderlayPrefix.IsValid() {
+			if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(n.UnderlayPrefix)}); err != nil {
+				return fmt.Errorf("add address %v to %s: %w", n.UnderlayPrefix, n.UnderlayIf, err)
+			}
+		}
+		if n.UnderlayPrefix6.IsValid() {
+			if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(n.UnderlayPrefix6), Flags: unix.IFA_F_NODAD}); err != nil {
+				return fmt.Errorf("add address %v to %s: %w", n.UnderlayPrefix6, n.UnderlayIf, err)
+			}
 		}
 		if err := h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set %s up: %w", n.UnderlayIf, err)

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // PodOptions configures AddPod.
@@ -30,20 +31,30 @@ type PodOptions struct {
 	// (created up without address if missing), flannel's cni0 style, with
 	// hairpin mode on as flannel's CNI config sets it; no /32 route.
 	Bridge string
-	// GatewayByARP leaves out the routed pod's static gateway neighbour: the
-	// pod ARPs for its gateway and the data plane must answer (Weft's
-	// from_pod does, as the real CNI plugin relies on).
+	// GatewayByARP leaves out the routed pod's static gateway neighbours:
+	// the pod ARPs (and sends Neighbour Solicitations) for its gateways and
+	// the data plane must answer (Weft's from_pod does, as the real CNI
+	// plugin relies on).
 	GatewayByARP bool
+	// IP6, if valid, makes the pod dual-stack (or IPv6-only, with IP
+	// invalid): its IPv6 address with the subnet length, added without DAD
+	// as weft-cni adds it. Gateway6 is then its IPv6 default gateway
+	// ("default via Gateway6 dev eth0 onlink"), handled like Gateway; a
+	// routed pod also gets "IP6/128 dev <hostif>" in the node.
+	IP6      netip.Prefix
+	Gateway6 netip.Addr
 }
 
 // Pod is a workload: a namespace with eth0 wired to its node.
 type Pod struct {
-	Name   string
-	NS     string // "<prefix>-<node>-<pod>"
-	NSPath string
-	IP     netip.Addr
-	Prefix netip.Prefix // IP with its subnet length
-	MAC    net.HardwareAddr
+	Name    string
+	NS      string // "<prefix>-<node>-<pod>"
+	NSPath  string
+	IP      netip.Addr   // invalid for an IPv6-only pod
+	Prefix  netip.Prefix // IP with its subnet length
+	IP6     netip.Addr   // invalid without IPv6
+	Prefix6 netip.Prefix // IP6 with its subnet length
+	MAC     net.HardwareAddr
 	// HostIf is the node-side veth, "veth" plus 8 hex digits like the CNI
 	// plugins name them.
 	HostIf      string
@@ -57,19 +68,21 @@ func (n *Node) AddPod(name string, o PodOptions) (*Pod, error) {
 	if err := validName("pod", name); err != nil {
 		return nil, err
 	}
-	if !o.IP.IsValid() {
+	if !o.IP.IsValid() && !o.IP6.IsValid() {
 		return nil, fmt.Errorf("add pod %q: no IP", name)
 	}
 	if o.MTU == 0 {
 		o.MTU = n.Lab.MTU
 	}
 	p := &Pod{
-		Name:   name,
-		NS:     n.NS + "-" + name,
-		IP:     o.IP.Addr(),
-		Prefix: o.IP,
-		HostIf: "veth" + randomHex(4),
-		Node:   n,
+		Name:    name,
+		NS:      n.NS + "-" + name,
+		IP:      o.IP.Addr(),
+		Prefix:  o.IP,
+		IP6:     o.IP6.Addr(),
+		Prefix6: o.IP6,
+		HostIf:  "veth" + randomHex(4),
+		Node:    n,
 	}
 	p.NSPath = netnsPath(p.NS)
 	if err := n.Lab.createNS(p.NS); err != nil {
@@ -131,32 +144,48 @@ func (p *Pod) configurePodSide(o PodOptions) error {
 			return fmt.Errorf("find pod eth0: %w", err)
 		}
 		p.MAC = eth0.Attrs().HardwareAddr
-		if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(o.IP)}); err != nil {
-			return fmt.Errorf("add address %v to pod eth0: %w", o.IP, err)
+		if o.IP.IsValid() {
+			if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(o.IP)}); err != nil {
+				return fmt.Errorf("add address %v to pod eth0: %w", o.IP, err)
+			}
+		}
+		if o.IP6.IsValid() {
+			if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(o.IP6), Flags: unix.IFA_F_NODAD}); err != nil {
+				return fmt.Errorf("add address %v to pod eth0: %w", o.IP6, err)
+			}
 		}
 		if err := h.LinkSetUp(eth0); err != nil {
 			return fmt.Errorf("set pod eth0 up: %w", err)
 		}
-		if !o.Gateway.IsValid() {
-			return nil
-		}
-		if o.Bridge == "" && !o.GatewayByARP {
-			if err := h.NeighSet(&netlink.Neigh{
-				LinkIndex:    eth0.Attrs().Index,
-				State:        netlink.NUD_PERMANENT,
-				IP:           o.Gateway.AsSlice(),
-				HardwareAddr: p.HostMAC,
-			}); err != nil {
-				return fmt.Errorf("add gateway neighbour %v: %w", o.Gateway, err)
+		for _, gw := range []netip.Addr{o.Gateway, o.Gateway6} {
+			if !gw.IsValid() {
+				continue
 			}
-		}
-		def := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: o.Gateway.AsSlice()}
-		def.SetFlag(netlink.FLAG_ONLINK)
-		if err := h.RouteAdd(def); err != nil {
-			return fmt.Errorf("add default route via %v: %w", o.Gateway, err)
+			if o.Bridge == "" && !o.GatewayByARP {
+				if err := h.NeighSet(&netlink.Neigh{
+					LinkIndex:    eth0.Attrs().Index,
+					State:        netlink.NUD_PERMANENT,
+					IP:           gw.AsSlice(),
+					HardwareAddr: p.HostMAC,
+				}); err != nil {
+					return fmt.Errorf("add gateway neighbour %v: %w", gw, err)
+				}
+			}
+			def := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: ipNet(netip.PrefixFrom(unspecified(gw), 0)), Gw: gw.AsSlice()}
+			def.SetFlag(netlink.FLAG_ONLINK)
+			if err := h.RouteAdd(def); err != nil {
+				return fmt.Errorf("add default route via %v: %w", gw, err)
+			}
 		}
 		return nil
 	})
+}
+
+func unspecified(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
 }
 
 func (p *Pod) configureHostSide(o PodOptions) error {
@@ -171,9 +200,17 @@ func (p *Pod) configureHostSide(o PodOptions) error {
 		if err := h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set %s up: %w", p.HostIf, err)
 		}
-		r := &netlink.Route{LinkIndex: p.HostIfIndex, Dst: ipNet(hostPrefix(p.IP)), Scope: netlink.SCOPE_LINK}
-		if err := h.RouteReplace(r); err != nil {
-			return fmt.Errorf("add route %v dev %s: %w", p.IP, p.HostIf, err)
+		for _, a := range []netip.Addr{p.IP, p.IP6} {
+			if !a.IsValid() {
+				continue
+			}
+			r := &netlink.Route{LinkIndex: p.HostIfIndex, Dst: ipNet(hostPrefix(a)), Scope: netlink.SCOPE_LINK}
+			if a.Is6() {
+				r.Scope = netlink.SCOPE_UNIVERSE
+			}
+			if err := h.RouteReplace(r); err != nil {
+				return fmt.Errorf("add route %v dev %s: %w", a, p.HostIf, err)
+			}
 		}
 		return nil
 	})
@@ -270,6 +307,17 @@ func (p *Pod) SetSysctl(key, value string) error { return setSysctl(p.NSPath, ke
 
 // Sysctl reads a sysctl inside the pod's namespace.
 func (p *Pod) Sysctl(key string) (string, error) { return getSysctl(p.NSPath, key) }
+
+// Addrs returns the pod's addresses, IPv4 first.
+func (p *Pod) Addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, a := range []netip.Addr{p.IP, p.IP6} {
+		if a.IsValid() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
 
 // Ping sends count echo requests to dst (0.2 s apart, 1 s timeout each) and
 // fails, with ping's output, unless all were answered.

@@ -12,7 +12,8 @@
 //	P-<node>_r1/_r2 the two routers in front of a node AddRoutedNode put on
 //	               its own segment (see routed.go)
 //
-// Node i (0-based, in AddNode order) gets host number 11+i of UnderlayCIDR;
+// Node i (0-based, in AddNode order) gets host number 11+i of UnderlayCIDR
+// (and of UnderlayCIDR6 on an IPv6 or dual-stack underlay);
 // the addresses below .11 stay free for whatever a test wants to add (an etcd
 // endpoint, a traffic generator). Every namespace name starts with "P-", so
 // CleanupPrefix(P) finds whatever a crashed run left behind.
@@ -40,6 +41,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for Options.
@@ -66,6 +68,12 @@ type Options struct {
 	// UnderlayCIDR is the underlay network; node i gets host number 11+i.
 	// Default 192.168.77.0/24.
 	UnderlayCIDR netip.Prefix
+	// UnderlayCIDR6, if valid, puts IPv6 on the underlay too (a
+	// dual-stack underlay): node i also gets host number 11+i of it.
+	UnderlayCIDR6 netip.Prefix
+	// NoUnderlayIPv4 leaves IPv4 off the underlay: with UnderlayCIDR6 an
+	// IPv6-only underlay, whose nodes have no UnderlayIP.
+	NoUnderlayIPv4 bool
 	// MTU of the underlay veths and the default pod MTU. Default 1500.
 	MTU int
 	// LogDir receives one log file per process started with Start. ""
@@ -80,6 +88,10 @@ type Lab struct {
 	UnderlayNS   string // name of the underlay namespace, "<Prefix>-ul"
 	UnderlayPath string // its path under NetnsDir
 	UnderlayCIDR netip.Prefix
+	// UnderlayCIDR6 is the underlay's IPv6 network; invalid: none.
+	UnderlayCIDR6 netip.Prefix
+	// UnderlayIPv4 is false on an IPv6-only underlay.
+	UnderlayIPv4 bool
 	MTU          int
 	LogDir       string
 	Nodes        []*Node
@@ -145,15 +157,23 @@ func newLab(opts Options) (*Lab, error) {
 	if opts.MTU == 0 {
 		opts.MTU = DefaultMTU
 	}
+	if opts.NoUnderlayIPv4 && !opts.UnderlayCIDR6.IsValid() {
+		return nil, errors.New("an underlay without IPv4 needs UnderlayCIDR6")
+	}
+	if opts.UnderlayCIDR6.IsValid() && !opts.UnderlayCIDR6.Addr().Is6() {
+		return nil, fmt.Errorf("UnderlayCIDR6 %v is not IPv6", opts.UnderlayCIDR6)
+	}
 	l := &Lab{
-		Prefix:       opts.Prefix,
-		UnderlayNS:   opts.Prefix + "-ul",
-		UnderlayPath: netnsPath(opts.Prefix + "-ul"),
-		UnderlayCIDR: opts.UnderlayCIDR.Masked(),
-		MTU:          opts.MTU,
-		LogDir:       opts.LogDir,
-		procs:        map[*exec.Cmd]*proc{},
-		keepLogs:     opts.KeepLogs,
+		UnderlayCIDR6: opts.UnderlayCIDR6.Masked(),
+		UnderlayIPv4:  !opts.NoUnderlayIPv4,
+		Prefix:        opts.Prefix,
+		UnderlayNS:    opts.Prefix + "-ul",
+		UnderlayPath:  netnsPath(opts.Prefix + "-ul"),
+		UnderlayCIDR:  opts.UnderlayCIDR.Masked(),
+		MTU:           opts.MTU,
+		LogDir:        opts.LogDir,
+		procs:         map[*exec.Cmd]*proc{},
+		keepLogs:      opts.KeepLogs,
 	}
 	if l.LogDir == "" {
 		dir, err := os.MkdirTemp("", l.Prefix+"-logs-")
@@ -175,7 +195,10 @@ func (l *Lab) setupUnderlay() error {
 		if err := linkUp(h, "lo"); err != nil {
 			return err
 		}
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: UnderlayBridge, MTU: l.MTU}}
+		// A switch without MLD snooping: IPv6 Neighbour Discovery's
+		// multicast reaches every port, as on the segments Weft runs on.
+		snooping := false
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: UnderlayBridge, MTU: l.MTU}, MulticastSnooping: &snooping}
 		if err := h.LinkAdd(br); err != nil {
 			return fmt.Errorf("add underlay bridge: %w", err)
 		}
@@ -257,18 +280,22 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 	if name == "ul" || l.Node(name) != nil {
 		return nil, fmt.Errorf("add node %q: name already in use", name)
 	}
-	addr, slot, err := l.allocUnderlayAddr()
+	addr, addr6, slot, err := l.allocUnderlayAddr()
 	if err != nil {
 		return nil, fmt.Errorf("add node %q: %w", name, err)
 	}
 	n := &Node{
-		Name:           name,
-		NS:             l.Prefix + "-" + name,
-		UnderlayIP:     addr,
-		UnderlayPrefix: netip.PrefixFrom(addr, l.UnderlayCIDR.Bits()),
-		UnderlayIf:     UnderlayIf,
-		UnderlayPeer:   underlayPeerName(name, slot),
-		Lab:            l,
+		Name:         name,
+		NS:           l.Prefix + "-" + name,
+		UnderlayIf:   UnderlayIf,
+		UnderlayPeer: underlayPeerName(name, slot),
+		Lab:          l,
+	}
+	if addr.IsValid() {
+		n.UnderlayIP, n.UnderlayPrefix = addr, netip.PrefixFrom(addr, l.UnderlayCIDR.Bits())
+	}
+	if addr6.IsValid() {
+		n.UnderlayIP6, n.UnderlayPrefix6 = addr6, netip.PrefixFrom(addr6, l.UnderlayCIDR6.Bits())
 	}
 	n.NSPath = netnsPath(n.NS)
 	if err := l.createNS(n.NS); err != nil {
@@ -292,16 +319,25 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 	return n, nil
 }
 
-func (l *Lab) allocUnderlayAddr() (netip.Addr, int, error) {
+// allocUnderlayAddr hands out the next node slot and its underlay
+// addresses: IPv4 (invalid on an IPv6-only underlay) and IPv6 (invalid
+// without one).
+func (l *Lab) allocUnderlayAddr() (addr, addr6 netip.Addr, slot int, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	slot := l.nodeCount
-	addr, err := hostAddr(l.UnderlayCIDR, uint64(firstNodeHost+slot))
-	if err != nil {
-		return netip.Addr{}, 0, fmt.Errorf("underlay address for node %d: %w", slot, err)
+	slot = l.nodeCount
+	if l.UnderlayIPv4 {
+		if addr, err = hostAddr(l.UnderlayCIDR, uint64(firstNodeHost+slot)); err != nil {
+			return addr, addr6, 0, fmt.Errorf("underlay address for node %d: %w", slot, err)
+		}
+	}
+	if l.UnderlayCIDR6.IsValid() {
+		if addr6, err = hostAddr(l.UnderlayCIDR6, uint64(firstNodeHost+slot)); err != nil {
+			return addr, addr6, 0, fmt.Errorf("underlay IPv6 address for node %d: %w", slot, err)
+		}
 	}
 	l.nodeCount++
-	return addr, slot, nil
+	return addr, addr6, slot, nil
 }
 
 // underlayPeerName names the bridge-side veth after the node when the name
@@ -367,6 +403,38 @@ func (l *Lab) UnderlayExec(ctx context.Context, name string, args ...string) ([]
 // (see Node.Start).
 func (l *Lab) UnderlayStart(name string, args ...string) (*exec.Cmd, error) {
 	return l.start(l.UnderlayPath, "ul", name, args...)
+}
+
+// ServiceAddr6 is ServiceAddr on the underlay's IPv6 network (added
+// without DAD: nothing else on the bridge can hold it).
+func (l *Lab) ServiceAddr6(n uint64) (netip.Addr, error) {
+	if !l.UnderlayCIDR6.IsValid() {
+		return netip.Addr{}, errors.New("service address: the underlay has no IPv6")
+	}
+	a, err := hostAddr(l.UnderlayCIDR6, n)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("service address: %w", err)
+	}
+	err = withHandle(l.UnderlayPath, func(h *netlink.Handle) error {
+		br, err := h.LinkByName(UnderlayBridge)
+		if err != nil {
+			return err
+		}
+		return h.AddrReplace(br, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(a, l.UnderlayCIDR6.Bits())), Flags: unix.IFA_F_NODAD})
+	})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("add service address %s to %s: %w", a, UnderlayBridge, err)
+	}
+	return a, nil
+}
+
+// ServiceAddrAny is ServiceAddr on an underlay with IPv4, else ServiceAddr6:
+// an address every node reaches.
+func (l *Lab) ServiceAddrAny(n uint64) (netip.Addr, error) {
+	if l.UnderlayIPv4 {
+		return l.ServiceAddr(n)
+	}
+	return l.ServiceAddr6(n)
 }
 
 // ServiceAddr gives the underlay bridge address n of the underlay prefix

@@ -465,3 +465,202 @@ func TestRoutedNode(t *testing.T) {
 		t.Errorf("namespaces left after Close: %v", got)
 	}
 }
+
+var (
+	subnetA6   = netip.MustParsePrefix("fd00:10:244:1::/64")
+	subnetB6   = netip.MustParsePrefix("fd00:10:244:2::/64")
+	underlay6  = netip.MustParsePrefix("fd77::/64")
+	dualLabOpt = Options{UnderlayCIDR6: underlay6}
+)
+
+func testLabWith(t *testing.T, o Options) *Lab {
+	t.Helper()
+	requireRoot(t)
+	l, err := New(o)
+	if err != nil {
+		t.Fatalf("new lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	return l
+}
+
+// TestHostGWIPv6Only: an IPv6-only underlay (no IPv4 anywhere on it), nodes
+// with IPv6 forwarding, IPv6-only pods routed the host-gw way.
+func TestHostGWIPv6Only(t *testing.T) {
+	l := testLabWith(t, Options{UnderlayCIDR6: underlay6, NoUnderlayIPv4: true})
+	ctx := testCtx(t)
+	a := must(l.AddNode("a"))(t)
+	b := must(l.AddNode("b"))(t)
+	if a.UnderlayIP.IsValid() || a.UnderlayIP6 != netip.MustParseAddr("fd77::b") || b.UnderlayIP6 != netip.MustParseAddr("fd77::c") || a.Addr() != a.UnderlayIP6 {
+		t.Fatalf("underlay addresses %v/%v %v, want none/fd77::b fd77::c", a.UnderlayIP, a.UnderlayIP6, b.UnderlayIP6)
+	}
+	h := must(a.Handle())(t)
+	defer h.Close()
+	if addrs := must(h.AddrList(must(h.LinkByName(UnderlayIf))(t), unix.AF_INET))(t); len(addrs) != 0 {
+		t.Errorf("IPv6-only underlay: eth0 has IPv4 %v", addrs)
+	}
+	pa := must(a.AddPod("p", PodOptions{IP6: netip.MustParsePrefix("fd00:10:244:1::2/64"), Gateway6: netip.MustParseAddr("fd00:10:244:1::1")}))(t)
+	pb := must(b.AddPod("p", PodOptions{IP6: netip.MustParsePrefix("fd00:10:244:2::2/64"), Gateway6: netip.MustParseAddr("fd00:10:244:2::1")}))(t)
+	ok(t, a.AddRoute(subnetB6, b.UnderlayIP6))
+	ok(t, b.AddRoute(subnetA6, a.UnderlayIP6))
+	ok(t, pa.Ping(ctx, pb.IP6, 3))
+	ok(t, pb.Ping(ctx, pa.IP6, 3))
+	ok(t, pa.Ping(ctx, b.UnderlayIP6, 2))
+	if got := pa.Addrs(); len(got) != 1 || got[0] != pa.IP6 {
+		t.Errorf("Addrs() = %v", got)
+	}
+}
+
+// TestFlannelDualStack: two flannel-style dual-stack nodes (flannel.1 and
+// flannel-v6.1, the latter over the IPv6 underlay) carry both families
+// between dual-stack pods on cni0; the IPv6 device and entries are the ones
+// flanneld makes.
+func TestFlannelDualStack(t *testing.T) {
+	l := testLabWith(t, dualLabOpt)
+	ctx := testCtx(t)
+	a := must(l.AddNode("a"))(t)
+	b := must(l.AddNode("b"))(t)
+	must(a.SetupFlannelVXLAN(FlannelOptions{Subnet: subnetA, Subnet6: subnetA6}))(t)
+	must(b.SetupFlannelVXLAN(FlannelOptions{Subnet: subnetB, Subnet6: subnetB6}))(t)
+	checkFlannelDevice(t, a)
+	checkFlannelDevice6(t, a)
+	if a.Flannel.PodMTU() != 1430 {
+		t.Errorf("pod MTU %d, want 1430 (the IPv6 device's)", a.Flannel.PodMTU())
+	}
+
+	var pods [2]*Pod
+	for i, n := range []*Node{a, b} {
+		ip := must(hostAddr(n.Flannel.Subnet, 2))(t)
+		ip6 := must(hostAddr(n.Flannel.Subnet6, 2))(t)
+		pods[i] = must(n.AddPod("p", n.Flannel.PodOptionsFor(ip, ip6)))(t)
+	}
+	ok(t, a.AddFlannelPeer(b.FlannelPeer()))
+	ok(t, b.AddFlannelPeer(a.FlannelPeer()))
+	checkPeerEntries(t, a, b.FlannelPeer(), 1)
+	checkPeerEntries6(t, a, b.FlannelPeer(), 1)
+
+	for _, dst := range pods[1].Addrs() {
+		ok(t, pods[0].Ping(ctx, dst, 2))
+	}
+	for _, dst := range pods[0].Addrs() {
+		ok(t, pods[1].Ping(ctx, dst, 2))
+	}
+	if tx := linkStats(t, a, a.Flannel.Device6).TxPackets; tx == 0 {
+		t.Errorf("%s sent no packets: IPv6 did not take the vxlan path", a.Flannel.Device6)
+	}
+
+	ok(t, a.RemoveFlannelPeer(b.FlannelPeer()))
+	checkPeerEntries6(t, a, b.FlannelPeer(), 0)
+	if err := pods[0].Ping(ctx, pods[1].IP6, 1); err == nil {
+		t.Error("IPv6 ping across still works after RemoveFlannelPeer")
+	}
+}
+
+func checkFlannelDevice6(t *testing.T, n *Node) {
+	t.Helper()
+	h := must(n.Handle())(t)
+	defer h.Close()
+	link := must(h.LinkByName("flannel-v6.1"))(t)
+	vx, isVxlan := link.(*netlink.Vxlan)
+	if !isVxlan {
+		t.Fatalf("flannel-v6.1 is %T", link)
+	}
+	f := n.Flannel
+	if vx.VxlanId != 1 || vx.Port != 8472 || vx.Learning || vx.VtepDevIndex != n.UnderlayIfIndex ||
+		addrFromIP(vx.SrcAddr) != n.UnderlayIP6 || vx.MTU != 1430 || vx.HardwareAddr.String() != f.VtepMAC6.String() {
+		t.Errorf("flannel-v6.1 = vni %d port %d learning %v dev %d local %v mtu %d mac %v",
+			vx.VxlanId, vx.Port, vx.Learning, vx.VtepDevIndex, vx.SrcAddr, vx.MTU, vx.HardwareAddr)
+	}
+	if f.VtepMAC6.String() == f.VtepMAC.String() {
+		t.Errorf("flannel-v6.1 shares flannel.1's MAC %v; flannel gives each device its own", f.VtepMAC)
+	}
+	var global []string
+	for _, a := range must(h.AddrList(link, unix.AF_INET6))(t) {
+		if !a.IP.IsLinkLocalUnicast() {
+			global = append(global, a.IPNet.String())
+		}
+	}
+	if len(global) != 1 || global[0] != n.Flannel.Subnet6.Addr().String()+"/128" {
+		t.Errorf("flannel-v6.1 addresses %v, want %s/128", global, n.Flannel.Subnet6.Addr())
+	}
+}
+
+// checkPeerEntries6 is checkPeerEntries for flannel-v6.1.
+func checkPeerEntries6(t *testing.T, n *Node, peer FlannelPeer, want int) {
+	t.Helper()
+	h := must(n.Handle())(t)
+	defer h.Close()
+	idx := n.Flannel.DeviceIndex6
+	gw := peer.Subnet6.Addr()
+	var routes []netlink.Route
+	for _, r := range must(h.RouteListFiltered(unix.AF_INET6, &netlink.Route{LinkIndex: idx}, netlink.RT_FILTER_OIF))(t) {
+		if r.Gw != nil { // not the kernel's own fe80::/64 and local routes
+			routes = append(routes, r)
+		}
+	}
+	if len(routes) != want {
+		t.Errorf("%s: %d routes via a gateway on flannel-v6.1, want %d: %v", n.Name, len(routes), want, routes)
+	}
+	for _, r := range routes {
+		if r.Dst.String() != peer.Subnet6.String() || addrFromIP(r.Gw) != gw || r.Flags&unix.RTNH_F_ONLINK == 0 {
+			t.Errorf("%s: route %v, want %v via %v onlink", n.Name, r, peer.Subnet6, gw)
+		}
+	}
+	var neighs []netlink.Neigh
+	for _, e := range must(h.NeighList(idx, unix.AF_INET6))(t) {
+		if e.State == netlink.NUD_PERMANENT {
+			neighs = append(neighs, e)
+		}
+	}
+	if len(neighs) != want {
+		t.Errorf("%s: %d permanent neighbours on flannel-v6.1, want %d: %v", n.Name, len(neighs), want, neighs)
+	}
+	for _, e := range neighs {
+		if addrFromIP(e.IP) != gw || e.HardwareAddr.String() != peer.VtepMAC6.String() {
+			t.Errorf("%s: neighbour %v, want %v lladdr %v", n.Name, e, gw, peer.VtepMAC6)
+		}
+	}
+	fdb := must(h.NeighList(idx, unix.AF_BRIDGE))(t)
+	if len(fdb) != want {
+		t.Errorf("%s: %d fdb entries on flannel-v6.1, want %d: %v", n.Name, len(fdb), want, fdb)
+	}
+	for _, e := range fdb {
+		if addrFromIP(e.IP) != peer.PublicIP6 || e.HardwareAddr.String() != peer.VtepMAC6.String() || e.Flags&netlink.NTF_SELF == 0 {
+			t.Errorf("%s: fdb %v, want %v dst %v self", n.Name, e, peer.VtepMAC6, peer.PublicIP6)
+		}
+	}
+}
+
+// TestRoutedNodeIPv6: on a dual-stack underlay the routed node's segment
+// and routers carry IPv6 too; a packet too big for the 1400-byte link gets
+// Packet Too Big from the router (IPv6 routers never fragment).
+func TestRoutedNodeIPv6(t *testing.T) {
+	l := testLabWith(t, dualLabOpt)
+	a := must(l.AddNode("a"))(t)
+	r := must(l.AddRoutedNode("r", RoutedOptions{LinkMTU: 1400}))(t)
+	if !r.UnderlayIP6.IsValid() || r.UnderlayPrefix6.Masked() != r.Segment.Prefix6 || !r.UnderlayIP.IsValid() {
+		t.Fatalf("routed node %v / %v: segment %+v", r.UnderlayIP, r.UnderlayIP6, r.Segment)
+	}
+	reach := func(from *Node, to netip.Addr) {
+		t.Helper()
+		var err error
+		for try := 0; try < 5; try++ {
+			if err = from.Ping(testCtx(t), to, 1); err == nil {
+				return
+			}
+		}
+		t.Error(err)
+	}
+	reach(r, a.UnderlayIP6)
+	reach(a, r.UnderlayIP6)
+	reach(a, r.UnderlayIP)
+	// 1452 bytes of ICMPv6 payload make a 1500-byte packet.
+	out, err := execIn(testCtx(t), a.NSPath, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1452", r.UnderlayIP6.String())
+	if err == nil || !(strings.Contains(string(out), "mtu = 1400") || strings.Contains(string(out), "mtu=1400")) {
+		t.Errorf("1500-byte IPv6 ping: want Packet Too Big with mtu 1400, got %v:\n%s", err, out)
+	}
+}

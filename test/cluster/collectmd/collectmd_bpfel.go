@@ -78,13 +78,14 @@ type CollectmdPeerStats struct {
 }
 
 type CollectmdTunnelInfo struct {
-	_        structs.HostLayout
-	Remote   [16]uint8
-	VtepMac  [6]uint8
-	Mode     uint8
-	Flags    uint8
-	Vni      uint32
-	Reserved [3]uint32
+	_         structs.HostLayout
+	Remote    [16]uint8
+	VtepMac   [6]uint8
+	Mode      uint8
+	Flags     uint8
+	Vni       uint32
+	StatsSlot uint32
+	Reserved  [2]uint32
 }
 
 type CollectmdTunnelKey struct {
@@ -101,8 +102,8 @@ const (
 	CollectmdMapConfig          = "config"
 	CollectmdMapEndpoints       = "endpoints"
 	CollectmdMapFragNeededRate  = "frag_needed_rate"
+	CollectmdMapPeerCounters    = "peer_counters"
 	CollectmdMapStats           = "stats"
-	CollectmdMapTunnelStats     = "tunnel_stats"
 	CollectmdMapTunnels         = "tunnels"
 	CollectmdProgCmdFromOverlay = "cmd_from_overlay"
 	CollectmdProgCmdFromPod     = "cmd_from_pod"
@@ -162,8 +163,8 @@ type CollectmdMapSpecs struct {
 	Config         *ebpf.MapSpec `ebpf:"config"`
 	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
 	FragNeededRate *ebpf.MapSpec `ebpf:"frag_needed_rate"`
+	PeerCounters   *ebpf.MapSpec `ebpf:"peer_counters"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
-	TunnelStats    *ebpf.MapSpec `ebpf:"tunnel_stats"`
 	Tunnels        *ebpf.MapSpec `ebpf:"tunnels"`
 }
 
@@ -197,8 +198,8 @@ type CollectmdMaps struct {
 	Config         *ebpf.Map `ebpf:"config"`
 	Endpoints      *ebpf.Map `ebpf:"endpoints"`
 	FragNeededRate *ebpf.Map `ebpf:"frag_needed_rate"`
+	PeerCounters   *ebpf.Map `ebpf:"peer_counters"`
 	Stats          *ebpf.Map `ebpf:"stats"`
-	TunnelStats    *ebpf.Map `ebpf:"tunnel_stats"`
 	Tunnels        *ebpf.Map `ebpf:"tunnels"`
 }
 
@@ -208,8 +209,8 @@ func (m *CollectmdMaps) Close() error {
 		m.Config,
 		m.Endpoints,
 		m.FragNeededRate,
+		m.PeerCounters,
 		m.Stats,
-		m.TunnelStats,
 		m.Tunnels,
 	)
 }
