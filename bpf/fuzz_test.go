@@ -49,7 +49,7 @@ func newRefNode() *refNode {
 func newRefNode6() *refNode {
 	n := newRefNode()
 	n.ip6 = underlayIP6
-	n.tunnels = append(n.tunnels, peerE, peerF, peerG)
+	n.tunnels = append(n.tunnels, peerE, peerF, peerG, peerE6)
 	n.directMACs[peerG.Remote] = peerGMAC
 	return n
 }

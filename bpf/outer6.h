@@ -121,7 +121,7 @@ static __always_inline __u64 pseudo6_sum(const __u8 *saddr, const __u8 *daddr, _
 #pragma unroll
 	for (int i = 0; i < 4; i++)
 		sum += (__u64)s[i] + d[i];
-	return sum + bpf_htonl(udp_len) + bpf_htonl(IPPROTO_UDP);
+	return sum + (__u64)bpf_htonl(udp_len) + (__u64)bpf_htonl(IPPROTO_UDP);
 }
 
 /*
@@ -194,7 +194,8 @@ static __always_inline int lco_term_v6(const struct ipv6hdr *ip6, void *data_end
 #pragma unroll
 	for (int i = 0; i < 4; i++)
 		pseudo += (__u64)s[i] + d[i];
-	pseudo += bpf_htonl(plen) + bpf_htonl(ip6->nexthdr);
+	/* In 64 bits: two 32-bit terms of up to 0xff000000 would wrap, losing a carry. */
+	pseudo += (__u64)bpf_htonl(plen) + (__u64)bpf_htonl(ip6->nexthdr);
 	*term = (__u16)~fold16(pseudo);
 	return 0;
 }
