@@ -27,7 +27,7 @@ func FuzzEncap(f *testing.F) {
 		}
 	}
 	f.Add(arpFrame(f, mustMAC("ff:ff:ff:ff:ff:ff"), pod1.MAC, layers.ARPRequest, pod1.MAC, pod1.IP, make([]byte, 6), gatewayIP), false)
-	for _, dst := range []netip.Addr{remotePodB6, remotePodC6, pod2v6.IP, hostIP6, netip.MustParseAddr("2001:db8::1")} {
+	for _, dst := range []netip.Addr{remotePodB6, remotePodC6, remotePodE6, pod2v6.IP, hostIP6, netip.MustParseAddr("2001:db8::1")} {
 		for _, p := range []pkt6{{}, {hopLimit: 1}, {size: 1500}, {size: 1450}, {tc: 3, flow: 7},
 			{proto: layers.IPProtocolUDP}, {proto: layers.IPProtocolICMPv6, size: 1500}, {fragment: true}} {
 			p.dst = dst
@@ -137,6 +137,26 @@ func l4ChecksumOK(ip []byte) bool {
 	return false
 }
 
+// l4ChecksumOK6: whether an IPv6 packet without extension headers carries a
+// right TCP, UDP (non-zero) or ICMPv6 checksum over exactly its payload length.
+func l4ChecksumOK6(ip []byte) bool {
+	if len(ip) < 40 || ip[0]>>4 != 6 || int(be16(ip[4:]))+40 != len(ip) {
+		return false
+	}
+	l4 := ip[40:]
+	switch ip[6] {
+	case 17:
+		if len(l4) < 8 || l4[6]|l4[7] == 0 {
+			return false
+		}
+	case 6, 58:
+	default:
+		return false
+	}
+	pseudo := append(slices.Clone(ip[8:40]), 0, 0, byte(len(l4)>>8), byte(len(l4)), 0, 0, 0, ip[6])
+	return csum16(append(pseudo, l4...)) == 0
+}
+
 // checkFuzzEncapInner6 is FuzzEncap's check for an IPv6 frame the program says it
 // encapsulated: to a VXLAN tunnel covering the destination, VXLAN as the
 // vxlan driver sends it (checkEncap6in4), and peer B decapsulates it again.
@@ -149,6 +169,16 @@ func checkFuzzEncapInner6(t *testing.T, a, b *env, ref *refNode, inner, out []by
 	tun, ok := ref.tunnelFor(dst)
 	if !ok || (tun.Mode != weftmaps.ModeVXLAN && !tun.Remote.Is4()) {
 		t.Fatalf("encapsulated to %v, which no VXLAN tunnel covers", dst)
+	}
+	if !tun.Remote.Is4() {
+		// v6-in-v6 (outer6.h): the outer UDP checksum is right whenever the
+		// inner packet's own is.
+		out = out[:14+70+len(inner)]
+		if l4ChecksumOK6(inner) && gopacket.NewPacket(append(ethHdr(localVtep, localVtep, layers.EthernetTypeIPv6), inner...),
+			layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {
+			checkEncap6(t, a.cfg, tun, inner, out, !fromHost)
+		}
+		return
 	}
 	out = out[:14+50+len(inner)]
 	if gopacket.NewPacket(append(ethHdr(localVtep, localVtep, layers.EthernetTypeIPv6), inner...), layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {

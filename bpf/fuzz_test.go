@@ -411,6 +411,9 @@ func FuzzDecap(f *testing.F) {
 	for _, c := range underlay6Cases(f) {
 		f.Add(c.frame)
 	}
+	for _, p := range []pkt6{{}, {proto: layers.IPProtocolUDP}, {proto: layers.IPProtocolICMPv6}, {tc: 3}, {fragment: true}} {
+		f.Add(vxlan6in6Frame(f, innerFromE6(f, p), nil)) // v6-in-v6
+	}
 	f.Add(podFrame(f, pod1, pkt{dst: remotePodB}))
 	f.Add(podFrame(f, pod1, pkt{dst: pod2.IP}))
 	f.Add(podFrame6(f, pod1v6, pkt6{dst: remotePodB6}))

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestEncap6MatchesKernelVXLAN: the reference for v4-in-v6 encapsulation is
+// TestEncap6MatchesKernelVXLAN: the reference for v4-in-v6 and v6-in-v6 encapsulation is
 // the Linux vxlan driver itself, with its defaults (as flannel creates
 // flannel-v6.<VNI>: `type vxlan id 1 local <v6> dev <underlay> dstport
 // 8472 nolearning`). For each inner packet, from_pod's output and the
@@ -88,25 +88,46 @@ func TestEncap6MatchesKernelVXLAN(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	tun6 := peerE6 // IPv6 pods over the same IPv6 underlay (v6-in-v6)
+	tun6.Remote = remote
+	if err := e.m.Tunnels.Put(tun6); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Endpoints.Put(pod1v6); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
-		name string
-		p    pkt
+		name  string
+		p     pkt
+		p6    *pkt6
+		frame func() []byte
 	}{
-		{"tcp", pkt{}},
-		{"udp", pkt{proto: layers.IPProtocolUDP, size: 333}},
-		{"icmp", pkt{proto: layers.IPProtocolICMPv4, size: 1000}},
-		{"ECN CE with DSCP", pkt{tos: 0xbb}},
-		{"ECN ECT(1)", pkt{tos: 0x01, size: 1430}},
+		{name: "tcp", p: pkt{}},
+		{name: "udp", p: pkt{proto: layers.IPProtocolUDP, size: 333}},
+		{name: "icmp", p: pkt{proto: layers.IPProtocolICMPv4, size: 1000}},
+		{name: "ECN CE with DSCP", p: pkt{tos: 0xbb}},
+		{name: "ECN ECT(1)", p: pkt{tos: 0x01, size: 1430}},
+		{name: "IPv6 tcp", p6: &pkt6{}},
+		{name: "IPv6 udp", p6: &pkt6{proto: layers.IPProtocolUDP, size: 333}},
+		{name: "IPv6 icmpv6", p6: &pkt6{proto: layers.IPProtocolICMPv6, size: 1001}},
+		{name: "IPv6 CE with DSCP and a flow label", p6: &pkt6{tc: 0xbb, flow: 0xabcde, size: 1430}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			c.p.dst = remotePodE
-			r := e.run("from_pod", podFrame(t, pod1, c.p))
+			var in []byte
+			if c.p6 != nil {
+				c.p6.dst = remotePodE6
+				in = podFrame6(t, pod1v6, *c.p6)
+			} else {
+				c.p.dst = remotePodE
+				in = podFrame(t, pod1, c.p)
+			}
+			r := e.run("from_pod", in)
 			r.check(t, tcActRedirect, counters("encap"))
 			weft := r.out
 			// The driver gets the same inner frame and encapsulates it.
 			inner := weft[off6InnerEth:]
 			if err := unix.Sendto(sendFD, inner, 0, &unix.SockaddrLinklayer{Ifindex: vxLink.Attrs().Index,
-				Protocol: htons(unix.ETH_P_IP), Halen: 6, Addr: [8]byte(append(bytes.Clone(tun.VtepMAC), 0, 0))}); err != nil {
+				Protocol: htons(be16(inner[12:])), Halen: 6, Addr: [8]byte(append(bytes.Clone(tun.VtepMAC), 0, 0))}); err != nil {
 				t.Fatalf("send through %s: %v", vxName, err)
 			}
 			kern := captureVXLAN6(t, capFD, remote, 8472)
@@ -114,7 +135,11 @@ func TestEncap6MatchesKernelVXLAN(t *testing.T) {
 				t.Errorf("driver's outer destination MAC %x, want the neighbour's %v", kern[:6], remoteMAC)
 			}
 			hexDiff(t, "Weft's frame against the vxlan driver's (from the outer source MAC on)", weft[6:], kern[6:])
-			checkEncap6(t, cfg, tun, decremented(t, podFrame(t, pod1, c.p)[14:]), weft, false)
+			if c.p6 != nil {
+				checkEncap6(t, cfg, tun6, in[14:], weft, true)
+			} else {
+				checkEncap6(t, cfg, tun, in[14:], weft, true)
+			}
 		})
 	}
 }
