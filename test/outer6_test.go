@@ -26,9 +26,10 @@ import (
 // underlay (bpf/outer6.h): Weft nodes a (tc receive) and b (XDP receive)
 // and node k, whose kernel vxlan device has the driver's defaults over
 // IPv6 (checksums on, zero-checksum receive off, as flannel's
-// flannel-v6.<VNI>), carry IPv4 pods over their IPv6 underlay addresses,
-// every pair both ways, single packets and TCP (GSO, which Weft hands to
-// weftgro0 for the kernel to checksum). Run twice: with veth defaults
+// flannel-v6.<VNI>), carry dual-stack pods over their IPv6 underlay
+// addresses (v4-in-v6 and v6-in-v6), every pair both ways, pings at the pod
+// MTU and TCP (GSO, which Weft hands to weftgro0 for the kernel to
+// checksum). Run twice: with veth defaults
 // (checksums may stay offloaded across the veths, so receivers trust them)
 // and with TX checksumming off on every node's eth0, where each outer UDP
 // checksum is computed before it leaves a node and verified in software by
@@ -41,13 +42,14 @@ func TestV4InV6WithKernelVXLAN(t *testing.T) {
 	}
 	pinRoot := filepath.Join(loader.BPFFSRoot, "weft-test-"+lab.Prefix)
 	type v6node struct {
-		node   *topo.Node
-		ip6    netip.Addr
-		subnet netip.Prefix
-		vtep   net.HardwareAddr
-		decap  loader.DecapMode // "": the kernel's vxlan (k)
-		pod    *topo.Pod
-		pin    string
+		node    *topo.Node
+		ip6     netip.Addr
+		subnet  netip.Prefix
+		subnet6 netip.Prefix // its IPv6 pods' (v6-in-v6, flannel-v6.<VNI>'s model)
+		vtep    net.HardwareAddr
+		decap   loader.DecapMode // "": the kernel's vxlan (k)
+		pod     *topo.Pod
+		pin     string
 	}
 	nodes := []*v6node{
 		{ip6: netip.MustParseAddr("fd00:77::11"), subnet: netip.MustParsePrefix("10.244.1.0/24"), decap: loader.DecapTC},
@@ -66,8 +68,10 @@ func TestV4InV6WithKernelVXLAN(t *testing.T) {
 		}
 	})
 	const podMTU = 1500 - 70
+	network6 := netip.MustParsePrefix("fd00:10:244::/48")
 	for i, n := range nodes {
 		name := []string{"a", "b", "k"}[i]
+		n.subnet6 = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0x02, 0x44, 0, byte(i + 1)}), 64)
 		if n.node, err = lab.AddNode(name); err != nil {
 			t.Fatal(err)
 		}
@@ -77,7 +81,8 @@ func TestV4InV6WithKernelVXLAN(t *testing.T) {
 			t.Fatal(err)
 		}
 		opts := topo.PodOptions{IP: netip.PrefixFrom(n.subnet.Addr().Next().Next(), 24),
-			Gateway: loader.GatewayIP(n.subnet), MTU: podMTU, GatewayByARP: true}
+			Gateway: loader.GatewayIP(n.subnet), MTU: podMTU, GatewayByARP: true,
+			IP6: netip.PrefixFrom(n.subnet6.Addr().Next().Next(), 64), Gateway6: n.subnet6.Addr().Next()}
 		if n.decap == "" {
 			opts.Bridge, opts.GatewayByARP = "kbr0", false
 		}
@@ -91,13 +96,15 @@ func TestV4InV6WithKernelVXLAN(t *testing.T) {
 		var peers []topo.FlannelPeer
 		for _, p := range nodes {
 			if p != n {
-				tunnels = append(tunnels, maps.Tunnel{Subnet: p.subnet, Remote: p.ip6, VtepMAC: p.vtep, VNI: testVNI, Mode: maps.ModeVXLAN})
-				peers = append(peers, topo.FlannelPeer{Subnet: p.subnet, PublicIP: p.ip6, VtepMAC: p.vtep})
+				for _, sn := range []netip.Prefix{p.subnet, p.subnet6} {
+					tunnels = append(tunnels, maps.Tunnel{Subnet: sn, Remote: p.ip6, VtepMAC: p.vtep, VNI: testVNI, Mode: maps.ModeVXLAN})
+					peers = append(peers, topo.FlannelPeer{Subnet: sn, PublicIP: p.ip6, VtepMAC: p.vtep})
+				}
 			}
 		}
 		if n.decap == "" {
 			// k: the kernel's vxlan over IPv6, programmed the flannel way.
-			if err := setupKernelVXLAN6(n.node, n.ip6, n.vtep, n.subnet, peers, podMTU); err != nil {
+			if err := setupKernelVXLAN6(n.node, n.ip6, n.vtep, n.subnet, n.subnet6, peers, podMTU); err != nil {
 				t.Fatalf("kernel vxlan on %s: %v", n.node.Name, err)
 			}
 			continue
@@ -106,9 +113,10 @@ func TestV4InV6WithKernelVXLAN(t *testing.T) {
 		if err := loadNodeInChild(nodeSpec{
 			NSPath: n.node.NSPath, PinPath: n.pin,
 			Node: loader.NodeConfig{Underlay: n.node.UnderlayIf, UnderlayIP6: n.ip6, Network: netip.MustParsePrefix("10.244.0.0/16"),
-				Subnet: n.subnet, VtepMAC: n.vtep, VNI: testVNI, Port: testPort, Decap: n.decap},
-			Endpoints: []maps.Endpoint{{IP: n.pod.IP, IfIndex: uint32(n.pod.HostIfIndex), MAC: n.pod.MAC, HostMAC: n.pod.HostMAC}},
-			Tunnels:   tunnels,
+				Subnet: n.subnet, IPv6Network: network6, IPv6Subnet: n.subnet6, VtepMAC: n.vtep, VNI: testVNI, Port: testPort, Decap: n.decap},
+			Endpoints: []maps.Endpoint{{IP: n.pod.IP, IfIndex: uint32(n.pod.HostIfIndex), MAC: n.pod.MAC, HostMAC: n.pod.HostMAC},
+				{IP: n.pod.IP6, IfIndex: uint32(n.pod.HostIfIndex), MAC: n.pod.MAC, HostMAC: n.pod.HostMAC}},
+			Tunnels: tunnels,
 		}); err != nil {
 			t.Fatalf("load Weft on %s: %v", n.node.Name, err)
 		}
@@ -145,21 +153,27 @@ func TestV4InV6WithKernelVXLAN(t *testing.T) {
 			kBefore := udp6Snmp(t, k.node)
 			for _, pr := range [][2]*v6node{{a, k}, {k, a}, {b, k}, {k, b}, {a, b}, {b, a}} {
 				from, to := pr[0].pod, pr[1].pod
-				if out, err := ping(from.NSPath, to.IP, 2, 0); err != nil {
-					t.Fatalf("ping %s -> %s: %v\n%s", from.NS, to.IP, err, out)
+				// IPv4 pods (v4-in-v6) and IPv6 pods (v6-in-v6).
+				for _, fam := range []struct {
+					dst      netip.Addr
+					overhead int // ICMP echo headers
+				}{{to.IP, 28}, {to.IP6, 48}} {
+					if out, err := ping(from.NSPath, fam.dst, 2, 0); err != nil {
+						t.Fatalf("ping %s -> %s: %v\n%s", from.NS, fam.dst, err, out)
+					}
+					if out, err := ping(from.NSPath, fam.dst, 1, podMTU-fam.overhead); err != nil {
+						t.Errorf("ping at the pod MTU %s -> %s: %v\n%s", from.NS, fam.dst, err, out)
+					}
+					const size = 20 << 20
+					res, err := transferTCP(testCtx(t, time.Minute), from.NSPath, to.NSPath, fam.dst, size)
+					if err != nil {
+						t.Fatalf("TCP %s -> %s: %v", from.NS, fam.dst, err)
+					}
+					if !res.Intact(size) {
+						t.Fatalf("TCP %s -> %s: received %d of %d bytes, sha256 %s, sent %s", from.NS, fam.dst, res.Bytes, size, res.RecvSum, res.SentSum)
+					}
+					t.Logf("%s -> %s (%s): %d MB intact at %.2f Gbit/s", pr[0].node.Name, pr[1].node.Name, fam.dst, res.Bytes>>20, res.Gbps())
 				}
-				if out, err := ping(from.NSPath, to.IP, 1, podMTU-28); err != nil {
-					t.Errorf("ping at the pod MTU %s -> %s: %v\n%s", from.NS, to.IP, err, out)
-				}
-				const size = 20 << 20
-				res, err := transferTCP(testCtx(t, time.Minute), from.NSPath, to.NSPath, to.IP, size)
-				if err != nil {
-					t.Fatalf("TCP %s -> %s: %v", from.NS, to.IP, err)
-				}
-				if !res.Intact(size) {
-					t.Fatalf("TCP %s -> %s: received %d of %d bytes, sha256 %s, sent %s", from.NS, to.IP, res.Bytes, size, res.RecvSum, res.SentSum)
-				}
-				t.Logf("%s -> %s: %d MB intact at %.2f Gbit/s", pr[0].node.Name, pr[1].node.Name, res.Bytes>>20, res.Gbps())
 			}
 			kAfter := udp6Snmp(t, k.node)
 			for _, c := range []string{"Udp6InCsumErrors", "Udp6InErrors"} {
@@ -296,9 +310,10 @@ func addIPv6NoDAD(n *topo.Node, dev string, ip netip.Addr, bits int) error {
 
 // setupKernelVXLAN6 gives k what flanneld gives a node, over IPv6: a vxlan
 // device with the driver's defaults and k's IPv6 underlay address as
-// source, <subnet>.0/32 on it, and the route, neighbour and FDB entry for
-// each peer; the pods' bridge gets <subnet>.1.
-func setupKernelVXLAN6(k *topo.Node, local netip.Addr, vtep net.HardwareAddr, sub netip.Prefix, peers []topo.FlannelPeer, mtu int) error {
+// source (flannel-v6.<VNI>; here one device carries both pod families),
+// <subnet>.0/32 and <subnet6>::/128 on it, and the route, neighbour and FDB
+// entry for each peer subnet; the pods' bridge gets <subnet>.1 and <subnet6>::1.
+func setupKernelVXLAN6(k *topo.Node, local netip.Addr, vtep net.HardwareAddr, sub, sub6 netip.Prefix, peers []topo.FlannelPeer, mtu int) error {
 	h, err := k.Handle()
 	if err != nil {
 		return err
@@ -316,6 +331,9 @@ func setupKernelVXLAN6(k *topo.Node, local netip.Addr, vtep net.HardwareAddr, su
 	if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: sub.Addr().AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
 		return err
 	}
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: sub6.Addr().AsSlice(), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}); err != nil {
+		return err
+	}
 	if err := h.LinkSetUp(l); err != nil {
 		return err
 	}
@@ -327,11 +345,19 @@ func setupKernelVXLAN6(k *topo.Node, local netip.Addr, vtep net.HardwareAddr, su
 	if err := h.AddrAdd(br, &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(sub.Bits(), 32)}}); err != nil {
 		return err
 	}
+	gw6 := sub6.Addr().Next()
+	if err := h.AddrAdd(br, &netlink.Addr{IPNet: &net.IPNet{IP: gw6.AsSlice(), Mask: net.CIDRMask(sub6.Bits(), 128)}, Flags: unix.IFA_F_NODAD}); err != nil {
+		return err
+	}
 	if err := h.LinkSetMTU(br, mtu); err != nil {
 		return err
 	}
 	for _, peer := range peers {
 		psub := peer.Subnet.Masked()
+		bits := 32
+		if psub.Addr().Is6() {
+			bits = 128
+		}
 		if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST,
 			IP: psub.Addr().AsSlice(), HardwareAddr: peer.VtepMAC}); err != nil {
 			return fmt.Errorf("neighbour: %w", err)
@@ -340,7 +366,7 @@ func setupKernelVXLAN6(k *topo.Node, local netip.Addr, vtep net.HardwareAddr, su
 			Flags: netlink.NTF_SELF, IP: peer.PublicIP.AsSlice(), HardwareAddr: peer.VtepMAC}); err != nil {
 			return fmt.Errorf("fdb: %w", err)
 		}
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: psub.Addr().AsSlice(), Mask: net.CIDRMask(psub.Bits(), 32)},
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: psub.Addr().AsSlice(), Mask: net.CIDRMask(psub.Bits(), bits)},
 			Gw: psub.Addr().AsSlice()}
 		r.SetFlag(netlink.FLAG_ONLINK)
 		if err := h.RouteReplace(r); err != nil {
