@@ -57,13 +57,22 @@ func BenchmarkProgramCost(b *testing.B) {
 		{"from_underlay/direct-rx-udp64-v6-to-local-pod", "from_underlay", func(e *env) []byte {
 			return ether(b, underlayMAC, peerCMAC, layers.EthernetTypeIPv6,
 				ipv6(b, pkt6{src: remoteSrcC6, dst: pod2v6.IP, proto: layers.IPProtocolUDP, size: 64, hopLimit: 255}))
-		}, "direct_rx", 250},
+		}, "direct_rx", 1}, // delivery rewrites the Ethernet source, as for IPv4
 		{"from_underlay/decap-udp64-v6-in-v4-to-local-pod", "from_underlay", func(e *env) []byte {
 			return validVX6in4(b, pkt6{proto: layers.IPProtocolUDP, size: 64})
 		}, "deliver", 1},
+		// VXLAN over the IPv6 underlay (outer6.h): IPv4 pods to and from peer E.
+		{"from_pod/encap-udp64-v4-in-v6", "from_pod", func(e *env) []byte {
+			return podFrame(b, pod1, pkt{dst: remotePodE, proto: layers.IPProtocolUDP, size: 64})
+		}, "encap", 1},
+		{"from_underlay/decap-udp64-v4-in-v6-to-local-pod", "from_underlay", func(e *env) []byte {
+			return validVX6(b, pkt{proto: layers.IPProtocolUDP, size: 64})
+		}, "deliver", 1},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			e := newEnv(b)
+			// Node A with its IPv6 underlay address and peers E, F and G too:
+			// its other paths are newEnv's.
+			e := newEnv6(b)
 			in := c.frame(e)
 			// One checked run: the path is the one the name says.
 			if r := e.run(c.prog, in); r.delta[c.want] != 1 {
