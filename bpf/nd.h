@@ -195,37 +195,15 @@ static __always_inline int send_na(struct __sk_buff *skb, const struct endpoint_
 }
 
 /*
- * ICMPv6 from a pod, before its source is checked (ND uses link-local and
- * unspecified sources). Returns a verdict for ND messages, or -1 for
- * everything else, which from_pod then treats as any IPv6 packet.
+ * A Neighbour Solicitation or Advertisement (type) from a pod: answered,
+ * passed to the kernel or dropped as the header comment says.
  */
-static __always_inline int pod_icmp6(struct __sk_buff *skb)
+static __always_inline int pod_nd(struct __sk_buff *skb, struct ethhdr *eth, struct ipv6hdr *ip6, __u8 type)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	const struct endpoint_info *ep;
 	const __u8 *lladdr;
 	__u8 buf[ND_MAX_LEN] = {};
-	__u8 type;
 	__u32 len;
-
-	if ((void *)(ip6 + 1) + 1 > data_end || ip6->nexthdr != IPPROTO_ICMPV6)
-		return -1;
-	type = *(__u8 *)(ip6 + 1);
-	switch (type) {
-	case ICMPV6_ROUTER_SOLICIT:
-		goto pass;
-	case ICMPV6_ROUTER_ADVERT:
-	case ICMPV6_REDIRECT:
-		goto spoof;
-	case ICMPV6_NEIGH_SOLICIT:
-	case ICMPV6_NEIGH_ADVERT:
-		break;
-	default:
-		return -1; /* MLD (130-132, 143) included: ordinary ICMPv6, link-local to the kernel */
-	}
 
 	len = bpf_ntohs(ip6->payload_len);
 	if (len > ND_MAX_LEN || IPV6_HLEN + len > skb->len - ETH_HLEN)
@@ -273,4 +251,37 @@ pass:
 spoof:
 	count(CNT_DROP_ND_SPOOF, skb->len);
 	return TC_ACT_SHOT;
+}
+
+/*
+ * ICMPv6 from a pod, before its source is checked (ND uses link-local and
+ * unspecified sources). Returns a verdict for ND, router solicitations,
+ * advertisements and redirects, or -1 for everything else (MLD included:
+ * ordinary ICMPv6, link-local to the kernel), which from_pod then treats
+ * as any IPv6 packet.
+ */
+static __always_inline int pod_icmp6(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+	if ((void *)(ip6 + 1) + 1 > data_end || ip6->nexthdr != IPPROTO_ICMPV6)
+		return -1;
+	switch (*(__u8 *)(ip6 + 1)) {
+	case ICMPV6_ROUTER_SOLICIT:
+		count(CNT_PASS_POD, skb->len);
+		return TC_ACT_OK;
+	case ICMPV6_ROUTER_ADVERT:
+	case ICMPV6_REDIRECT:
+		count(CNT_DROP_ND_SPOOF, skb->len); /* a pod is never the host's router */
+		return TC_ACT_SHOT;
+	case ICMPV6_NEIGH_SOLICIT:
+		return pod_nd(skb, eth, ip6, ICMPV6_NEIGH_SOLICIT);
+	case ICMPV6_NEIGH_ADVERT:
+		return pod_nd(skb, eth, ip6, ICMPV6_NEIGH_ADVERT);
+	default:
+		return -1;
+	}
 }
