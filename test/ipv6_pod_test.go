@@ -47,3 +47,46 @@ func TestIPv6GatewayNUD(t *testing.T) {
 	// Unanswered, the entry would be FAILED (three probes 300 ms apart), then gone.
 	waitFor(t, 5*time.Second, func() bool { return gateway() == "REACHABLE" }, "the gateway entry REACHABLE again")
 }
+
+// TestIPv6PacketTooBigToPod: IPv6 routers never fragment, so a pod whose
+// MTU is bigger than the overlay's must hear of it. An oversize ping gets
+// ICMPv6 Packet Too Big from Weft (bpf/ptb.h) from weft0's address with
+// the overlay's MTU, and the pod's stack takes it (its next DF ping fails
+// locally). Oversize TCP, which Weft leaves to the kernel's forwarding path
+// (pass_mtu), completes intact between two pods with MTU 1500.
+func TestIPv6PacketTooBigToPod(t *testing.T) {
+	c := startIPv6Lab(t, "v4", false, 2)
+	n1 := c.weft[0]
+	src, dst := n1.Pods[0], c.weft[1].Pods[0]
+	setPodMTU(t, src, 1500)
+	setPodMTU(t, dst, 1500)
+	if out, err := ping(src.NSPath, dst.IP6, 1, 0); err != nil {
+		t.Fatalf("ping: %v: %s", err, out)
+	}
+	before := counter(t, n1, "packet_too_big")
+	// 1452 bytes of payload: a 1500-byte IPv6 packet, 50 more than the overlay carries.
+	out, _ := ping(src.NSPath, dst.IP6, 1, 1452)
+	if !strings.Contains(string(out), "From "+n1.Subnet6.Addr().String()+" ") || !strings.Contains(string(out), "mtu=1450") {
+		t.Errorf("oversize ping: no Packet Too Big from weft0 (%s) with mtu=1450:\n%s", n1.Subnet6.Addr(), out)
+	} else {
+		t.Logf("oversize ping:\n%s", out)
+	}
+	if d := counter(t, n1, "packet_too_big") - before; d != 1 {
+		t.Errorf("packet_too_big moved by %d, want 1", d)
+	}
+	// The pod's route cache now has the overlay's MTU: it refuses to send more.
+	out, _ = ping(src.NSPath, dst.IP6, 1, 1452)
+	if !strings.Contains(string(out), "too long") && !strings.Contains(string(out), "mtu=1450") {
+		t.Errorf("second oversize ping: the pod did not learn the MTU:\n%s", out)
+	}
+
+	// Forget the learnt MTU: TCP (MSS 1440 both ways) finds it again through the kernel.
+	if out, err := exec.Command("nsenter", "--net="+src.NSPath, "--", "ip", "-6", "route", "flush", "cache").CombinedOutput(); err != nil {
+		t.Fatalf("flush the pod's route cache: %v: %s", err, out)
+	}
+	passMTU := counter(t, n1, "pass_mtu")
+	transferIntact(t, c.weft[0], c.weft[1], 10<<20, time.Minute)
+	if counter(t, n1, "pass_mtu") == passMTU {
+		t.Errorf("no oversize TCP went to the kernel (pass_mtu unchanged): the test did not exercise PMTU")
+	}
+}
