@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/test/topo"
 )
 
 // TestIPv6GatewayNUD: a pod's neighbour entry for its IPv6 gateway (the
@@ -88,5 +90,34 @@ func TestIPv6PacketTooBigToPod(t *testing.T) {
 	transferIntact(t, c.weft[0], c.weft[1], 10<<20, time.Minute)
 	if counter(t, n1, "pass_mtu") == passMTU {
 		t.Errorf("no oversize TCP went to the kernel (pass_mtu unchanged): the test did not exercise PMTU")
+	}
+}
+
+// TestIPv6LocalPods: two IPv6 pods on one Weft node reach each other
+// through from_pod's local delivery (no encapsulation, hop limit - 1), each
+// having resolved its gateway through Weft's Neighbour Advertisement.
+func TestIPv6LocalPods(t *testing.T) {
+	c := startIPv6Lab(t, "v4", false, 2)
+	n1 := c.weft[0]
+	p2, err := c.AddPod(n1, "p2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1 := n1.Pods[0]
+	local, encap := counter(t, n1, "local"), counter(t, n1, "encap")
+	for _, pr := range [][2]*topo.Pod{{p1, p2}, {p2, p1}} {
+		if out, err := ping(pr[0].NSPath, pr[1].IP6, 2, 0); err != nil {
+			t.Errorf("%s -> %s: %v\n%s", pr[0].Name, pr[1].IP6, err, out)
+		}
+	}
+	res, err := transferTCP(testCtx(t, time.Minute), p1.NSPath, p2.NSPath, p2.IP6, 10<<20)
+	if err != nil || !res.Intact(10<<20) {
+		t.Errorf("TCP between local pods over IPv6: %v (%d bytes, intact %v)", err, res.Bytes, res.Intact(10<<20))
+	}
+	if counter(t, n1, "local") == local {
+		t.Errorf("local did not move: the pods' traffic did not take from_pod's local delivery")
+	}
+	if d := counter(t, n1, "encap") - encap; d != 0 {
+		t.Errorf("encap moved by %d between pods on one node", d)
 	}
 }
