@@ -37,20 +37,18 @@ static __always_inline int icmp_is_error(__u8 type)
 }
 
 /*
- * GCRA per source: due holds when the next answer is due; a source may run
- * FN_BURST answers ahead of it. Returns 1 if an answer may be sent now.
+ * GCRA per source (16 bytes, IPv4 mapped): due holds when the next answer
+ * is due; a source may run FN_BURST answers ahead of it. Returns 1 if an answer may be sent now.
  * Races between CPUs can only let an extra answer through.
  */
-static __always_inline int frag_needed_allowed(__be32 src)
+static __always_inline int icmp_error_allowed(const struct peer_key *src)
 {
-	struct peer_key key;
 	__u64 now = bpf_ktime_get_ns(), *due, next;
 
-	addr_from_v4(key.addr, src);
-	due = bpf_map_lookup_elem(&frag_needed_rate, &key);
+	due = bpf_map_lookup_elem(&frag_needed_rate, src);
 	if (!due) {
 		next = now + FN_INTERVAL_NS;
-		bpf_map_update_elem(&frag_needed_rate, &key, &next, BPF_ANY);
+		bpf_map_update_elem(&frag_needed_rate, src, &next, BPF_ANY);
 		return 1;
 	}
 	next = *due > now ? *due : now;
@@ -58,6 +56,15 @@ static __always_inline int frag_needed_allowed(__be32 src)
 		return 0;
 	*due = next + FN_INTERVAL_NS;
 	return 1;
+}
+
+/* icmp_error_allowed for an IPv4 source (IPv6 sources share the map: ptb.h). */
+static __always_inline int frag_needed_allowed(__be32 src)
+{
+	struct peer_key key;
+
+	addr_from_v4(key.addr, src);
+	return icmp_error_allowed(&key);
 }
 
 /*

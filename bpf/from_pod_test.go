@@ -20,7 +20,26 @@ import (
 // program acted as a router (TTL - 1).
 func checkEncap(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerIP, out []byte, forwarded bool) {
 	t.Helper()
-	if want := 14 + 50 + len(innerIP); len(out) != want {
+	checkVXLANHeaders(t, cfg, tun, len(innerIP), out, innerIP[1]&3, layers.EthernetTypeIPv4)
+
+	// Inner packet: untouched but for the router's TTL - 1.
+	got := out[offInnerIP:]
+	want := innerIP
+	if forwarded {
+		want = decremented(t, innerIP)
+	}
+	hexDiff(t, "inner IPv4 packet", got, want)
+	if !ipv4CsumValid(got[:20]) {
+		t.Errorf("inner IPv4 checksum invalid after the TTL change")
+	}
+}
+
+// checkVXLANHeaders checks everything checkEncap does up to the inner
+// Ethernet header (outer IPv4 underlay), for an inner packet of innerLen
+// bytes whose ECN is innerECN and Ethernet type innerType.
+func checkVXLANHeaders(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerLen int, out []byte, innerECN byte, innerType layers.EthernetType) {
+	t.Helper()
+	if want := 14 + 50 + innerLen; len(out) != want {
 		t.Fatalf("encapsulated frame is %d bytes, want %d", len(out), want)
 	}
 
@@ -33,10 +52,14 @@ func checkEncap(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerIP,
 	for _, l := range ls {
 		kinds = append(kinds, l.LayerType())
 	}
+	innerL3 := layers.LayerTypeIPv4
+	if innerType == layers.EthernetTypeIPv6 {
+		innerL3 = layers.LayerTypeIPv6
+	}
 	if len(ls) < 6 || kinds[0] != layers.LayerTypeEthernet || kinds[1] != layers.LayerTypeIPv4 ||
 		kinds[2] != layers.LayerTypeUDP || kinds[3] != layers.LayerTypeVXLAN ||
-		kinds[4] != layers.LayerTypeEthernet || kinds[5] != layers.LayerTypeIPv4 {
-		t.Fatalf("layers %v, want Ethernet/IPv4/UDP/VXLAN/Ethernet/IPv4/...", kinds)
+		kinds[4] != layers.LayerTypeEthernet || kinds[5] != innerL3 {
+		t.Fatalf("layers %v, want Ethernet/IPv4/UDP/VXLAN/Ethernet/%v/...", kinds, innerL3)
 	}
 	outerEth := ls[0].(*layers.Ethernet)
 	outer := ls[1].(*layers.IPv4)
@@ -76,12 +99,12 @@ func checkEncap(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerIP,
 		t.Errorf("outer destination %v, want tunnel remote %v", dst, tun.Remote)
 	}
 	// ECN per RFC 6040 normal mode (ip_tunnel_ecn_encap): copied, CE sent as ECT(0); DSCP 0.
-	wantECN := innerIP[1] & 3
+	wantECN := innerECN
 	if wantECN == 3 {
 		wantECN = 2
 	}
 	if outer.TOS != wantECN {
-		t.Errorf("outer TOS %#x for inner TOS %#x, want %#x", outer.TOS, innerIP[1], wantECN)
+		t.Errorf("outer TOS %#x for inner ECN %#x, want %#x", outer.TOS, innerECN, wantECN)
 	}
 
 	// UDP.
@@ -114,19 +137,8 @@ func checkEncap(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerIP,
 	if !bytes.Equal(innerEth.SrcMAC, cfg.VtepMAC) {
 		t.Errorf("inner Ethernet src %v, want local VtepMAC %v", innerEth.SrcMAC, cfg.VtepMAC)
 	}
-	if innerEth.EthernetType != layers.EthernetTypeIPv4 {
-		t.Errorf("inner Ethernet type %v, want IPv4", innerEth.EthernetType)
-	}
-
-	// Inner packet: untouched but for the router's TTL - 1.
-	got := out[offInnerIP:]
-	want := innerIP
-	if forwarded {
-		want = decremented(t, innerIP)
-	}
-	hexDiff(t, "inner IPv4 packet", got, want)
-	if !ipv4CsumValid(got[:20]) {
-		t.Errorf("inner IPv4 checksum invalid after the TTL change")
+	if innerEth.EthernetType != innerType {
+		t.Errorf("inner Ethernet type %v, want %v", innerEth.EthernetType, innerType)
 	}
 }
 
@@ -278,10 +290,6 @@ func TestFromPodLocal(t *testing.T) {
 }
 
 func TestFromPodPass(t *testing.T) {
-	ipv6 := serialize(t,
-		&layers.Ethernet{DstMAC: pod1.HostMAC, SrcMAC: pod1.MAC, EthernetType: layers.EthernetTypeIPv6},
-		&layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolNoNextHeader,
-			SrcIP: net.ParseIP("fd00::2"), DstIP: net.ParseIP("fd00:1::7")})
 	full := podFrame(t, pod1, pkt{dst: remotePodB})
 
 	for _, c := range []struct {
@@ -298,7 +306,7 @@ func TestFromPodPass(t *testing.T) {
 		{"TTL 0 to a VXLAN peer", podFrame(t, pod1, pkt{dst: remotePodB, zeroTTL: true}), "pass_ttl"},
 		{"TTL 1 to a direct peer", podFrame(t, pod1, pkt{dst: remotePodC, ttl: 1}), "pass_ttl"},
 		{"TTL 1 to a local pod", podFrame(t, pod1, pkt{dst: pod2.IP, ttl: 1}), "pass_ttl"},
-		{"IPv6", ipv6, "pass_pod"},
+		{"IPv6 to the outside", podFrame6(t, pod1v6, pkt6{dst: netip.MustParseAddr("2001:db8::1")}), "pass_pod"},
 		{"LLDP", ether(t, mustMAC("01:80:c2:00:00:0e"), pod1.MAC, layers.EthernetTypeLinkLayerDiscovery, make([]byte, 46)), "pass_pod"},
 		{"VLAN tagged", ether(t, pod1.HostMAC, pod1.MAC, layers.EthernetTypeDot1Q, full[12:]), "pass_pod"},
 		// Program.Run refuses IPv4 frames shorter than Ethernet + 20 (and IPv6 shorter

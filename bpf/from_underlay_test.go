@@ -214,7 +214,7 @@ func underlayCases(t testing.TB) []underlayCase {
 		{"VNI 256 (byte order)", vxFrom(func(v *vx) { v.vni = 256 }), "pass_other_vni"},
 		{"VNI 0x010001", vxFrom(func(v *vx) { v.vni = 0x010001 }), "pass_other_vni"},
 		{"VNI in the reserved byte", mutate(valid, false, func(b []byte) { b[offVXLAN+6], b[offVXLAN+7] = 0, 1 }), "pass_other_vni"},
-		{"inner IPv6", innerType(layers.EthernetTypeIPv6, innerIPv6), "drop_inner_not_ipv4"},
+		{"inner IPv6 without payload (payload length 0)", innerType(layers.EthernetTypeIPv6, innerIPv6), "drop_inner_malformed"},
 		{"inner ARP", innerType(layers.EthernetTypeARP, append(innerARP, make([]byte, 20)...)), "drop_inner_not_ipv4"},
 		{"inner VLAN", innerType(layers.EthernetTypeDot1Q, append([]byte{0, 5, 8, 0}, innerFromB(t, pkt{})...)), "drop_inner_not_ipv4"},
 		{"inner version 6 in an IPv4 frame", mutate(valid, false, setInner(func(h []byte) { h[0] = 0x65 })), "drop_inner_malformed"},
@@ -247,6 +247,8 @@ func underlayCases(t testing.TB) []underlayCase {
 		{"VXLAN peer's pod unencapsulated", plainFromC(pkt{src: remoteSrcB}), "pass_underlay"},
 		{"unknown source unencapsulated", plainFromC(pkt{src: netip.MustParseAddr("10.99.0.1")}), "pass_underlay"},
 	}
+
+	cs = append(cs, underlayCases6(t)...)
 
 	// Truncated at (and inside) every header: the bytes stop, the length fields
 	// still describe the whole packet.
@@ -291,9 +293,33 @@ func underlayCases(t testing.TB) []underlayCase {
 	return cs
 }
 
+// ipType is the Ethernet type of the IP packet ip (by its version).
+func ipType(ip []byte) layers.EthernetType {
+	if ip[0]>>4 == 6 {
+		return layers.EthernetTypeIPv6
+	}
+	return layers.EthernetTypeIPv4
+}
+
+// ipDst is the destination of the IPv4 or IPv6 packet ip.
+func ipDst(ip []byte) netip.Addr {
+	if ip[0]>>4 == 6 {
+		return netip.AddrFrom16([16]byte(ip[24:40]))
+	}
+	return netip.AddrFrom4([4]byte(ip[16:20]))
+}
+
+// forwardedIP is ip as a router forwards it: TTL or hop limit - 1.
+func forwardedIP(t testing.TB, ip []byte) []byte {
+	if ip[0]>>4 == 6 {
+		return hopDecremented(ip)
+	}
+	return decremented(t, ip)
+}
+
 // endpointFor is the local pod behind addr, if any.
 func endpointFor(addr netip.Addr) (weftmaps.Endpoint, bool) {
-	for _, ep := range []weftmaps.Endpoint{pod1, pod2} {
+	for _, ep := range []weftmaps.Endpoint{pod1, pod2, pod1v6, pod2v6} {
 		if ep.IP == addr {
 			return ep, true
 		}
@@ -322,18 +348,18 @@ func checkUnderlayTC(t *testing.T, e *env, c underlayCase) {
 	switch {
 	case c.want == "deliver":
 		r.check(t, tcActRedirect, counters("decap", "deliver"))
-		ep, ok := endpointFor(netip.AddrFrom4([4]byte(in[offInnerIP+16 : offInnerIP+20])))
+		ep, ok := endpointFor(ipDst(in[offInnerIP:]))
 		if !ok {
 			t.Fatalf("test bug: no endpoint for the inner destination")
 		}
 		// The inner packet (and whatever trailed the outer one) behind the pod's Ethernet header, TTL - 1.
-		want := append(ethHdr(ep.MAC, ep.HostMAC, layers.EthernetTypeIPv4), decremented(t, in[offInnerIP:])...)
+		want := append(ethHdr(ep.MAC, ep.HostMAC, ipType(in[offInnerIP:])), forwardedIP(t, in[offInnerIP:])...)
 		hexDiff(t, "delivered frame", r.out, want)
 		checkPeerRx(t, e, netip.AddrFrom4([4]byte(in[offOuterIP+12:offOuterIP+16])))
 	case c.want == "to_host":
 		r.check(t, tcActRedirect, counters("decap", "to_host"))
 		// Into weft0: its MAC as destination, the inner packet untouched (the host routes it).
-		want := append(ethHdr(localVtep, in[6:12], layers.EthernetTypeIPv4), in[offInnerIP:]...)
+		want := append(ethHdr(localVtep, in[6:12], ipType(in[offInnerIP:])), in[offInnerIP:]...)
 		hexDiff(t, "frame for the host", r.out, want)
 	case c.want == "conntrack" || c.want == "direct_conntrack":
 		want := counters("decap", "pass_conntrack")
@@ -343,11 +369,11 @@ func checkUnderlayTC(t *testing.T, e *env, c underlayCase) {
 		}
 		r.check(t, tcActRedirect, want)
 		// Into weft0 like to_host: the host's conntrack un-NATs and routes it.
-		hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, in[6:12], layers.EthernetTypeIPv4), inner...))
+		hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, in[6:12], ipType(inner)), inner...))
 	case c.want == "direct_rx":
 		r.check(t, tcActRedirect, counters("direct_rx"))
-		ep, _ := endpointFor(netip.AddrFrom4([4]byte(in[14+16 : 14+20])))
-		want := append(ethHdr(ep.MAC, ep.HostMAC, layers.EthernetTypeIPv4), decremented(t, in[14:])...)
+		ep, _ := endpointFor(ipDst(in[14:]))
+		want := append(ethHdr(ep.MAC, ep.HostMAC, ipType(in[14:])), forwardedIP(t, in[14:])...)
 		hexDiff(t, "delivered frame", r.out, want)
 	case strings.HasPrefix(c.want, "drop_"):
 		r.check(t, tcActShot, counters(c.want))
@@ -370,7 +396,7 @@ func checkUnderlayXDP(t *testing.T, e *env, c underlayCase) {
 	case c.want == "deliver" || c.want == "to_host" || c.want == "conntrack":
 		r.check(t, xdpPass, counters("decap"))
 		// The inner frame, addressed to the underlay NIC so the stack and GRO take it as ours.
-		want := append(ethHdr(underlayMAC, in[6:12], layers.EthernetTypeIPv4), in[offInnerIP:]...)
+		want := append(ethHdr(underlayMAC, in[6:12], ipType(in[offInnerIP:])), in[offInnerIP:]...)
 		hexDiff(t, "decapsulated frame", r.out, want)
 		if tg := tag(); tg != metaDecapped {
 			t.Errorf("metadata tag %#x, want WEFT_META_DECAPPED", tg)

@@ -26,6 +26,16 @@ func FuzzEncap(f *testing.F) {
 		}
 	}
 	f.Add(arpFrame(f, mustMAC("ff:ff:ff:ff:ff:ff"), pod1.MAC, layers.ARPRequest, pod1.MAC, pod1.IP, make([]byte, 6), gatewayIP), false)
+	for _, dst := range []netip.Addr{remotePodB6, remotePodC6, pod2v6.IP, hostIP6, netip.MustParseAddr("2001:db8::1")} {
+		for _, p := range []pkt6{{}, {hopLimit: 1}, {size: 1500}, {size: 1450}, {tc: 3, flow: 7},
+			{proto: layers.IPProtocolUDP}, {proto: layers.IPProtocolICMPv6, size: 1500}, {fragment: true}} {
+			p.dst = dst
+			f.Add(podFrame6(f, pod1v6, p), false)
+			f.Add(hostFrame6(f, p), true)
+		}
+	}
+	group, groupMAC := solicitedNode(gatewayIP6)
+	f.Add(ndFrame(f, nd{ethSrc: pod1.MAC, ethDst: groupMAC, src: pod1v6.IP, dst: group, target: gatewayIP6, lladdr: pod1.MAC}), false)
 
 	a := newEnv(f)
 	b := newBareEnv(f) // peer B, with us (A) as its peer
@@ -33,6 +43,10 @@ func FuzzEncap(f *testing.F) {
 	bcfg.UnderlayIP, bcfg.UnderlayMAC, bcfg.VtepMAC = peerB.Remote, peerBMAC, peerB.VtepMAC
 	b.setConfig(bcfg)
 	if err := b.m.Tunnels.Put(weftmaps.Tunnel{Subnet: netip.MustParsePrefix("10.244.0.0/24"), Remote: underlayIP,
+		VtepMAC: localVtep, VNI: 1, Mode: weftmaps.ModeVXLAN}); err != nil {
+		f.Fatal(err)
+	}
+	if err := b.m.Tunnels.Put(weftmaps.Tunnel{Subnet: netip.MustParsePrefix("fd00:10:244::/64"), Remote: underlayIP,
 		VtepMAC: localVtep, VNI: 1, Mode: weftmaps.ModeVXLAN}); err != nil {
 		f.Fatal(err)
 	}
@@ -59,6 +73,10 @@ func FuzzEncap(f *testing.F) {
 			t.Fatalf("%s counted %s but returned %d", name, encap, r.verdict)
 		}
 		inner := frame[14:]
+		if be16(frame[12:]) == 0x86dd {
+			checkFuzzEncapInner6(t, a, b, ref, inner, r.out, fromHost)
+			return
+		}
 		ip, ok := parseIPv4(inner)
 		if !ok {
 			t.Fatalf("%s encapsulated a frame without an IPv4 header:\n%x", name, frame)
@@ -85,4 +103,31 @@ func FuzzEncap(f *testing.F) {
 			t.Errorf("peer B did not decapsulate what %s sent: verdict %d, counters %v\n%x", name, d.verdict, d.delta, out)
 		}
 	})
+}
+
+// checkFuzzEncapInner6 is FuzzEncap's check for an IPv6 frame the program says it
+// encapsulated: to a VXLAN tunnel covering the destination, VXLAN as the
+// vxlan driver sends it (checkEncap6in4), and peer B decapsulates it again.
+func checkFuzzEncapInner6(t *testing.T, a, b *env, ref *refNode, inner, out []byte, fromHost bool) {
+	t.Helper()
+	if len(inner) < 40 || inner[0]>>4 != 6 {
+		t.Fatalf("encapsulated a frame without an IPv6 header:\n%x", inner)
+	}
+	src, dst := netip.AddrFrom16([16]byte(inner[8:24])), netip.AddrFrom16([16]byte(inner[24:40]))
+	tun, ok := ref.tunnelFor(dst)
+	if !ok || (tun.Mode != weftmaps.ModeVXLAN && !tun.Remote.Is4()) {
+		t.Fatalf("encapsulated to %v, which no VXLAN tunnel covers", dst)
+	}
+	out = out[:14+50+len(inner)]
+	if gopacket.NewPacket(append(ethHdr(localVtep, localVtep, layers.EthernetTypeIPv6), inner...), layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {
+		checkEncap6in4(t, a.cfg, tun, inner, out, !fromHost)
+	}
+	plen := int(be16(inner[4:]))
+	if tun.Remote != peerB.Remote || !netip.MustParsePrefix("fd00:10:244::/64").Contains(src) || plen == 0 || 40+plen > len(inner) {
+		return
+	}
+	d := b.run("from_underlay", out)
+	if d.delta["decap"] != 1 || d.verdict != tcActRedirect {
+		t.Errorf("peer B did not decapsulate what was sent: verdict %d, counters %v\n%x", d.verdict, d.delta, out)
+	}
 }

@@ -35,17 +35,21 @@ type refNode struct {
 
 func newRefNode() *refNode {
 	eps := map[netip.Addr]weftmaps.Endpoint{}
-	for _, ep := range []weftmaps.Endpoint{pod1, pod2} {
+	for _, ep := range []weftmaps.Endpoint{pod1, pod2, pod1v6, pod2v6} {
 		eps[ep.IP] = ep
 	}
 	c := defaultConfig()
-	return &refNode{ip: c.UnderlayIP, port: c.Port, vni: c.VNI, tunnels: []weftmaps.Tunnel{peerB, peerC, peerD}, endpoints: eps,
-		directMACs: map[netip.Addr]net.HardwareAddr{peerC.Remote: peerCMAC}}
+	return &refNode{ip: c.UnderlayIP, port: c.Port, vni: c.VNI, tunnels: []weftmaps.Tunnel{peerB, peerC, peerD, peerB6, peerC6}, endpoints: eps,
+		directMACs: map[netip.Addr]net.HardwareAddr{peerC.Remote: peerCMAC, peerC6Remote: peerCMAC}}
 }
 
-// tunnelFor is a longest-prefix match over the tunnels.
+// tunnelFor is a longest-prefix match over the tunnels. An IPv4-mapped
+// IPv6 address (which no IPv6 header may carry) matches nothing.
 func (n *refNode) tunnelFor(a netip.Addr) (weftmaps.Tunnel, bool) {
 	best, found := weftmaps.Tunnel{}, false
+	if a.Is4In6() {
+		return best, false
+	}
 	for _, tun := range n.tunnels {
 		if tun.Subnet.Contains(a) && (!found || tun.Subnet.Bits() > best.Subnet.Bits()) {
 			best, found = tun, true
@@ -117,6 +121,9 @@ func (n *refNode) classify(f []byte) refVerdict {
 	pass := refVerdict{reason: "pass_underlay"}
 	// Is it VXLAN for us at all? Ethernet, IPv4, UDP to our address and port,
 	// and not a later fragment (which has no UDP header to look at).
+	if len(f) >= 14+40 && binary.BigEndian.Uint16(f[12:]) == 0x86dd {
+		return n.plain6(f)
+	}
 	if len(f) < 14 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
 		return pass
 	}
@@ -159,7 +166,11 @@ func (n *refNode) classify(f []byte) refVerdict {
 		return refVerdict{reason: "pass_other_vni"}
 	}
 	innerEth := vxl[8:]
-	if binary.BigEndian.Uint16(innerEth[12:]) != 0x0800 {
+	switch binary.BigEndian.Uint16(innerEth[12:]) {
+	case 0x0800:
+	case 0x86dd:
+		return n.classify6(innerEth, udpLen-8-8-14, outer.src, outer.tos)
+	default:
 		return refVerdict{reason: "drop_inner_not_ipv4"}
 	}
 	inner, _ := parseIPv4(innerEth[14:])
@@ -208,6 +219,9 @@ func setTOSIncremental(h []byte, tos byte) {
 // a DirectRouting peer's pod to a local pod, forwarded like a router would.
 func (n *refNode) plain(f []byte) refVerdict {
 	pass := refVerdict{reason: "pass_underlay"}
+	if binary.BigEndian.Uint16(f[12:]) == 0x86dd {
+		return n.plain6(f)
+	}
 	ip, ok := parseIPv4(f[14:])
 	if !ok || !ip.wellFormed(len(f)-14) {
 		return pass
@@ -257,6 +271,10 @@ func FuzzDecap(f *testing.F) {
 	}
 	f.Add(podFrame(f, pod1, pkt{dst: remotePodB}))
 	f.Add(podFrame(f, pod1, pkt{dst: pod2.IP}))
+	f.Add(podFrame6(f, pod1v6, pkt6{dst: remotePodB6}))
+	f.Add(podFrame6(f, pod1v6, pkt6{dst: pod2v6.IP}))
+	_, group := solicitedNode(gatewayIP6)
+	f.Add(ndFrame(f, nd{ethSrc: pod1.MAC, ethDst: group, src: pod1v6.IP, dst: netip.MustParseAddr("ff02::1:ff00:1"), target: gatewayIP6, lladdr: pod1.MAC}))
 
 	e := newEnv(f)
 	ref := newRefNode()
@@ -314,7 +332,7 @@ func checkFuzzXDP(t *testing.T, e *env, frame []byte, want refVerdict) {
 		if r.verdict != xdpPass || !decapped {
 			t.Errorf("XDP verdict %d, decapsulated %v, for a valid frame", r.verdict, decapped)
 		}
-		exp := append(ethHdr(underlayMAC, frame[6:12], layers.EthernetTypeIPv4), want.inner...)
+		exp := append(ethHdr(underlayMAC, frame[6:12], ipType(want.inner)), want.inner...)
 		hexDiff(t, "XDP-decapsulated frame", r.out, exp)
 	case "pass_underlay", "direct_rx", "drop_direct_peer":
 		wantDelta = counters() // tc counts plain traffic
@@ -357,20 +375,24 @@ func checkFuzzTC(t *testing.T, e *env, frame []byte, want refVerdict) {
 			if want.reason == "direct_rx" {
 				wantDelta = counters("pass_conntrack")
 			}
-			hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, frame[6:12], layers.EthernetTypeIPv4), want.inner...))
+			hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, frame[6:12], ipType(want.inner)), want.inner...))
 		case local && want.ttl > 1:
 			if want.reason == "decap" {
 				wantDelta = counters("decap", "deliver")
 			} else {
 				wantDelta = counters("direct_rx")
 			}
-			if !bytes.Equal(r.out[:14], ethHdr(ep.MAC, ep.HostMAC, layers.EthernetTypeIPv4)) {
+			if !bytes.Equal(r.out[:14], ethHdr(ep.MAC, ep.HostMAC, ipType(want.inner))) {
 				t.Errorf("Ethernet header %x, want the pod's", r.out[:14])
 			}
-			checkForwarded(t, r.out[14:], want.inner)
+			if ipType(want.inner) == layers.EthernetTypeIPv6 {
+				hexDiff(t, "forwarded IPv6 packet", r.out[14:], hopDecremented(want.inner))
+			} else {
+				checkForwarded(t, r.out[14:], want.inner)
+			}
 		default:
 			wantDelta = counters("decap", "to_host")
-			hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, frame[6:12], layers.EthernetTypeIPv4), want.inner...))
+			hexDiff(t, "frame for the host", r.out, append(ethHdr(localVtep, frame[6:12], ipType(want.inner)), want.inner...))
 		}
 		if want.ce {
 			wantDelta["ecn_ce"] = 1
@@ -407,6 +429,14 @@ func TestVerdictSets(t *testing.T) {
 			frames = append(frames, podFrame(t, pod1, p), hostFrame(t, p))
 		}
 	}
+	for _, dst := range []netip.Addr{remotePodB6, remotePodC6, pod2v6.IP, hostIP6, netip.MustParseAddr("2001:db8::1")} {
+		for _, p := range []pkt6{{}, {hopLimit: 1}, {size: 1500}, {size: 1500, proto: layers.IPProtocolICMPv6}} {
+			p.dst = dst
+			frames = append(frames, podFrame6(t, pod1v6, p), hostFrame6(t, p))
+		}
+	}
+	group, groupMAC := solicitedNode(gatewayIP6)
+	frames = append(frames, ndFrame(t, nd{ethSrc: pod1.MAC, ethDst: groupMAC, src: pod1v6.IP, dst: group, target: gatewayIP6, lladdr: pod1.MAC}))
 	for _, fr := range frames {
 		for name := range verdictSets {
 			if name != "from_underlay_xdp" && !tcRunnable(fr) {
@@ -439,4 +469,89 @@ func ipv4ChecksumOK(h []byte) bool {
 		sum = sum&0xffff + sum>>16
 	}
 	return sum == 0xffff
+}
+
+// classify6 is classify's inner IPv6 half: inner is the inner Ethernet
+// frame, innerLen the bytes the outer lengths leave it after its header.
+func (n *refNode) classify6(innerEth []byte, innerLen int, outerSrc netip.Addr, outerTOS byte) refVerdict {
+	ip := innerEth[14:]
+	if len(ip) < 40 {
+		return refVerdict{reason: "drop_short"}
+	}
+	plen := int(binary.BigEndian.Uint16(ip[4:]))
+	if ip[0]>>4 != 6 || plen == 0 || 40+plen > innerLen {
+		return refVerdict{reason: "drop_inner_malformed"}
+	}
+	src, dst := netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40]))
+	tun, ok := n.tunnelFor(src)
+	if !ok {
+		return refVerdict{reason: "drop_unknown_source"}
+	}
+	if tun.Remote != outerSrc {
+		return refVerdict{reason: "drop_unknown_peer"}
+	}
+	v := refVerdict{reason: "decap", inner: ip, dst: dst, ttl: ip[7], peer: tun.Remote}
+	if outerTOS&3 == 3 {
+		switch ipv6ECN(ip) {
+		case 0:
+			return refVerdict{reason: "drop_ecn_not_ect"}
+		case 1, 2:
+			v.inner = slices.Clone(v.inner)
+			v.inner[1] |= 0x30
+			v.ce = true
+		}
+	}
+	_, local := n.endpoints[dst]
+	v.stack = local && needsStack6(v.inner)
+	return v
+}
+
+// needsStack6 is ctgate's rule for IPv6 (ipv6.h ct_needs_stack6) where no
+// conntrack entry exists: anything but TCP, UDP and ICMPv6 echo right after
+// the fixed header.
+func needsStack6(ip []byte) bool {
+	if len(ip) < 44 || binary.BigEndian.Uint16(ip[4:]) < 4 {
+		return true
+	}
+	switch ip[6] {
+	case 58:
+		return ip[40] != 128 && ip[40] != 129
+	case 6, 17:
+		return false
+	}
+	return true
+}
+
+// plain6 is plain for an IPv6 frame.
+func (n *refNode) plain6(f []byte) refVerdict {
+	pass := refVerdict{reason: "pass_underlay"}
+	ip := f[14:]
+	if len(ip) < 40 {
+		return pass
+	}
+	plen := int(binary.BigEndian.Uint16(ip[4:]))
+	if ip[0]>>4 != 6 || plen == 0 || 40+plen > len(ip) {
+		return pass
+	}
+	src, dst := netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40]))
+	if dst.Is4In6() {
+		return pass
+	}
+	if _, ok := n.endpoints[dst]; !ok {
+		return pass
+	}
+	tun, ok := n.tunnelFor(src)
+	if !ok || tun.Mode != weftmaps.ModeDirect {
+		return pass
+	}
+	if !bytes.Equal(f[6:12], n.directMACs[tun.Remote]) {
+		return refVerdict{reason: "drop_direct_peer"}
+	}
+	if needsStack6(ip) {
+		return refVerdict{reason: "direct_rx", inner: ip, dst: dst, ttl: ip[7], stack: true}
+	}
+	if ip[7] <= 1 {
+		return pass
+	}
+	return refVerdict{reason: "direct_rx", inner: ip, dst: dst, ttl: ip[7]}
 }

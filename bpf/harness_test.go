@@ -108,6 +108,7 @@ func defaultConfig() weftmaps.Config {
 		MTU:             1500,
 		SrcPortMin:      weftmaps.DefaultSrcPortMin,
 		SrcPortMax:      weftmaps.DefaultSrcPortMax,
+		HostIP6:         hostIP6,
 	}
 }
 
@@ -148,12 +149,13 @@ func newBareEnv(tb testing.TB) *env {
 func newEnv(tb testing.TB) *env {
 	e := newBareEnv(tb)
 	e.setConfig(defaultConfig())
-	for _, ep := range []weftmaps.Endpoint{pod1, pod2} {
+	// Dual-stack: each pod also has an IPv6 entry, peers B and C an IPv6 subnet (ipv6_harness_test.go).
+	for _, ep := range []weftmaps.Endpoint{pod1, pod2, pod1v6, pod2v6} {
 		if err := e.m.Endpoints.Put(ep); err != nil {
 			tb.Fatal(err)
 		}
 	}
-	for _, tun := range []weftmaps.Tunnel{peerB, peerC, peerD} {
+	for _, tun := range []weftmaps.Tunnel{peerB, peerC, peerD, peerB6, peerC6} {
 		if err := e.m.Tunnels.Put(tun); err != nil {
 			tb.Fatal(err)
 		}

@@ -78,6 +78,8 @@ static __always_inline int counter_is_drop(enum counter c)
 	case CNT_PASS_CONNTRACK:
 	case CNT_PASS_OUTER6_CSUM:
 	case CNT_PASS_OUTER6_EXTHDR:
+	case CNT_ND_REPLY:
+	case CNT_PACKET_TOO_BIG:
 		return 0; /* appended after the drops, but not drops */
 	default:
 		return c >= CNT_FIRST_DROP;
@@ -273,6 +275,12 @@ static __always_inline int ipv4_header_ok(const struct iphdr *ip, __u32 l3_len)
 	return ip->version == 4 && ip->ihl >= 5 && tot_len >= ip->ihl * 4U && tot_len <= l3_len;
 }
 
+/*
+ * The inner IPv6 half of the checks below. Included here, not at the top:
+ * it builds on everything above.
+ */
+#include "ipv6.h"
+
 /* ---- the VXLAN receive classifier ---- */
 
 struct vxlan_frame {
@@ -299,8 +307,11 @@ static __always_inline enum counter classify_inner(struct ethhdr *inner_eth, voi
 
 	if ((void *)(inner_ip + 1) > data_end)
 		return CNT_DROP_SHORT;
-	if (inner_eth->h_proto != bpf_htons(ETH_P_IP))
+	if (inner_eth->h_proto != bpf_htons(ETH_P_IP)) {
+		if (inner_eth->h_proto == bpf_htons(ETH_P_IPV6))
+			return classify_inner6(inner_eth, data_end, inner_len, outer_saddr, tun);
 		return CNT_DROP_INNER_NOT_IPV4;
+	}
 	if (inner_ip->version != 4 || inner_ip->ihl < 5 ||
 	    bpf_ntohs(inner_ip->tot_len) < inner_ip->ihl * 4 ||
 	    bpf_ntohs(inner_ip->tot_len) > inner_len)
@@ -319,7 +330,7 @@ static __always_inline enum counter classify_inner(struct ethhdr *inner_eth, voi
 	return CNT_DECAP;
 }
 
-/* Bytes a decapsulation needs to see in the linear area. */
+/* Bytes a decapsulation needs to see in the linear area (IPv4 inner; IPv6 inner: 20 more). */
 #define VXLAN_PARSE_LEN (ETH_HLEN + 20 + 8 + 8 + ETH_HLEN + 20)
 
 /*

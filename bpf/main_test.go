@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 const netnsEnv = "WEFT_BPF_TEST_NETNS"
@@ -92,11 +93,25 @@ func setupNetns() error {
 			}
 		}
 	}
-	// A node forwards; bpf_fib_lookup answers nothing on a device that does not.
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-		return err
+	// A node forwards; bpf_fib_lookup answers nothing on a device that does
+	// not (for IPv6 too: DirectRouting over an IPv6 underlay).
+	for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+		if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+			return err
+		}
 	}
 	// Peer C (DirectRouting) as the kernel would have learnt it from C's ARP.
-	return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V4,
-		State: netlink.NUD_PERMANENT, IP: peerC.Remote.AsSlice(), HardwareAddr: peerCMAC})
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V4,
+		State: netlink.NUD_PERMANENT, IP: peerC.Remote.AsSlice(), HardwareAddr: peerCMAC}); err != nil {
+		return err
+	}
+	// The IPv6 underlay: our address, and peer C's IPv6 underlay address
+	// (ipv6_harness_test.go: DirectRouting for IPv6 pods) as neighbour
+	// discovery would have learnt it.
+	addr6 := &netlink.Addr{IPNet: &net.IPNet{IP: underlayIP6.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}
+	if err := netlink.AddrReplace(ul, addr6); err != nil {
+		return fmt.Errorf("address %s: %w", underlayIP6, err)
+	}
+	return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V6,
+		State: netlink.NUD_PERMANENT, IP: peerC6Remote.AsSlice(), HardwareAddr: peerCMAC})
 }

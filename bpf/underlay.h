@@ -43,7 +43,13 @@ static __always_inline int may_be_vxlan(struct __sk_buff *skb, const struct node
 static __always_inline enum counter decap_ecn(struct vxlan_frame *f, __u32 len)
 {
 	int marked;
-	enum counter c = ecn_decap(f->outer_ecn, f->inner_ip, &marked);
+	enum counter c;
+
+	/* The inner header passed classify_inner: its version nibble is the family. */
+	if ((*(__u8 *)f->inner_ip >> 4) == 6)
+		c = ecn_decap6(f->outer_ecn, f->inner_ip, &marked);
+	else
+		c = ecn_decap(f->outer_ecn, f->inner_ip, &marked);
 
 	if (c != CNT_DECAP) {
 		count(c, len);
@@ -86,9 +92,10 @@ static __always_inline enum counter classify_reassembled(struct __sk_buff *skb, 
 		return CNT_DROP_SHORT;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (data + ETH_HLEN + sizeof(struct iphdr) > data_end) {
-		/* Everything here is VXLAN to us: pulling is never wasted. */
-		bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr));
+	if (data + ETH_HLEN + IPV6_HLEN > data_end) {
+		/* Everything here is VXLAN to us: pulling is never wasted. IPv6 needs 40 bytes. */
+		bpf_skb_pull_data(skb, skb->len < ETH_HLEN + IPV6_HLEN ? ETH_HLEN + sizeof(struct iphdr) :
+									  ETH_HLEN + IPV6_HLEN);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}

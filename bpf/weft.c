@@ -33,6 +33,7 @@
 #include "frag_needed.h"
 #include "underlay.h"
 #include "outer6.h"
+#include "path6.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -104,6 +105,8 @@ static __always_inline int deliver_decapsulated(struct __sk_buff *skb, const str
 	struct iphdr *ip = (void *)(eth + 1);
 	const struct endpoint_info *ep;
 
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return deliver_decapsulated6(skb, cfg);
 	if ((void *)(ip + 1) > data_end) {
 		count(CNT_DROP_INNER_MALFORMED, skb->len);
 		return TC_ACT_SHOT;
@@ -232,7 +235,7 @@ static __always_inline int vxlan_encap(struct __sk_buff *skb, const struct node_
 	struct iphdr *ip, *inner_ip;
 	struct udphdr *udp;
 	struct vxlanhdr *vx;
-	__u8 inner_tos, ecn;
+	__u8 ecn;
 	long err;
 
 	err = bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags);
@@ -252,7 +255,7 @@ static __always_inline int vxlan_encap(struct __sk_buff *skb, const struct node_
 
 	__builtin_memcpy(inner_eth->h_dest, tun->vtep_mac, ETH_ALEN);
 	__builtin_memcpy(inner_eth->h_source, cfg->vtep_mac, ETH_ALEN);
-	inner_eth->h_proto = bpf_htons(ETH_P_IP);
+	inner_eth->h_proto = eth->h_proto; /* the frame's own: IPv4 or IPv6 */
 
 	vx->flags = VXLAN_FLAG_I;
 	vx->reserved1[0] = vx->reserved1[1] = vx->reserved1[2] = 0;
@@ -264,8 +267,7 @@ static __always_inline int vxlan_encap(struct __sk_buff *skb, const struct node_
 	udp->check = 0; /* IPv4 VXLAN: zero, as the vxlan driver sends by default */
 
 	/* ECN of the inner packet, CE carried as ECT(0) (RFC 6040), like ip_tunnel_ecn_encap. */
-	inner_tos = inner_ip->tos;
-	ecn = inner_tos & 0x3;
+	ecn = inner_ip->version == 6 ? ipv6_ecn(inner_ip) : inner_ip->tos & 0x3;
 	ip->version = 4;
 	ip->ihl = 5;
 	ip->tos = ecn == 0x3 ? 0x2 : ecn;
@@ -453,8 +455,11 @@ int from_pod(struct __sk_buff *skb)
 		goto pass;
 	if (eth->h_proto == bpf_htons(ETH_P_ARP))
 		return answer_arp(skb);
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
+	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
+		if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+			return from_pod6(skb, cfg);
 		goto pass;
+	}
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
 		goto pass;
@@ -507,8 +512,13 @@ int from_host(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(ip + 1) > data_end)
 		goto drop;
+	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
+		if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+			return from_host6(skb, cfg);
+		goto drop;
+	}
 	tun = tunnel_for_v4(ip->daddr);
 	if (tun)
 		return forward_to_peer(skb, cfg, tun, 0);
@@ -560,6 +570,8 @@ static __always_inline int to_gro_cell(struct __sk_buff *skb, const struct node_
 	}
 	if (underlay_aggregates)
 		return 0;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return ipv6_tcp_with_payload(data, data_end);
 	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP)
 		return 0;
 	if (ip->ihl == 5) {
@@ -592,8 +604,13 @@ static __always_inline int from_underlay_plain(struct __sk_buff *skb, const stru
 	const struct endpoint_info *ep;
 	const struct tunnel_info *tun;
 
-	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(ip + 1) > data_end)
 		goto pass;
+	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
+		if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+			return from_underlay_plain6(skb, cfg);
+		goto pass;
+	}
 	if (!ipv4_header_ok(ip, skb->len - ETH_HLEN))
 		goto pass;
 	ep = endpoint_for_v4(ip->daddr);
@@ -634,6 +651,8 @@ int from_underlay(struct __sk_buff *skb)
 	void *data_end;
 	struct vxlan_frame f = {};
 	enum counter c;
+	__be32 inner_w0 = 0;
+	int inner6, outer6;
 
 	if (!cfg) {
 		count(CNT_PASS_NO_CONFIG, skb->len);
@@ -655,7 +674,11 @@ int from_underlay(struct __sk_buff *skb)
 	}
 
 	data_end = (void *)(long)skb->data_end;
-	if (data + VXLAN6_PARSE_LEN > data_end) {
+	/*
+	 * The cheap test first: a frame whose headers (up to an inner IPv6
+	 * header, where it is that long) are all linear needs nothing.
+	 */
+	if (data + (skb->len < VXLAN6_PARSE_LEN + 20 ? skb->len : VXLAN6_PARSE_LEN + 20) > data_end) {
 		/*
 		 * Headers split across fragments: make them linear first, but only
 		 * for what can be VXLAN to us (pulling copies; others pay nothing).
@@ -663,10 +686,14 @@ int from_underlay(struct __sk_buff *skb)
 		__u32 need = may_be_vxlan(skb, cfg) ? VXLAN_PARSE_LEN :
 			     may_be_vxlan6(skb, cfg) ? VXLAN6_PARSE_LEN : 0;
 
-		if (need && data + need > data_end && skb->len >= need) {
-			bpf_skb_pull_data(skb, need);
-			data = (void *)(long)skb->data;
-			data_end = (void *)(long)skb->data_end;
+		if (need && skb->len >= need) {
+			/* 20 more for an inner IPv6 header, where the frame has them. */
+			need = skb->len < need + 20 ? skb->len : need + 20;
+			if (data + need > data_end) {
+				bpf_skb_pull_data(skb, need);
+				data = (void *)(long)skb->data;
+				data_end = (void *)(long)skb->data_end;
+			}
 		}
 	}
 
@@ -678,20 +705,41 @@ int from_underlay(struct __sk_buff *skb)
 		return counter_is_drop(c) ? TC_ACT_SHOT : TC_ACT_OK;
 	}
 
+	inner6 = (*(__u8 *)f.inner_ip >> 4) == 6;
+	if (inner6)
+		__builtin_memcpy(&inner_w0, f.inner_ip, sizeof(inner_w0));
 	c = decap_ecn(&f, skb->len);
 	if (c != CNT_DECAP)
 		return TC_ACT_SHOT;
+	if (inner6) {
+		/* A CE mark changed the IPv6 header, which has no checksum to absorb it. */
+		__be32 w1;
+
+		__builtin_memcpy(&w1, f.inner_ip, sizeof(w1));
+		if (w1 != inner_w0)
+			bpf_csum_update(skb, bpf_csum_diff(&inner_w0, sizeof(w1), &w1, sizeof(w1), 0));
+	}
 	count_peer_rx(f.tunnel, skb->len);
 	count(CNT_DECAP, skb->len);
 	/*
-	 * Over IPv6 the skb's protocol must become the inner packet's (IPv4),
-	 * or the pod's stack would take it for IPv6.
+	 * Where the inner family is not the outer one (v6-in-v4, v4-in-v6) the
+	 * skb's protocol must become the inner packet's (Linux 6.3+), or the
+	 * pod's stack would take it for the other family.
 	 */
+	outer6 = f.overhead != VXLAN_OVERHEAD;
 	if (bpf_skb_adjust_room(skb, -(int)f.overhead, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_FIXED_GSO |
-				(f.overhead == VXLAN_OVERHEAD ? 0 : WEFT_ADJ_ROOM_DECAP_L3_IPV4))) {
+				(inner6 == outer6 ? 0 : inner6 ? WEFT_ADJ_ROOM_DECAP_L3_IPV6 : WEFT_ADJ_ROOM_DECAP_L3_IPV4))) {
 		count(CNT_DROP_HELPER, skb->len);
 		return TC_ACT_SHOT;
+	}
+	if (inner6 != outer6) {
+		/* The outer Ethernet header stays: it must name the inner family now (the GRO cell reads it). */
+		struct ethhdr *eth = (void *)(long)skb->data;
+
+		if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+			return TC_ACT_SHOT;
+		eth->h_proto = inner6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
 	}
 	if (to_gro_cell(skb, cfg))
 		return bpf_redirect(cfg->gro_cell_ifindex, 0);

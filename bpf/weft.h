@@ -156,8 +156,8 @@ enum counter {
 	CNT_DROP_OUTER_FRAGMENT,/* unused since fragments go to the kernel (pass_fragment); kept for the numbering */
 	CNT_DROP_OUTER_LENGTH,  /* outer IPv4 or UDP length fields disagree with the frame */
 	CNT_DROP_OUTER_CSUM,    /* outer IPv4 header checksum wrong (ip_rcv would drop it too) */
-	CNT_DROP_INNER_NOT_IPV4,/* inner frame is not IPv4 */
-	CNT_DROP_INNER_MALFORMED, /* inner IPv4 version/IHL/length lie */
+	CNT_DROP_INNER_NOT_IPV4,/* inner frame is neither IPv4 nor IPv6 (name kept: ABI) */
+	CNT_DROP_INNER_MALFORMED, /* inner IPv4 version/IHL/length or IPv6 version/payload length lie */
 	CNT_DROP_HELPER,        /* a BPF helper failed (adjust_room, redirect, ...) */
 	CNT_DROP_MTU,           /* oversize with DF where no ICMP could be built */
 	CNT_DROP_GRO_DEVICE,    /* reached weftgro0 but is not ours (no tunnel metadata, another VNI or address) */
@@ -171,21 +171,25 @@ enum counter {
 	CNT_ECN_CE,             /* outer CE copied onto an ECT inner header (RFC 6040); also counted as decap */
 	CNT_DROP_ECN_NOT_ECT,   /* outer CE over a Not-ECT inner packet: RFC 6040 says drop */
 	CNT_PASS_NO_XDP_META,   /* XDP could not reserve metadata: left encapsulated for tc to decapsulate */
-	CNT_DROP_FRAG_NEEDED_SUPPRESSED, /* oversize DF over the per-destination frag-needed rate: no ICMP */
-	CNT_DROP_MTU_NO_ICMP,   /* oversize DF ICMP error or non-first fragment: never answered with ICMP */
+	CNT_DROP_FRAG_NEEDED_SUPPRESSED, /* oversize DF (IPv6: any oversize) over the per-source ICMP rate: no ICMP */
+	CNT_DROP_MTU_NO_ICMP,   /* oversize DF ICMP error or non-first fragment (IPv6: ICMPv6 error): never answered */
 	CNT_DROP_NESTED_GSO,    /* GSO packet that already carries tunnel offload state, and no weftgro0 to hand it to */
 	CNT_ENCAP_KERNEL,       /* such a packet handed to weftgro0: the kernel segments and encapsulates it */
 	/* Kubernetes node (issue 10). Appended, like the block above. */
-	CNT_DROP_POD_SPOOF,     /* IPv4 from a pod with a source that is not that pod's own */
+	CNT_DROP_POD_SPOOF,     /* IPv4 or IPv6 from a pod with a source that is not that pod's own */
 	CNT_DROP_ARP_SPOOF,     /* ARP from a pod naming another IP or MAC as sender */
 	CNT_PASS_CONNTRACK,     /* flow the host's conntrack NATed (or must see: fragment, ICMP error): host stack */
-	CNT_DROP_DIRECT_PEER,   /* plain IPv4 from a DirectRouting subnet whose L2 sender is not that peer */
+	CNT_DROP_DIRECT_PEER,   /* plain IPv4/IPv6 from a DirectRouting subnet whose L2 sender is not that peer */
 	/* IPv6 underlay (issue 14, branch v6-outer; outer6.h). Appended, like the blocks above. */
 	CNT_DROP_NO_UNDERLAY6,  /* tunnel over IPv6, but this node has no IPv6 underlay address to send from */
 	CNT_DROP_OUTER6_NEEDS_KERNEL, /* over IPv6 only the kernel can checksum it (GSO, ...) and there is no weftgro0 */
 	CNT_DROP_OUTER6_ZERO_CSUM, /* IPv6 VXLAN to us with UDP checksum 0 (udpv6 drops it too: udp6zerocsumrx off) */
 	CNT_PASS_OUTER6_CSUM,   /* IPv6 VXLAN whose UDP checksum only the kernel can judge: its socket (weftgro0), then gro_sink */
 	CNT_PASS_OUTER6_EXTHDR, /* IPv6 VXLAN behind extension headers: the kernel parses it, weftgro0 + gro_sink deliver */
+	/* IPv6 pods (issue 14, branch v6-inner). Appended, like the blocks above. */
+	CNT_ND_REPLY,           /* answered a pod's Neighbour Solicitation for its gateway (nd.h) */
+	CNT_DROP_ND_SPOOF,      /* ND from a pod naming another address or MAC, or RA/redirect from a pod */
+	CNT_PACKET_TOO_BIG,     /* oversize IPv6 from a pod: ICMPv6 Packet Too Big sent back (ptb.h) */
 	CNT__MAX,
 };
 

@@ -65,7 +65,10 @@ const (
 	WeftCounterCNT_DROP_OUTER6ZERO_CSUM        WeftCounter = 46
 	WeftCounterCNT_PASS_OUTER6CSUM             WeftCounter = 47
 	WeftCounterCNT_PASS_OUTER6EXTHDR           WeftCounter = 48
-	WeftCounterCNT__MAX                        WeftCounter = 49
+	WeftCounterCNT_ND_REPLY                    WeftCounter = 49
+	WeftCounterCNT_DROP_ND_SPOOF               WeftCounter = 50
+	WeftCounterCNT_PACKET_TOO_BIG              WeftCounter = 51
+	WeftCounterCNT__MAX                        WeftCounter = 52
 )
 
 type WeftCounterValue struct {

@@ -495,6 +495,7 @@ func TestCounters(t *testing.T) {
 		bpf.WeftCounterCNT_PASS_NO_XDP_META: true, bpf.WeftCounterCNT_ENCAP_KERNEL: true,
 		bpf.WeftCounterCNT_PASS_CONNTRACK:  true,
 		bpf.WeftCounterCNT_PASS_OUTER6CSUM: true, bpf.WeftCounterCNT_PASS_OUTER6EXTHDR: true,
+		bpf.WeftCounterCNT_ND_REPLY: true, bpf.WeftCounterCNT_PACKET_TOO_BIG: true,
 	}
 	for i, n := range names {
 		drop := i >= int(bpf.WeftCounterCNT_DROP_NO_TUNNEL) && !appendedNonDrops[bpf.WeftCounter(i)]

@@ -71,6 +71,23 @@ var (
 func carriesIPv6(dp cluster.DataPlane) bool { return dp != cluster.KernelCollectMD }
 
 // clusterShape is what each underlay configuration builds.
+// switchGROOff turns GRO off on the bridge-side end of every node's
+// underlay veth. Wire-like offloads have it on, so the bridge standing in
+// for a switch coalesces plain TCP (host-gw, weft-direct) into super-packets
+// before forwarding them and segments them again on the way out, while
+// VXLAN (no tunnel socket in the underlay namespace) crosses it frame by
+// frame: the same 2 CPUs pay the switch's work, and differently per data
+// plane. Off, every data plane's frames cross it one by one, as through a
+// switch; the nodes' own ends keep GRO.
+func switchGROOff(ctx context.Context, c *cluster.Cluster) error {
+	for _, n := range c.Nodes {
+		if _, err := c.Lab.UnderlayExec(ctx, "ethtool", "-K", n.Topo.UnderlayPeer, "gro", "off"); err != nil {
+			return fmt.Errorf("switch GRO off on %s: %w", n.Topo.UnderlayPeer, err)
+		}
+	}
+	return nil
+}
+
 func clusterShape(cfg string) (nodes int, off topo.Offloads) {
 	switch cfg {
 	case cfgWire, cfgIPv6:
@@ -94,6 +111,7 @@ type options struct {
 	pin        bool   // --pin
 	perfOut    string // --perf: perf record -a -g over the window (with --only)
 	bpfStats   bool   // --bpf-stats: Weft programs' run counts and times over the window (with --only)
+	switchGRO  bool   // --switch-gro: GRO on the wire-like underlay's bridge-side ports (the default)
 }
 
 func main() {
@@ -140,6 +158,7 @@ func parseFlags(args []string) (options, error) {
 	flag.StringVar(&only, "only", "", "PLANE:METRIC: run one data plane and one metric (1 round unless --rounds is given), for profiling")
 	flag.StringVar(&o.perfOut, "perf", "", "with --only: record the measured window with `perf record -a -g` into this file")
 	flag.BoolVar(&o.bpfStats, "bpf-stats", false, "with --only: print each Weft program's runs and average run time over the measured window (BPF_ENABLE_STATS, on for the window only)")
+	flag.BoolVar(&o.switchGRO, "switch-gro", true, "wire underlay: GRO on the bridge-side veth ports, which coalesce plain TCP (not VXLAN) before the bridge forwards it; false forwards frame by frame, as a switch does")
 	flag.StringVar(&o.hold, "hold", "", "build one cluster of this data plane (first --config), print its namespaces and keep it until Ctrl-C: for profiling by hand")
 	if err := flag.Parse(args); err != nil {
 		return o, err
@@ -298,6 +317,11 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 			fmt.Printf("%s teardown: %v\n", tag, cerr)
 		}
 	}()
+	if !o.switchGRO && cfg == cfgWire {
+		if err := switchGROOff(ctx, c); err != nil {
+			return err
+		}
+	}
 	src, dst := c.Nodes[0].Pods[0], c.Nodes[1].Pods[0]
 	if cfg == cfgIPv6 { // every measurement addresses dst.IP: make it the IPv6 one
 		d := *dst
