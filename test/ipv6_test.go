@@ -285,7 +285,7 @@ func TestIPv6PMTU(t *testing.T) {
 		}
 		for _, pr := range [][2]*lab.Node{{a, r}, {r, a}} {
 			before := snmp6(t, pr[0].Pods[0].NSPath)["Icmp6InPktTooBigs"]
-			transferIntact(t, pr[0], pr[1], size, 30*time.Second)
+			transferIntact(t, pr[0], pr[1], size, 20*time.Second)
 			if got := snmp6(t, pr[0].Pods[0].NSPath)["Icmp6InPktTooBigs"] - before; got == 0 {
 				t.Errorf("%s's pod received no Packet Too Big across the 1400-byte hop", pr[0].Name)
 			}
