@@ -76,7 +76,7 @@ static __always_inline int relay_underlay_ptb6(struct __sk_buff *skb, const stru
 	if (skb->len < PTB_RELAY_MIN_LEN || addr_is_zero(cfg->underlay_ip6) ||
 	    bpf_skb_load_bytes(skb, ETH_HLEN, &hdr, sizeof(hdr)))
 		return -1;
-	if (hdr.ptb.type != ICMPV6_PKT_TOOBIG || hdr.ptb.code != 0 ||
+	if (hdr.ip6.version != 6 || hdr.ptb.type != ICMPV6_PKT_TOOBIG || hdr.ptb.code != 0 ||
 	    !addr_equal((const __u8 *)&hdr.ip6.daddr, cfg->underlay_ip6))
 		return -1;
 	if (bpf_skb_load_bytes(skb, PTB_RELAY_QUOTED, &q, sizeof(q)))
