@@ -136,9 +136,6 @@ func (n *refNode) classify(f []byte) refVerdict {
 		if v := n.classifyOuter6(f); v.reason != "pass_underlay" {
 			return v
 		}
-		if v, ok := n.ptbRelay6(f); ok {
-			return v
-		}
 		if len(f) >= 14+40 {
 			return n.plain6(f)
 		}
@@ -417,18 +414,6 @@ func FuzzDecap(f *testing.F) {
 	for _, p := range []pkt6{{}, {proto: layers.IPProtocolUDP}, {proto: layers.IPProtocolICMPv6}, {tc: 3}, {fragment: true}} {
 		f.Add(vxlan6in6Frame(f, innerFromE6(f, p), nil)) // v6-in-v6
 	}
-	// Routers' Packet Too Big about what node A sent (ptb_relay.h).
-	{
-		a := newEnv6(f)
-		for _, sent := range [][]byte{
-			a.run("from_pod", podFrame6(f, pod1v6, pkt6{dst: remotePodE6, size: 1430})).out,
-			a.run("from_host", hostFrame6(f, pkt6{dst: remotePodE6, size: 1430})).out,
-			a.run("from_pod", podFrame(f, pod1, pkt{dst: remotePodE, size: 1430})).out,
-		} {
-			f.Add(routerPTB(f, sent, 1400, 0, nil))
-			f.Add(routerPTB(f, sent, 1280, 40+8+8+14+40+8, nil))
-		}
-	}
 	f.Add(podFrame(f, pod1, pkt{dst: remotePodB}))
 	f.Add(podFrame(f, pod1, pkt{dst: pod2.IP}))
 	f.Add(podFrame6(f, pod1v6, pkt6{dst: remotePodB6}))
@@ -494,7 +479,7 @@ func checkFuzzXDP(t *testing.T, e *env, frame []byte, want refVerdict) {
 		}
 		exp := append(ethHdr(underlayMAC, frame[6:12], ipType(want.inner)), want.inner...)
 		hexDiff(t, "XDP-decapsulated frame", r.out, exp)
-	case "pass_underlay", "direct_rx", "drop_direct_peer", "ptb_relayed":
+	case "pass_underlay", "direct_rx", "drop_direct_peer":
 		wantDelta = counters() // tc counts plain traffic
 		if r.verdict != xdpPass || len(r.meta) != 0 || !bytes.Equal(r.out, frame) {
 			t.Errorf("XDP: verdict %d, meta %x, frame changed %v; want an untouched pass", r.verdict, r.meta, !bytes.Equal(r.out, frame))
@@ -519,8 +504,7 @@ func checkFuzzTC(t *testing.T, e *env, frame []byte, want refVerdict) {
 	t.Helper()
 	r := e.run("from_underlay", frame)
 	checkVerdictSet(t, "from_underlay", r.verdict)
-	if (r.verdict == tcActRedirect || !bytes.Equal(r.out, frame)) && want.reason != "decap" && want.reason != "direct_rx" &&
-		want.reason != "ptb_relayed" {
+	if (r.verdict == tcActRedirect || !bytes.Equal(r.out, frame)) && want.reason != "decap" && want.reason != "direct_rx" {
 		t.Fatalf("tc redirected (%d) or changed a frame the reference calls %s:\n%x", r.verdict, want.reason, frame)
 	}
 	var wantDelta map[string]uint64
@@ -557,16 +541,6 @@ func checkFuzzTC(t *testing.T, e *env, frame []byte, want refVerdict) {
 		}
 		if want.ce {
 			wantDelta["ecn_ce"] = 1
-		}
-	case "ptb_relayed":
-		// To the sender, from the router, a right checksum (ptb_relay_test.go checks each field).
-		wantDelta = counters(want.reason)
-		if r.verdict != tcActRedirect || len(r.out) != 14+40+8+48 {
-			t.Fatalf("tc verdict %d, %d bytes, want TC_ACT_REDIRECT and 110 bytes for a relayed Packet Too Big", r.verdict, len(r.out))
-		}
-		src, dst := netip.AddrFrom16([16]byte(r.out[22:38])), netip.AddrFrom16([16]byte(r.out[38:54]))
-		if src != netip.AddrFrom16([16]byte(frame[22:38])) || dst != want.dst || icmp6Checksum(src, dst, r.out[54:]) != 0 {
-			t.Errorf("relayed %v -> %v (checksum residue %#04x), want from the router to %v", src, dst, icmp6Checksum(src, dst, r.out[54:]), want.dst)
 		}
 	case "pass_underlay", "pass_other_vni", "pass_fragment", "pass_outer6_csum", "pass_outer6_exthdr":
 		wantDelta = counters(want.reason)
@@ -694,34 +668,6 @@ func needsStack6(ip []byte) bool {
 }
 
 // plain6 is plain for an IPv6 frame.
-// ptbRelay6 is ptb_relay.h's rule: a router's Packet Too Big to our IPv6
-// underlay address, quoting our VXLAN packet (from that address to our
-// port) around an inner IPv6 packet from a local pod or weft0, with an MTU
-// below the underlay's (1500), goes to that sender; ok false otherwise.
-func (n *refNode) ptbRelay6(f []byte) (v refVerdict, ok bool) {
-	const quoted, innerEth, inner = 14 + 40 + 8, 14 + 40 + 8 + 40 + 16, 14 + 40 + 8 + 40 + 16 + 14
-	if !n.ip6.IsValid() || len(f) < inner+48 || f[14]>>4 != 6 || f[14+6] != 58 || f[54] != 2 || f[55] != 0 ||
-		netip.AddrFrom16([16]byte(f[38:54])) != n.ip6 {
-		return v, false
-	}
-	q := f[quoted:]
-	if q[0]>>4 != 6 || q[6] != 17 || netip.AddrFrom16([16]byte(q[8:24])) != n.ip6 ||
-		binary.BigEndian.Uint16(q[42:]) != n.port || q[48]&0x08 == 0 {
-		return v, false
-	}
-	if binary.BigEndian.Uint16(f[innerEth+12:]) != 0x86dd || f[inner]>>4 != 6 {
-		return v, false
-	}
-	sender := netip.AddrFrom16([16]byte(f[inner+8 : inner+24]))
-	if _, local := n.endpoints[sender]; !local && sender != hostIP6 {
-		return v, false
-	}
-	if binary.BigEndian.Uint32(f[58:]) >= 1500 {
-		return v, false
-	}
-	return refVerdict{reason: "ptb_relayed", dst: sender}, true
-}
-
 func (n *refNode) plain6(f []byte) refVerdict {
 	pass := refVerdict{reason: "pass_underlay"}
 	ip := f[14:]

@@ -80,7 +80,6 @@ static __always_inline int counter_is_drop(enum counter c)
 	case CNT_PASS_OUTER6_EXTHDR:
 	case CNT_ND_REPLY:
 	case CNT_PACKET_TOO_BIG:
-	case CNT_PTB_RELAYED:
 		return 0; /* appended after the drops, but not drops */
 	default:
 		return c >= CNT_FIRST_DROP;

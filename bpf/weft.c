@@ -34,7 +34,6 @@
 #include "underlay.h"
 #include "outer6.h"
 #include "path6.h"
-#include "ptb_relay.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -608,11 +607,8 @@ static __always_inline int from_underlay_plain(struct __sk_buff *skb, const stru
 	if ((void *)(ip + 1) > data_end)
 		goto pass;
 	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
-		if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-			int ret = relay_underlay_ptb6(skb, cfg);
-
-			return ret >= 0 ? ret : from_underlay_plain6(skb, cfg);
-		}
+		if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+			return from_underlay_plain6(skb, cfg);
 		goto pass;
 	}
 	if (!ipv4_header_ok(ip, skb->len - ETH_HLEN))

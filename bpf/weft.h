@@ -190,8 +190,6 @@ enum counter {
 	CNT_ND_REPLY,           /* answered a pod's Neighbour Solicitation for its gateway (nd.h) */
 	CNT_DROP_ND_SPOOF,      /* ND from a pod naming another address or MAC, or RA/redirect from a pod */
 	CNT_PACKET_TOO_BIG,     /* oversize IPv6 from a pod: ICMPv6 Packet Too Big sent back (ptb.h) */
-	/* Branch v6-merge (issue 14). Appended, like the blocks above. */
-	CNT_PTB_RELAYED,        /* a router's Packet Too Big about our outer IPv6 packet, relayed to the inner sender (ptb_relay.h) */
 	CNT__MAX,
 };
 

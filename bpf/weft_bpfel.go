@@ -68,8 +68,7 @@ const (
 	WeftCounterCNT_ND_REPLY                    WeftCounter = 49
 	WeftCounterCNT_DROP_ND_SPOOF               WeftCounter = 50
 	WeftCounterCNT_PACKET_TOO_BIG              WeftCounter = 51
-	WeftCounterCNT_PTB_RELAYED                 WeftCounter = 52
-	WeftCounterCNT__MAX                        WeftCounter = 53
+	WeftCounterCNT__MAX                        WeftCounter = 52
 )
 
 type WeftCounterValue struct {

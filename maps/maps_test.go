@@ -496,7 +496,6 @@ func TestCounters(t *testing.T) {
 		bpf.WeftCounterCNT_PASS_CONNTRACK:  true,
 		bpf.WeftCounterCNT_PASS_OUTER6CSUM: true, bpf.WeftCounterCNT_PASS_OUTER6EXTHDR: true,
 		bpf.WeftCounterCNT_ND_REPLY: true, bpf.WeftCounterCNT_PACKET_TOO_BIG: true,
-		bpf.WeftCounterCNT_PTB_RELAYED: true,
 	}
 	for i, n := range names {
 		drop := i >= int(bpf.WeftCounterCNT_DROP_NO_TUNNEL) && !appendedNonDrops[bpf.WeftCounter(i)]

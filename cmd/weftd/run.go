@@ -109,10 +109,7 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		return err
 	}
 
-	// The tunnels map, plus a resolved neighbour entry for each DirectRouting
-	// peer on the IPv6 underlay (loader/peerneigh.go says why).
-	tunnels := loader.NewPeerNeighbours(dp.Maps.Tunnels, ul.Link.Attrs().Index, log)
-	rec := reconcile.New(tunnels, netCfg, reconcile.Self{Subnet: own.Subnet(), IPv6Subnet: own.IPv6Subnet(),
+	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: own.Subnet(), IPv6Subnet: own.IPv6Subnet(),
 		PublicIP: own.PublicIP(), PublicIPv6: own.PublicIPv6(), Underlay: ul.Prefix, Underlay6: ul.Prefix6}, log, d.metrics)
 	rec.PruneCounters(dp.Maps.PeerStats)
 	errc := make(chan error, 2)

@@ -38,8 +38,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/weftnet/weft/loader"
 	"github.com/weftnet/weft/maps"
 	"github.com/weftnet/weft/test/topo"
@@ -445,15 +443,8 @@ func (c *Cluster) loadWeft(n *Node) error {
 		}); err != nil {
 			return err
 		}
-		// As weftd writes them: a DirectRouting peer on the IPv6 underlay
-		// also gets its neighbour entry resolved (loader/peerneigh.go).
-		ul, err := netlink.LinkByName(n.Topo.UnderlayIf)
-		if err != nil {
-			return err
-		}
-		tunnels := loader.NewPeerNeighbours(d.Maps.Tunnels, ul.Attrs().Index, nil)
 		for _, t := range c.tunnels(n) {
-			if err := tunnels.Put(t); err != nil {
+			if err := d.Maps.Tunnels.Put(t); err != nil {
 				return err
 			}
 		}
