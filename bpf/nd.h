@@ -9,11 +9,12 @@
  * What is answered: a valid NS (hop limit 255, code 0, ICMPv6 checksum
  * right, target not multicast, options well formed; RFC 4861 7.1.1) from
  * the pod's own global address (its endpoint entry), for any target but
- * the pod's own addresses. What is never answered and goes to the kernel:
- * DAD (source ::), an NS for the pod's own address, an NS from a
- * link-local source (the pod resolving the host veth's own link-local
- * address, which the kernel answers; Linux picks a global source for a
- * global target, so the gateway is always asked from the pod's address),
+ * the pod's own addresses; and a unicast one from the pod's link-local
+ * address (Linux's NUD probes), with the MAC it was sent to (pod_nd). What is never answered and goes to the kernel:
+ * DAD (source ::), an NS for the pod's own address, a multicast NS from
+ * a link-local source (the pod resolving the host veth's own link-local
+ * address, which the kernel answers; a first resolution of the gateway
+ * takes the source of the packet waiting for it, the pod's own address),
  * router solicitations and MLD (the host, a router without an RA daemon,
  * ignores RS; MLD reports tell it which groups the pod listens to, which
  * is harmless and may matter to a host running a multicast router; neither
@@ -124,10 +125,11 @@ static __always_inline int nd_valid(struct __sk_buff *skb, const struct ipv6hdr 
  * Rewrites the NS in place into the NA answering it and sends it back into
  * the pod (answer_arp's way: out of the veth the NS came in on).
  */
-static __always_inline int send_na(struct __sk_buff *skb, const struct endpoint_info *ep,
+static __always_inline int send_na(struct __sk_buff *skb, const __u8 *pod_mac, const __u8 *gw_mac,
 				   const struct in6_addr *target)
 {
 	const __u32 len = sizeof(struct nd_na);
+	__u8 pod[ETH_ALEN], gw[ETH_ALEN];
 	struct in6_addr tgt, dst;
 	void *data, *data_end;
 	struct ethhdr *eth;
@@ -135,7 +137,10 @@ static __always_inline int send_na(struct __sk_buff *skb, const struct endpoint_
 	struct nd_na *na;
 	__s64 sum;
 
+	/* The arguments may point into the packet, which change_tail invalidates. */
 	__builtin_memcpy(&tgt, target, sizeof(tgt));
+	__builtin_memcpy(pod, pod_mac, ETH_ALEN);
+	__builtin_memcpy(gw, gw_mac, ETH_ALEN);
 	if (bpf_skb_change_tail(skb, ETH_HLEN + IPV6_HLEN + len, 0)) {
 		count(CNT_DROP_HELPER, skb->len);
 		return TC_ACT_SHOT;
@@ -152,10 +157,10 @@ static __always_inline int send_na(struct __sk_buff *skb, const struct endpoint_
 		return TC_ACT_SHOT;
 	}
 
-	__builtin_memcpy(eth->h_dest, ep->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, pod, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, gw, ETH_ALEN);
 
-	/* To the NS's source (the pod's own address), from the address asked for. */
+	/* To the NS's source, from the address asked for. */
 	__builtin_memcpy(&dst, &ip6->saddr, sizeof(dst));
 	ip6->version = 6;
 	ip6->priority = 0;
@@ -179,7 +184,7 @@ static __always_inline int send_na(struct __sk_buff *skb, const struct endpoint_
 	__builtin_memcpy(&na->msg.target, &tgt, sizeof(tgt));
 	na->opt_type = ND_OPT_TARGET_LL_ADDR;
 	na->opt_len = 1;
-	__builtin_memcpy(na->opt_mac, ep->host_mac, ETH_ALEN);
+	__builtin_memcpy(na->opt_mac, gw, ETH_ALEN);
 
 	sum = icmp6_pseudo_csum(&tgt, &dst, len);
 	if (sum >= 0)
@@ -195,37 +200,15 @@ static __always_inline int send_na(struct __sk_buff *skb, const struct endpoint_
 }
 
 /*
- * ICMPv6 from a pod, before its source is checked (ND uses link-local and
- * unspecified sources). Returns a verdict for ND messages, or -1 for
- * everything else, which from_pod then treats as any IPv6 packet.
+ * A Neighbour Solicitation or Advertisement (type) from a pod: answered,
+ * passed to the kernel or dropped as the header comment says.
  */
-static __always_inline int pod_icmp6(struct __sk_buff *skb)
+static __always_inline int pod_nd(struct __sk_buff *skb, struct ethhdr *eth, struct ipv6hdr *ip6, __u8 type)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	const struct endpoint_info *ep;
 	const __u8 *lladdr;
 	__u8 buf[ND_MAX_LEN] = {};
-	__u8 type;
 	__u32 len;
-
-	if ((void *)(ip6 + 1) + 1 > data_end || ip6->nexthdr != IPPROTO_ICMPV6)
-		return -1;
-	type = *(__u8 *)(ip6 + 1);
-	switch (type) {
-	case ICMPV6_ROUTER_SOLICIT:
-		goto pass;
-	case ICMPV6_ROUTER_ADVERT:
-	case ICMPV6_REDIRECT:
-		goto spoof;
-	case ICMPV6_NEIGH_SOLICIT:
-	case ICMPV6_NEIGH_ADVERT:
-		break;
-	default:
-		return -1; /* MLD (130-132, 143) included: ordinary ICMPv6, link-local to the kernel */
-	}
 
 	len = bpf_ntohs(ip6->payload_len);
 	if (len > ND_MAX_LEN || IPV6_HLEN + len > skb->len - ETH_HLEN)
@@ -251,8 +234,22 @@ static __always_inline int pod_icmp6(struct __sk_buff *skb)
 			ep = pod_owning_v6(skb->ifindex, &((struct nd_msg *)buf)->target);
 			if (!ep || !mac_equal(eth->h_source, ep->mac))
 				goto spoof;
+			goto pass;
 		}
-		goto pass;
+		/*
+		 * A link-local source names no endpoint entry. Linux sends NUD
+		 * probes this way (unicast, to the MAC it cached for the target:
+		 * neigh_probe has no packet to take a source from), and they must
+		 * be answered or the pod's entry for its gateway fails every few
+		 * minutes of UDP or ping traffic. The pod already holds the
+		 * gateway's MAC it addressed: confirm that one, to it alone (the
+		 * answer goes back into the veth it came from, and the host's
+		 * tables learn nothing). A multicast one (no cached MAC) is the
+		 * kernel's: the pod resolving the host veth's own link-local.
+		 */
+		if ((eth->h_dest[0] & 1) || pod_owning_v6(skb->ifindex, &((struct nd_msg *)buf)->target))
+			goto pass;
+		return send_na(skb, eth->h_source, eth->h_dest, &((struct nd_msg *)buf)->target);
 	}
 	ep = pod_owning_v6(skb->ifindex, &ip6->saddr);
 	if (!ep || !mac_equal(eth->h_source, ep->mac))
@@ -266,11 +263,44 @@ static __always_inline int pod_icmp6(struct __sk_buff *skb)
 	/* An NS for one of the pod's own addresses: the pod asks whether someone else has it. */
 	if (pod_owning_v6(skb->ifindex, &((struct nd_msg *)buf)->target))
 		goto pass;
-	return send_na(skb, ep, &((struct nd_msg *)buf)->target);
+	return send_na(skb, ep->mac, ep->host_mac, &((struct nd_msg *)buf)->target);
 pass:
 	count(CNT_PASS_POD, skb->len);
 	return TC_ACT_OK;
 spoof:
 	count(CNT_DROP_ND_SPOOF, skb->len);
 	return TC_ACT_SHOT;
+}
+
+/*
+ * ICMPv6 from a pod, before its source is checked (ND uses link-local and
+ * unspecified sources). Returns a verdict for ND, router solicitations,
+ * advertisements and redirects, or -1 for everything else (MLD included:
+ * ordinary ICMPv6, link-local to the kernel), which from_pod then treats
+ * as any IPv6 packet.
+ */
+static __always_inline int pod_icmp6(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+	if ((void *)(ip6 + 1) + 1 > data_end || ip6->nexthdr != IPPROTO_ICMPV6)
+		return -1;
+	switch (*(__u8 *)(ip6 + 1)) {
+	case ICMPV6_ROUTER_SOLICIT:
+		count(CNT_PASS_POD, skb->len);
+		return TC_ACT_OK;
+	case ICMPV6_ROUTER_ADVERT:
+	case ICMPV6_REDIRECT:
+		count(CNT_DROP_ND_SPOOF, skb->len); /* a pod is never the host's router */
+		return TC_ACT_SHOT;
+	case ICMPV6_NEIGH_SOLICIT:
+		return pod_nd(skb, eth, ip6, ICMPV6_NEIGH_SOLICIT);
+	case ICMPV6_NEIGH_ADVERT:
+		return pod_nd(skb, eth, ip6, ICMPV6_NEIGH_ADVERT);
+	default:
+		return -1;
+	}
 }

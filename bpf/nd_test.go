@@ -59,6 +59,29 @@ func TestFromPodND(t *testing.T) {
 	}
 }
 
+// Linux sends NUD probes (unicast, to the cached MAC) from the link-local
+// address (neigh_probe has no packet to take a source from): they are
+// answered too, with the MAC the pod addressed, to its link-local address.
+func TestFromPodNDProbeFromLinkLocal(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		lladdr net.HardwareAddr
+	}{
+		{"with a source link-layer option", pod1.MAC},
+		{"without", nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			in := ndFrame(t, nd{ethSrc: pod1.MAC, ethDst: pod1.HostMAC, src: podLinkLocal, dst: gatewayIP6, target: gatewayIP6, lladdr: c.lladdr})
+			r := e.run("from_pod", in)
+			r.check(t, tcActRedirect, counters("nd_reply"))
+			want := ndFrame(t, nd{advert: true, ethSrc: pod1.HostMAC, ethDst: pod1.MAC, src: gatewayIP6, dst: podLinkLocal,
+				target: gatewayIP6, lladdr: pod1.HostMAC, flags: 0x80 | 0x40 | 0x20})
+			hexDiff(t, "Neighbour Advertisement", r.out, want)
+		})
+	}
+}
+
 func TestFromPodNDNotAnswered(t *testing.T) {
 	group, groupMAC := solicitedNode(gatewayIP6)
 	ns := nd{ethSrc: pod1.MAC, ethDst: groupMAC, src: pod1v6.IP, dst: group, target: gatewayIP6, lladdr: pod1.MAC}
@@ -78,7 +101,10 @@ func TestFromPodNDNotAnswered(t *testing.T) {
 		})},
 		{"DAD probe for the gateway's address", with(func(n *nd) { n.src, n.lladdr = netip.IPv6Unspecified(), nil })},
 		{"its own address, from its own address", with(func(n *nd) { n.target = pod1v6.IP })},
-		{"from its link-local address (the kernel's)", with(func(n *nd) { n.src = podLinkLocal })},
+		{"multicast, from its link-local address (the kernel's)", with(func(n *nd) { n.src = podLinkLocal })},
+		{"NUD probe for its own address, from its link-local address", with(func(n *nd) {
+			n.src, n.ethDst, n.dst, n.target = podLinkLocal, pod1.HostMAC, pod1v6.IP, pod1v6.IP
+		})},
 		{"hop limit 254", with(func(n *nd) { n.hopLimit = 254 })},
 		{"bad checksum", mutate(valid, false, func(b []byte) { b[14+40+2] ^= 0xff })},
 		{"code 1", mutate(valid, false, func(b []byte) { b[14+40+1] = 1; fixICMP6(b) })},
