@@ -52,14 +52,23 @@ static __always_inline int direct_sender_ok(struct __sk_buff *skb, const struct 
 					    const struct ethhdr *eth, const struct tunnel_info *tun)
 {
 	struct bpf_fib_lookup fib = {};
-	__be32 remote = addr_to_v4(tun->remote);
+	int v4 = addr_is_v4mapped(tun->remote);
 
-	fib.family = AF_INET;
-	fib.ipv4_dst = remote;
+	if (v4) {
+		fib.family = AF_INET;
+		fib.ipv4_dst = addr_to_v4(tun->remote);
+	} else {
+		/* A peer on our L2 by its IPv6 underlay address (outer6.h): its neighbour entry. */
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_dst, tun->remote, WEFT_ADDR_LEN);
+	}
 	fib.tot_len = sizeof(struct iphdr); /* no MTU verdict on this (maybe GRO'd) skb */
 	fib.ifindex = cfg->underlay_ifindex;
 	/* OUTPUT: as the node would send to the peer, whatever ip_forward says. */
 	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
 		return 0;
-	return fib.ifindex == cfg->underlay_ifindex && fib.ipv4_dst == remote && mac_equal(fib.dmac, eth->h_source);
+	/* The next hop must be the peer itself (on-link), not a router. */
+	if (fib.ifindex != cfg->underlay_ifindex || !mac_equal(fib.dmac, eth->h_source))
+		return 0;
+	return v4 ? fib.ipv4_dst == addr_to_v4(tun->remote) : addr_equal((const __u8 *)fib.ipv6_dst, tun->remote);
 }

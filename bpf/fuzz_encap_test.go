@@ -2,6 +2,7 @@ package bpf_test
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/gopacket/gopacket"
@@ -17,7 +18,7 @@ import (
 // send it to the tunnel covering the destination (checkEncap), and peer B,
 // given the frame, decapsulates it again.
 func FuzzEncap(f *testing.F) {
-	for _, dst := range []netip.Addr{remotePodB, remotePodC, remotePodD, pod2.IP, hostIP, netip.MustParseAddr("1.1.1.1")} {
+	for _, dst := range []netip.Addr{remotePodB, remotePodC, remotePodD, remotePodE, remotePodF, pod2.IP, hostIP, netip.MustParseAddr("1.1.1.1")} {
 		for _, p := range []pkt{{}, {ttl: 1}, {df: true, size: 1500}, {size: 1450}, {tos: 3},
 			{proto: layers.IPProtocolUDP}, {proto: layers.IPProtocolICMPv4, df: true, size: 1500}} {
 			p.dst = dst
@@ -26,7 +27,7 @@ func FuzzEncap(f *testing.F) {
 		}
 	}
 	f.Add(arpFrame(f, mustMAC("ff:ff:ff:ff:ff:ff"), pod1.MAC, layers.ARPRequest, pod1.MAC, pod1.IP, make([]byte, 6), gatewayIP), false)
-	for _, dst := range []netip.Addr{remotePodB6, remotePodC6, pod2v6.IP, hostIP6, netip.MustParseAddr("2001:db8::1")} {
+	for _, dst := range []netip.Addr{remotePodB6, remotePodC6, remotePodE6, pod2v6.IP, hostIP6, netip.MustParseAddr("2001:db8::1")} {
 		for _, p := range []pkt6{{}, {hopLimit: 1}, {size: 1500}, {size: 1450}, {tc: 3, flow: 7},
 			{proto: layers.IPProtocolUDP}, {proto: layers.IPProtocolICMPv6, size: 1500}, {fragment: true}} {
 			p.dst = dst
@@ -37,7 +38,7 @@ func FuzzEncap(f *testing.F) {
 	group, groupMAC := solicitedNode(gatewayIP6)
 	f.Add(ndFrame(f, nd{ethSrc: pod1.MAC, ethDst: groupMAC, src: pod1v6.IP, dst: group, target: gatewayIP6, lladdr: pod1.MAC}), false)
 
-	a := newEnv(f)
+	a := newEnv6(f)    // peers over IPv4 (B, C, D) and IPv6 (E, F)
 	b := newBareEnv(f) // peer B, with us (A) as its peer
 	bcfg := defaultConfig()
 	bcfg.UnderlayIP, bcfg.UnderlayMAC, bcfg.VtepMAC = peerB.Remote, peerBMAC, peerB.VtepMAC
@@ -50,7 +51,7 @@ func FuzzEncap(f *testing.F) {
 		VtepMAC: localVtep, VNI: 1, Mode: weftmaps.ModeVXLAN}); err != nil {
 		f.Fatal(err)
 	}
-	ref := newRefNode()
+	ref := newRefNode6()
 
 	f.Fuzz(func(t *testing.T, frame []byte, fromHost bool) {
 		if len(frame) > 1600 || !tcRunnable(frame) {
@@ -85,6 +86,16 @@ func FuzzEncap(f *testing.F) {
 		if !ok || tun.Mode != weftmaps.ModeVXLAN {
 			t.Fatalf("%s encapsulated to %v, which no VXLAN tunnel covers", name, ip.dst)
 		}
+		if !tun.Remote.Is4() {
+			// Over IPv6 (outer6.h): the outer UDP checksum is right whenever
+			// the inner packet's own is; the rest as over IPv4.
+			out := r.out[:14+70+len(inner)]
+			if ip.ihl == 20 && ip.ihl <= len(inner) && ipv4ChecksumOK(inner[:20]) && l4ChecksumOK(inner) &&
+				gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {
+				checkEncap6(t, a.cfg, tun, inner, out, !fromHost)
+			}
+			return
+		}
 		out := r.out[:14+50+len(inner)]
 		// checkEncap decodes with gopacket (which gives up on bad inner L4
 		// headers) and compares against a header checksum computed from
@@ -105,6 +116,47 @@ func FuzzEncap(f *testing.F) {
 	})
 }
 
+// l4ChecksumOK: whether an option-less IPv4 packet's TCP, UDP (non-zero) or
+// ICMP checksum is right.
+func l4ChecksumOK(ip []byte) bool {
+	h, ok := parseIPv4(ip)
+	if !ok || h.ihl != 20 || h.totLen != len(ip) || h.totLen < 20 {
+		return false
+	}
+	l4 := ip[20:]
+	switch h.proto {
+	case 1:
+		return csum16(l4) == 0
+	case 6, 17:
+		if h.proto == 17 && (len(l4) < 8 || l4[6]|l4[7] == 0) {
+			return false
+		}
+		pseudo := append(slices.Clone(ip[12:20]), 0, h.proto, byte(len(l4)>>8), byte(len(l4)))
+		return csum16(append(pseudo, l4...)) == 0
+	}
+	return false
+}
+
+// l4ChecksumOK6: whether an IPv6 packet without extension headers carries a
+// right TCP, UDP (non-zero) or ICMPv6 checksum over exactly its payload length.
+func l4ChecksumOK6(ip []byte) bool {
+	if len(ip) < 40 || ip[0]>>4 != 6 || int(be16(ip[4:]))+40 != len(ip) {
+		return false
+	}
+	l4 := ip[40:]
+	switch ip[6] {
+	case 17:
+		if len(l4) < 8 || l4[6]|l4[7] == 0 {
+			return false
+		}
+	case 6, 58:
+	default:
+		return false
+	}
+	pseudo := append(slices.Clone(ip[8:40]), 0, 0, byte(len(l4)>>8), byte(len(l4)), 0, 0, 0, ip[6])
+	return csum16(append(pseudo, l4...)) == 0
+}
+
 // checkFuzzEncapInner6 is FuzzEncap's check for an IPv6 frame the program says it
 // encapsulated: to a VXLAN tunnel covering the destination, VXLAN as the
 // vxlan driver sends it (checkEncap6in4), and peer B decapsulates it again.
@@ -117,6 +169,16 @@ func checkFuzzEncapInner6(t *testing.T, a, b *env, ref *refNode, inner, out []by
 	tun, ok := ref.tunnelFor(dst)
 	if !ok || (tun.Mode != weftmaps.ModeVXLAN && !tun.Remote.Is4()) {
 		t.Fatalf("encapsulated to %v, which no VXLAN tunnel covers", dst)
+	}
+	if !tun.Remote.Is4() {
+		// v6-in-v6 (outer6.h): the outer UDP checksum is right whenever the
+		// inner packet's own is.
+		out = out[:14+70+len(inner)]
+		if l4ChecksumOK6(inner) && gopacket.NewPacket(append(ethHdr(localVtep, localVtep, layers.EthernetTypeIPv6), inner...),
+			layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {
+			checkEncap6(t, a.cfg, tun, inner, out, !fromHost)
+		}
+		return
 	}
 	out = out[:14+50+len(inner)]
 	if gopacket.NewPacket(append(ethHdr(localVtep, localVtep, layers.EthernetTypeIPv6), inner...), layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {

@@ -24,6 +24,7 @@ import (
 // source; and every frame ends in the outcome refNode names.
 type refNode struct {
 	ip        netip.Addr
+	ip6       netip.Addr // IPv6 underlay address (outer6.h); invalid: none
 	port      uint16
 	vni       uint32
 	tunnels   []weftmaps.Tunnel
@@ -41,6 +42,16 @@ func newRefNode() *refNode {
 	c := defaultConfig()
 	return &refNode{ip: c.UnderlayIP, port: c.Port, vni: c.VNI, tunnels: []weftmaps.Tunnel{peerB, peerC, peerD, peerB6, peerC6}, endpoints: eps,
 		directMACs: map[netip.Addr]net.HardwareAddr{peerC.Remote: peerCMAC, peerC6Remote: peerCMAC}}
+}
+
+// newRefNode6 is newEnv6's node: also an IPv6 underlay address, peers E
+// and F over IPv6 and G, DirectRouting over IPv6.
+func newRefNode6() *refNode {
+	n := newRefNode()
+	n.ip6 = underlayIP6
+	n.tunnels = append(n.tunnels, peerE, peerF, peerG, peerE6)
+	n.directMACs[peerG.Remote] = peerGMAC
+	return n
 }
 
 // tunnelFor is a longest-prefix match over the tunnels. An IPv4-mapped
@@ -119,10 +130,16 @@ func needsStack(ip []byte) bool {
 
 func (n *refNode) classify(f []byte) refVerdict {
 	pass := refVerdict{reason: "pass_underlay"}
-	// Is it VXLAN for us at all? Ethernet, IPv4, UDP to our address and port,
-	// and not a later fragment (which has no UDP header to look at).
-	if len(f) >= 14+40 && binary.BigEndian.Uint16(f[12:]) == 0x86dd {
-		return n.plain6(f)
+	// Is it VXLAN for us at all? Ethernet, IPv4 or IPv6, UDP to our address
+	// and port, and not a later fragment (which has no UDP header to look at).
+	if len(f) >= 14 && binary.BigEndian.Uint16(f[12:]) == 0x86dd {
+		if v := n.classifyOuter6(f); v.reason != "pass_underlay" {
+			return v
+		}
+		if len(f) >= 14+40 {
+			return n.plain6(f)
+		}
+		return pass
 	}
 	if len(f) < 14 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
 		return pass
@@ -158,7 +175,13 @@ func (n *refNode) classify(f []byte) refVerdict {
 	if udpLen < 8+8+14+20 {
 		return refVerdict{reason: "drop_short"}
 	}
-	vxl := f[udpOff+8:]
+	return n.classifyVXLAN(f[udpOff+8:], udpLen, outer.src, outer.tos)
+}
+
+// classifyVXLAN is the part after the outer IP and UDP headers, the same for
+// both outer families: vxl is the VXLAN header on, udpLen the UDP length,
+// src and tos the outer source and its TOS or traffic class.
+func (n *refNode) classifyVXLAN(vxl []byte, udpLen int, src netip.Addr, tos byte) refVerdict {
 	if vxl[0]&0x08 == 0 {
 		return refVerdict{reason: "drop_vxlan_flags"}
 	}
@@ -169,7 +192,7 @@ func (n *refNode) classify(f []byte) refVerdict {
 	switch binary.BigEndian.Uint16(innerEth[12:]) {
 	case 0x0800:
 	case 0x86dd:
-		return n.classify6(innerEth, udpLen-8-8-14, outer.src, outer.tos)
+		return n.classify6(innerEth, udpLen-8-8-14, src, tos)
 	default:
 		return refVerdict{reason: "drop_inner_not_ipv4"}
 	}
@@ -181,13 +204,13 @@ func (n *refNode) classify(f []byte) refVerdict {
 	if !ok {
 		return refVerdict{reason: "drop_unknown_source"}
 	}
-	if tun.Remote != outer.src {
+	if tun.Remote != src {
 		return refVerdict{reason: "drop_unknown_peer"}
 	}
 	// RFC 6040 normal mode, as the Linux vxlan driver applies it: only an
 	// outer CE matters; over Not-ECT it drops, over ECT it marks.
 	v := refVerdict{reason: "decap", inner: innerEth[14:], dst: inner.dst, ttl: inner.ttl, peer: tun.Remote}
-	if outer.tos&3 == 3 {
+	if tos&3 == 3 {
 		switch inner.tos & 3 {
 		case 0:
 			return refVerdict{reason: "drop_ecn_not_ect"}
@@ -200,6 +223,122 @@ func (n *refNode) classify(f []byte) refVerdict {
 	_, local := n.endpoints[inner.dst]
 	v.stack = local && needsStack(v.inner)
 	return v
+}
+
+// classifyOuter6 is the reference for an outer IPv6 header (outer6.h's rules):
+// no extension headers on the fast path, fragments and other extension
+// headers left to the kernel, a UDP checksum that must not be zero and must
+// be right for an inner packet whose own checksum is right, or else is the
+// kernel's to judge.
+func (n *refNode) classifyOuter6(f []byte) refVerdict {
+	pass := refVerdict{reason: "pass_underlay"}
+	if len(f) < 54 || f[14]>>4 != 6 || !n.ip6.IsValid() || netip.AddrFrom16([16]byte(f[38:54])) != n.ip6 {
+		return pass
+	}
+	src := netip.AddrFrom16([16]byte(f[22:38])).Unmap()
+	nh, off := f[20], 54
+	if nh == 44 { // a fragment header right away
+		if len(f) < off+8 {
+			return pass
+		}
+		if binary.BigEndian.Uint16(f[off+2:])&0xfff8 != 0 {
+			return refVerdict{reason: "pass_fragment"}
+		}
+		if f[off] != 17 || len(f) < off+16 || binary.BigEndian.Uint16(f[off+8+2:]) != n.port {
+			return pass
+		}
+		return refVerdict{reason: "pass_fragment"}
+	}
+	if nh != 17 {
+		for i := 0; i < 3 && (nh == 0 || nh == 43 || nh == 60); i++ {
+			if len(f) < off+2 {
+				return pass
+			}
+			nh, off = f[off], off+(int(f[off+1])+1)*8
+		}
+		switch {
+		case nh == 44:
+			return refVerdict{reason: "pass_fragment"}
+		case nh == 17 && len(f) >= off+8 && binary.BigEndian.Uint16(f[off+2:]) == n.port:
+			return refVerdict{reason: "pass_outer6_exthdr"}
+		}
+		return pass
+	}
+	if len(f) < 62 || binary.BigEndian.Uint16(f[56:]) != n.port {
+		return pass
+	}
+	plen, udpLen := int(binary.BigEndian.Uint16(f[18:])), int(binary.BigEndian.Uint16(f[58:]))
+	if plen > len(f)-54 || plen < 8 || udpLen != plen {
+		return refVerdict{reason: "drop_outer_length"}
+	}
+	if udpLen < 8+8+14+20 {
+		return refVerdict{reason: "drop_short"}
+	}
+	if binary.BigEndian.Uint16(f[60:]) == 0 {
+		return refVerdict{reason: "drop_outer6_zero_csum"}
+	}
+	if len(f) < 54+8+8+14+20 {
+		return refVerdict{reason: "drop_short"}
+	}
+	v := n.classifyVXLAN(f[62:], udpLen, src, byte(binary.BigEndian.Uint32(f[14:])>>20))
+	// The checksum comes before RFC 6040's drop: the kernel judges both.
+	if (v.reason != "decap" && v.reason != "drop_ecn_not_ect") || lcoValid(f, udpLen) {
+		return v
+	}
+	return refVerdict{reason: "pass_outer6_csum"}
+}
+
+// lcoValid: whether the outer UDP checksum of f (outer IPv6, no extension
+// headers) is right, given that the inner IPv4 or IPv6 packet's TCP, UDP or
+// ICMP(v6) checksum is (the sum of an L4 packet with a right checksum is the
+// complement of its pseudo-header's). False where that cannot be assumed.
+func lcoValid(f []byte, udpLen int) bool {
+	var hdrEnd int
+	var pseudo []byte
+	proto := byte(0)
+	switch binary.BigEndian.Uint16(f[82:]) {
+	case 0x0800:
+		in, _ := parseIPv4(f[84:])
+		if in.version != 4 || in.ihl != 20 || in.totLen != udpLen-30 || in.mf || in.fragOff != 0 {
+			return false
+		}
+		hdrEnd, proto = 104, in.proto
+		if proto != 1 {
+			pseudo = slices.Concat(f[84+12:84+20], []byte{0, proto}, binary.BigEndian.AppendUint16(nil, uint16(in.totLen-20)))
+		}
+	case 0x86dd:
+		if len(f) < 124 || f[84]>>4 != 6 || int(binary.BigEndian.Uint16(f[88:]))+40 != udpLen-30 {
+			return false
+		}
+		hdrEnd, proto = 124, f[90]
+		pseudo = slices.Concat(f[84+8:84+40], binary.BigEndian.AppendUint32(nil, uint32(udpLen-30-40)), []byte{0, 0, 0, proto})
+	default:
+		return false
+	}
+	switch proto {
+	case 1:
+		if hdrEnd != 104 {
+			return false
+		}
+	case 58:
+		if hdrEnd != 124 {
+			return false
+		}
+	case 17:
+		if len(f) < hdrEnd+8 || binary.BigEndian.Uint16(f[hdrEnd+6:]) == 0 {
+			return false
+		}
+	case 6:
+	default:
+		return false
+	}
+	// Everything the outer sum covers but the inner L4 bytes, plus their sum.
+	b := slices.Concat(f[22:54], binary.BigEndian.AppendUint32(nil, uint32(udpLen)), []byte{0, 0, 0, 17}, f[54:hdrEnd])
+	var l4 uint16 = 0xffff
+	if pseudo != nil {
+		l4 = csum16(pseudo) // the complement of the pseudo-header's sum
+	}
+	return csum16(append(b, byte(l4>>8), byte(l4))) == 0
 }
 
 // setTOSIncremental sets an IPv4 header's TOS and updates its checksum the
@@ -269,6 +408,12 @@ func FuzzDecap(f *testing.F) {
 	for _, c := range underlayCases(f) {
 		f.Add(c.frame)
 	}
+	for _, c := range underlay6Cases(f) {
+		f.Add(c.frame)
+	}
+	for _, p := range []pkt6{{}, {proto: layers.IPProtocolUDP}, {proto: layers.IPProtocolICMPv6}, {tc: 3}, {fragment: true}} {
+		f.Add(vxlan6in6Frame(f, innerFromE6(f, p), nil)) // v6-in-v6
+	}
 	f.Add(podFrame(f, pod1, pkt{dst: remotePodB}))
 	f.Add(podFrame(f, pod1, pkt{dst: pod2.IP}))
 	f.Add(podFrame6(f, pod1v6, pkt6{dst: remotePodB6}))
@@ -276,8 +421,8 @@ func FuzzDecap(f *testing.F) {
 	_, group := solicitedNode(gatewayIP6)
 	f.Add(ndFrame(f, nd{ethSrc: pod1.MAC, ethDst: group, src: pod1v6.IP, dst: netip.MustParseAddr("ff02::1:ff00:1"), target: gatewayIP6, lladdr: pod1.MAC}))
 
-	e := newEnv(f)
-	ref := newRefNode()
+	e := newEnv6(f) // node A with IPv4 and IPv6 underlay addresses, peers over both
+	ref := newRefNode6()
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		// Program.Run takes 14 bytes up to a page less head- and tailroom.
 		if len(frame) < 14 || len(frame) > 1600 {
@@ -339,7 +484,7 @@ func checkFuzzXDP(t *testing.T, e *env, frame []byte, want refVerdict) {
 		if r.verdict != xdpPass || len(r.meta) != 0 || !bytes.Equal(r.out, frame) {
 			t.Errorf("XDP: verdict %d, meta %x, frame changed %v; want an untouched pass", r.verdict, r.meta, !bytes.Equal(r.out, frame))
 		}
-	case "pass_other_vni", "pass_fragment":
+	case "pass_other_vni", "pass_fragment", "pass_outer6_csum", "pass_outer6_exthdr":
 		wantDelta = counters(want.reason)
 		if r.verdict != xdpPass || !bytes.Equal(r.out, frame) {
 			t.Errorf("XDP: verdict %d, frame changed %v; want an untouched pass", r.verdict, !bytes.Equal(r.out, frame))
@@ -397,7 +542,7 @@ func checkFuzzTC(t *testing.T, e *env, frame []byte, want refVerdict) {
 		if want.ce {
 			wantDelta["ecn_ce"] = 1
 		}
-	case "pass_underlay", "pass_other_vni", "pass_fragment":
+	case "pass_underlay", "pass_other_vni", "pass_fragment", "pass_outer6_csum", "pass_outer6_exthdr":
 		wantDelta = counters(want.reason)
 		if r.verdict != tcActOK {
 			t.Errorf("tc verdict %d, want TC_ACT_OK for %s", r.verdict, want.reason)

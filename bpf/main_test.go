@@ -105,13 +105,18 @@ func setupNetns() error {
 		State: netlink.NUD_PERMANENT, IP: peerC.Remote.AsSlice(), HardwareAddr: peerCMAC}); err != nil {
 		return err
 	}
-	// The IPv6 underlay: our address, and peer C's IPv6 underlay address
-	// (ipv6_harness_test.go: DirectRouting for IPv6 pods) as neighbour
-	// discovery would have learnt it.
+	// The IPv6 underlay: our address, and as neighbour discovery would have
+	// learnt them peer C's IPv6 underlay address (ipv6_harness_test.go:
+	// DirectRouting for IPv6 pods) and peer G's (outer6_test.go:
+	// DirectRouting for IPv4 pods over the IPv6 underlay).
 	addr6 := &netlink.Addr{IPNet: &net.IPNet{IP: underlayIP6.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}
 	if err := netlink.AddrReplace(ul, addr6); err != nil {
 		return fmt.Errorf("address %s: %w", underlayIP6, err)
 	}
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V6,
+		State: netlink.NUD_PERMANENT, IP: peerC6Remote.AsSlice(), HardwareAddr: peerCMAC}); err != nil {
+		return err
+	}
 	return netlink.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V6,
-		State: netlink.NUD_PERMANENT, IP: peerC6Remote.AsSlice(), HardwareAddr: peerCMAC})
+		State: netlink.NUD_PERMANENT, IP: peerG.Remote.AsSlice(), HardwareAddr: peerGMAC})
 }

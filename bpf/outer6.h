@@ -25,17 +25,18 @@
  * collect_md device, see encap_via_kernel in underlay.h), which marks them
  * SKB_GSO_UDP_TUNNEL_CSUM. A single packet is checksummed here without
  * reading its payload, by the kernel's local checksum offload argument
- * (LCO, include/linux/skbuff.h lco_csum): the inner TCP, UDP or ICMP
- * packet carries (or, when CHECKSUM_PARTIAL, will carry once its checksum
- * is filled in on the way out) a valid checksum of its own, so the
- * ones'-complement sum of the inner L4 bytes is the complement of the
+ * (LCO, include/linux/skbuff.h lco_csum): the inner TCP, UDP, ICMP or
+ * ICMPv6 packet carries (or, when CHECKSUM_PARTIAL, will carry once its
+ * checksum is filled in on the way out) a valid checksum of its own, so
+ * the ones'-complement sum of the inner L4 bytes is the complement of the
  * inner pseudo-header sum (0 for ICMP, which has none). The outer
  * checksum then needs only the outer pseudo-header, our 50 bytes of
- * UDP/VXLAN/Ethernet/inner IPv4 header, and that complement: about 40
- * additions whatever the packet's size, linear or not. Inner packets the
- * argument does not cover (a fragment, UDP without checksum, IPv4 options,
- * another protocol, Ethernet padding) go to the kernel too, and where there
- * is no weftgro0 they are dropped and counted (drop_outer6_needs_kernel).
+ * UDP/VXLAN/Ethernet/inner IPv4 header (70 with inner IPv6), and that
+ * complement: about 40 additions whatever the packet's size, linear or
+ * not. Inner packets the argument does not cover (a fragment, UDP without
+ * checksum, IPv4 options or IPv6 extension headers, another protocol,
+ * Ethernet padding) go to the kernel too, and where there is no weftgro0
+ * they are dropped and counted (drop_outer6_needs_kernel).
  *
  * The UDP checksum, receiving: zero is dropped (drop_outer6_zero_csum), as
  * udpv6 does for a vxlan socket without udp6zerocsumrx. An aggregated skb
@@ -48,9 +49,12 @@
  * underlay; tc cannot read ip_summed), so the packet goes to the kernel
  * (pass_outer6_csum): udpv6 trusts the partial one and drops the bad one
  * (Udp6InCsumErrors), and what its vxlan socket decapsulates is checked by
- * gro_sink on weftgro0 like anything else it delivers. A packet with a
- * correct outer and a wrong inner checksum is decapsulated and the inner
- * stack drops it, exactly as with the kernel's vxlan.
+ * gro_sink on weftgro0 like anything else it delivers. The sum covers the
+ * headers and trusts the inner checksum for the rest: a frame corrupted in
+ * the inner payload only is decapsulated and dropped by the pod's stack on
+ * its own checksum (where the kernel's udpv6 would have dropped it), and
+ * one whose sender put a wrong inner checksum fails our sum and is the
+ * kernel's (which decapsulates it, and the pod drops it, as before).
  */
 #pragma once
 
@@ -91,12 +95,13 @@ static __always_inline __u32 tunnel_overhead(const struct tunnel_info *tun)
 /* ---- ones'-complement sums ---- */
 
 /* Sum of n 16-bit words at p (caller checked the bounds), not folded. */
-#define SUM16(p, n)                                          \
-	({                                                   \
-		const __u16 *__w = (const __u16 *)(p);       \
-		__u64 __s = 0;                               \
-		_Pragma("unroll") for (int __i = 0; __i < (n); __i++) __s += __w[__i]; \
-		__s;                                         \
+#define SUM16(p, n)                                                      \
+	({                                                               \
+		const __u16 *__w = (const __u16 *)(p);                   \
+		__u64 __s = 0;                                           \
+		_Pragma("unroll") for (int __i = 0; __i < (n); __i++)    \
+			__s += __w[__i];                                 \
+		__s;                                                     \
 	})
 
 static __always_inline __u16 fold16(__u64 sum)
@@ -116,7 +121,7 @@ static __always_inline __u64 pseudo6_sum(const __u8 *saddr, const __u8 *daddr, _
 #pragma unroll
 	for (int i = 0; i < 4; i++)
 		sum += (__u64)s[i] + d[i];
-	return sum + bpf_htonl(udp_len) + bpf_htonl(IPPROTO_UDP);
+	return sum + (__u64)bpf_htonl(udp_len) + (__u64)bpf_htonl(IPPROTO_UDP);
 }
 
 /*
@@ -160,21 +165,92 @@ static __always_inline int lco_term_v4(const struct iphdr *ip, void *data_end, _
 }
 
 /*
- * Sum of the 50 bytes from the outer UDP header to the end of the inner
- * IPv4 header (UDP 8, VXLAN 8, Ethernet 14, IPv4 20), at udp.
+ * The LCO term for an inner IPv6 packet (40 bytes known to be in bounds):
+ * as lco_term_v4, for TCP, UDP with a checksum and ICMPv6, which sum their
+ * pseudo-header too, and no extension headers.
  */
-static __always_inline __u64 vxlan6_headers_sum(const struct udphdr *udp)
+static __always_inline int lco_term_v6(const struct ipv6hdr *ip6, void *data_end, __u32 l3_len, __u16 *term)
 {
-	return SUM16(udp, (8 + 8 + ETH_HLEN + 20) / 2);
+	__u32 plen = bpf_ntohs(ip6->payload_len);
+	const __u32 *s = (const __u32 *)&ip6->saddr, *d = (const __u32 *)&ip6->daddr;
+	__u64 pseudo = 0;
+
+	if (ip6->version != 6 || plen + sizeof(*ip6) != l3_len)
+		return -1;
+	switch (ip6->nexthdr) {
+	case IPPROTO_UDP: {
+		const struct udphdr *udp = (const void *)(ip6 + 1);
+
+		if ((void *)(udp + 1) > data_end || udp->check == 0)
+			return -1;
+		break;
+	}
+	case IPPROTO_TCP:
+	case 58: /* ICMPv6 */
+		break;
+	default:
+		return -1;
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		pseudo += (__u64)s[i] + d[i];
+	/* In 64 bits: two 32-bit terms of up to 0xff000000 would wrap, losing a carry. */
+	pseudo += (__u64)bpf_htonl(plen) + (__u64)bpf_htonl(ip6->nexthdr);
+	*term = (__u16)~fold16(pseudo);
+	return 0;
+}
+
+/*
+ * The inner packet's share of the outer UDP checksum: the sum of its IP
+ * header (IPv4 20 or IPv6 40 bytes) plus the LCO term for the rest, for
+ * the packet behind inner_eth (l3_len bytes after it). Returns 0 with *sum
+ * set, or -1 where the LCO argument does not hold (see lco_term_v4). The
+ * rest of the checksum is the pseudo-header and vxlan6_outer_sum.
+ */
+static __always_inline int vxlan6_inner_sum(const struct ethhdr *inner_eth, void *data_end, __u32 l3_len, __u64 *sum)
+{
+	const void *l3 = inner_eth + 1;
+	__u16 term;
+
+	if (inner_eth->h_proto == bpf_htons(ETH_P_IP)) {
+		if (l3 + sizeof(struct iphdr) > data_end || lco_term_v4(l3, data_end, l3_len, &term))
+			return -1;
+		*sum = SUM16(l3, sizeof(struct iphdr) / 2) + term;
+		return 0;
+	}
+	if (inner_eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		if (l3 + sizeof(struct ipv6hdr) > data_end || lco_term_v6(l3, data_end, l3_len, &term))
+			return -1;
+		*sum = SUM16(l3, sizeof(struct ipv6hdr) / 2) + term;
+		return 0;
+	}
+	return -1;
+}
+
+/* Sum of our 30 bytes between the outer IPv6 and the inner IP header: UDP, VXLAN, inner Ethernet. */
+static __always_inline __u64 vxlan6_outer_sum(const struct udphdr *udp)
+{
+	return SUM16(udp, (8 + 8 + ETH_HLEN) / 2);
+}
+
+/* The ECN bits of the IPv4 or IPv6 header behind eth (bounds checked by the caller's LCO sum). */
+static __always_inline __u8 inner_ecn(const struct ethhdr *eth)
+{
+	const __u8 *l3 = (const void *)(eth + 1);
+
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return (l3[1] >> 4) & 0x3; /* traffic class straddles bytes 0 and 1 */
+	return l3[1] & 0x3;
 }
 
 /* ---- encapsulation ---- */
 
 /*
- * Pushes outer IPv6 + UDP + VXLAN + inner Ethernet after the MAC header
- * for an inner IPv4 packet. Returns 0, a helper's error (< 0),
- * ENCAP6_NEEDS_KERNEL (nothing changed: hand it to encap_via_kernel) or
- * ENCAP6_NO_SOURCE (the node has no IPv6 underlay address).
+ * Pushes outer IPv6 + UDP + VXLAN + inner Ethernet after the MAC header,
+ * over an inner IPv4 or IPv6 packet (the frame's own Ethernet type says
+ * which). Returns 0, a helper's error (< 0), ENCAP6_NEEDS_KERNEL (nothing
+ * changed: hand it to encap_via_kernel) or ENCAP6_NO_SOURCE (the node has
+ * no IPv6 underlay address).
  */
 static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct node_config *cfg,
 					 const struct tunnel_info *tun)
@@ -184,13 +260,13 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 			    BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth, *inner_eth;
+	struct ethhdr *eth = data, *inner_eth;
 	struct ipv6hdr *ip6;
-	struct iphdr *inner_ip;
 	struct udphdr *udp;
 	struct vxlanhdr *vx;
 	__u32 hash, udp_len;
-	__u16 term, check;
+	__be16 proto;
+	__u16 check;
 	__u8 ecn;
 	__u64 sum;
 	long err;
@@ -200,11 +276,13 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 	/* One checksum field for every segment: see the header comment. */
 	if (skb->gso_size)
 		return ENCAP6_NEEDS_KERNEL;
-	inner_ip = data + ETH_HLEN;
-	if ((void *)(inner_ip + 1) > data_end)
+	if ((void *)(eth + 1) > data_end)
 		return ENCAP6_NEEDS_KERNEL;
-	if (lco_term_v4(inner_ip, data_end, skb->len - ETH_HLEN, &term))
+	/* The inner packet's share now: adjust_room moves it but changes none of its bytes. */
+	if (vxlan6_inner_sum(eth, data_end, skb->len - ETH_HLEN, &sum))
 		return ENCAP6_NEEDS_KERNEL;
+	proto = eth->h_proto;
+	ecn = inner_ecn(eth);
 
 	hash = bpf_get_hash_recalc(skb);
 	err = bpf_skb_adjust_room(skb, VXLAN6_OVERHEAD, BPF_ADJ_ROOM_MAC, flags);
@@ -218,13 +296,12 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 	udp = (void *)(ip6 + 1);
 	vx = (void *)(udp + 1);
 	inner_eth = (void *)(vx + 1);
-	inner_ip = (void *)(inner_eth + 1);
-	if ((void *)(inner_ip + 1) > data_end)
+	if ((void *)(inner_eth + 1) > data_end)
 		return -1;
 
 	__builtin_memcpy(inner_eth->h_dest, tun->vtep_mac, ETH_ALEN);
 	__builtin_memcpy(inner_eth->h_source, cfg->vtep_mac, ETH_ALEN);
-	inner_eth->h_proto = bpf_htons(ETH_P_IP);
+	inner_eth->h_proto = proto;
 
 	vx->flags = VXLAN_FLAG_I;
 	vx->reserved1[0] = vx->reserved1[1] = vx->reserved1[2] = 0;
@@ -237,7 +314,6 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 	udp->check = 0;
 
 	/* Version 6, traffic class = inner ECN with CE as ECT(0), flow label 0. */
-	ecn = inner_ip->tos & 0x3;
 	*(__be32 *)ip6 = bpf_htonl(0x60000000 | (__u32)(ecn == 0x3 ? 0x2 : ecn) << 20);
 	ip6->payload_len = bpf_htons(udp_len);
 	ip6->nexthdr = IPPROTO_UDP;
@@ -245,7 +321,7 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 	__builtin_memcpy(&ip6->saddr, cfg->underlay_ip6, WEFT_ADDR_LEN);
 	__builtin_memcpy(&ip6->daddr, tun->remote, WEFT_ADDR_LEN);
 
-	sum = pseudo6_sum(cfg->underlay_ip6, tun->remote, udp_len) + vxlan6_headers_sum(udp) + term;
+	sum += pseudo6_sum(cfg->underlay_ip6, tun->remote, udp_len) + vxlan6_outer_sum(udp);
 	check = ~fold16(sum);
 	udp->check = check ? check : 0xffff; /* 0 means "no checksum": send its other form */
 
@@ -330,7 +406,6 @@ static __always_inline enum counter classify_underlay6(void *data, void *data_en
 	struct iphdr *inner_ip;
 	__u32 plen, udp_len, inner_len;
 	enum counter c;
-	__u16 term;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return CNT_PASS_UNDERLAY;
@@ -387,10 +462,12 @@ static __always_inline enum counter classify_underlay6(void *data, void *data_en
 		return c;
 
 	if (!aggregated) {
-		if (lco_term_v4(inner_ip, data_end, inner_len, &term))
+		__u64 sum;
+
+		if (vxlan6_inner_sum(inner_eth, data_end, inner_len, &sum))
 			return CNT_PASS_OUTER6_CSUM;
-		if (fold16(pseudo6_sum((const __u8 *)&ip6->saddr, (const __u8 *)&ip6->daddr, udp_len) +
-			   vxlan6_headers_sum(udp) + term) != 0xffff)
+		sum += pseudo6_sum((const __u8 *)&ip6->saddr, (const __u8 *)&ip6->daddr, udp_len) + vxlan6_outer_sum(udp);
+		if (fold16(sum) != 0xffff)
 			return CNT_PASS_OUTER6_CSUM;
 	}
 

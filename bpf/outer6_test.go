@@ -28,10 +28,20 @@ var (
 	// Peer F: over IPv6 with its own VNI.
 	peerF = weftmaps.Tunnel{Subnet: netip.MustParsePrefix("10.244.6.0/24"), Remote: netip.MustParseAddr("fd00:8::6"),
 		VtepMAC: mustMAC("8e:00:00:00:00:06"), VNI: 0x123456, Mode: weftmaps.ModeVXLAN}
+	// Peer G: DirectRouting over IPv6 (its IPv6 underlay address on our L2, main_test.go).
+	peerG = weftmaps.Tunnel{Subnet: netip.MustParsePrefix("10.244.7.0/24"), Remote: netip.MustParseAddr("fd00:8::7"),
+		VtepMAC: mustMAC("8e:00:00:00:00:07"), VNI: 1, Mode: weftmaps.ModeDirect}
+	peerGMAC   = mustMAC("02:00:00:00:08:07")
+	remotePodG = netip.MustParseAddr("10.244.7.7")
 	peerEMAC   = mustMAC("02:00:00:00:08:05")
-	remotePodE = netip.MustParseAddr("10.244.5.7")
-	remotePodF = netip.MustParseAddr("10.244.6.7")
-	remoteSrcE = netip.MustParseAddr("10.244.5.5")
+	// Peer E's IPv6 pods, over its IPv6 underlay address (v6-in-v6, flannel's model).
+	peerE6 = weftmaps.Tunnel{Subnet: netip.MustParsePrefix("fd00:10:244:5::/64"), Remote: peerE.Remote,
+		VtepMAC: peerE.VtepMAC, VNI: 1, Mode: weftmaps.ModeVXLAN}
+	remotePodE6 = netip.MustParseAddr("fd00:10:244:5::7")
+	remoteSrcE6 = netip.MustParseAddr("fd00:10:244:5::5")
+	remotePodE  = netip.MustParseAddr("10.244.5.7")
+	remotePodF  = netip.MustParseAddr("10.244.6.7")
+	remoteSrcE  = netip.MustParseAddr("10.244.5.5")
 )
 
 // Offsets in a VXLAN frame with an outer IPv6 header and no extension headers.
@@ -49,11 +59,12 @@ func config6() weftmaps.Config {
 	return c
 }
 
-// newEnv6 is node A with an IPv6 underlay address and peers E and F over IPv6.
+// newEnv6 is node A with an IPv6 underlay address, peers E (IPv4 and IPv6
+// pods) and F over IPv6, and G, DirectRouting over IPv6.
 func newEnv6(tb testing.TB) *env {
 	e := newEnv(tb)
 	e.setConfig(config6())
-	for _, tun := range []weftmaps.Tunnel{peerE, peerF} {
+	for _, tun := range []weftmaps.Tunnel{peerE, peerF, peerG, peerE6} {
 		if err := e.m.Tunnels.Put(tun); err != nil {
 			tb.Fatal(err)
 		}
@@ -154,9 +165,14 @@ func checkEncap6(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerIP
 	for _, l := range pkt.Layers() {
 		kinds = append(kinds, l.LayerType())
 	}
+	inner6 := innerIP[0]>>4 == 6 // v6-in-v6
+	innerType, innerLayer := layers.EthernetTypeIPv4, layers.LayerTypeIPv4
+	if inner6 {
+		innerType, innerLayer = layers.EthernetTypeIPv6, layers.LayerTypeIPv6
+	}
 	if len(kinds) < 6 || kinds[1] != layers.LayerTypeIPv6 || kinds[2] != layers.LayerTypeUDP ||
-		kinds[3] != layers.LayerTypeVXLAN || kinds[4] != layers.LayerTypeEthernet || kinds[5] != layers.LayerTypeIPv4 {
-		t.Fatalf("layers %v, want Ethernet/IPv6/UDP/VXLAN/Ethernet/IPv4/...", kinds)
+		kinds[3] != layers.LayerTypeVXLAN || kinds[4] != layers.LayerTypeEthernet || kinds[5] != innerLayer {
+		t.Fatalf("layers %v, want Ethernet/IPv6/UDP/VXLAN/Ethernet/%v/...", kinds, innerLayer)
 	}
 
 	// Outer Ethernet: source is the underlay NIC, type IPv6; bpf_redirect_neigh fills the destination.
@@ -169,6 +185,9 @@ func checkEncap6(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerIP
 	// driver's default label), hop limit 64, next header UDP.
 	oh := out[off6IP : off6IP+40]
 	wantECN := uint32(innerIP[1] & 3)
+	if inner6 {
+		wantECN = uint32(ipv6ECN(innerIP))
+	}
 	if wantECN == 3 {
 		wantECN = 2
 	}
@@ -207,13 +226,16 @@ func checkEncap6(t *testing.T, cfg weftmaps.Config, tun weftmaps.Tunnel, innerIP
 	if !bytes.Equal(vh, []byte{0x08, 0, 0, 0, byte(tun.VNI >> 16), byte(tun.VNI >> 8), byte(tun.VNI), 0}) {
 		t.Errorf("VXLAN header %x, want flags 08 and VNI %#x", vh, tun.VNI)
 	}
-	hexDiff(t, "inner Ethernet header", out[off6InnerEth:off6InnerIP], ethHdr(tun.VtepMAC, cfg.VtepMAC, layers.EthernetTypeIPv4))
+	hexDiff(t, "inner Ethernet header", out[off6InnerEth:off6InnerIP], ethHdr(tun.VtepMAC, cfg.VtepMAC, innerType))
 
 	want := innerIP
-	if forwarded {
+	switch {
+	case forwarded && inner6:
+		want = hopDecremented(innerIP)
+	case forwarded:
 		want = decremented(t, innerIP)
 	}
-	hexDiff(t, "inner IPv4 packet", out[off6InnerIP:], want)
+	hexDiff(t, "inner packet", out[off6InnerIP:], want)
 }
 
 func TestFromPodEncap6(t *testing.T) {
@@ -655,4 +677,26 @@ func TestFromUnderlay6WithoutAddress(t *testing.T) {
 		v.outerDst = dst
 		checkUnderlay6TC(t, e, underlayCase{"to " + dst.String(), vxlan6Frame(t, v), "pass_underlay"})
 	}
+}
+
+// DirectRouting to a peer whose underlay address is IPv6: no encapsulation,
+// the IPv4 packet goes to the peer's IPv6 neighbour entry
+// (bpf_redirect_neigh with an IPv6 next hop); on receive, its L2 sender must
+// be that neighbour.
+func TestDirect6(t *testing.T) {
+	e := newEnv6(t)
+	in := podFrame(t, pod1, pkt{dst: remotePodG})
+	r := e.run("from_pod", in)
+	r.check(t, tcActRedirect, counters("direct"))
+	hexDiff(t, "routed packet", r.out[14:], decremented(t, in[14:]))
+	checkPeerTx(t, e, peerG.Remote, 1)
+
+	plain := func(src net.HardwareAddr) []byte {
+		return ether(t, underlayMAC, src, layers.EthernetTypeIPv4,
+			ipv4(t, pkt{src: netip.MustParseAddr("10.244.7.5"), dst: pod2.IP, proto: layers.IPProtocolUDP}))
+	}
+	r = e.run("from_underlay", plain(peerGMAC))
+	r.check(t, tcActRedirect, counters("direct_rx"))
+	r = e.run("from_underlay", plain(peerEMAC))
+	r.check(t, tcActShot, counters("drop_direct_peer"))
 }

@@ -681,11 +681,19 @@ int from_underlay(struct __sk_buff *skb)
 	if (data + (skb->len < VXLAN6_PARSE_LEN + 20 ? skb->len : VXLAN6_PARSE_LEN + 20) > data_end) {
 		/*
 		 * Headers split across fragments: make them linear first, but only
-		 * for what can be VXLAN to us (pulling copies; others pay nothing).
+		 * for what can be VXLAN to us (pulling copies; others pay nothing),
+		 * asking only the outer family's question.
 		 */
-		__u32 need = may_be_vxlan(skb, cfg) ? VXLAN_PARSE_LEN :
-			     may_be_vxlan6(skb, cfg) ? VXLAN6_PARSE_LEN : 0;
+		__u32 need = 0;
 
+		if (data + ETH_HLEN <= data_end) {
+			__be16 proto = ((struct ethhdr *)data)->h_proto;
+
+			if (proto == bpf_htons(ETH_P_IP) && may_be_vxlan(skb, cfg))
+				need = VXLAN_PARSE_LEN;
+			else if (proto == bpf_htons(ETH_P_IPV6) && may_be_vxlan6(skb, cfg))
+				need = VXLAN6_PARSE_LEN;
+		}
 		if (need && skb->len >= need) {
 			/* 20 more for an inner IPv6 header, where the frame has them. */
 			need = skb->len < need + 20 ? skb->len : need + 20;

@@ -31,6 +31,11 @@ const LinkGROSink = "gro-sink"
 // decapsulated by the kernel: gro_sink, on its ingress, checks it with the
 // outer source, destination and VNI from the collect_md tunnel metadata the
 // same way from_underlay would, and delivers it or drops and counts it.
+// One weftgro0 serves IPv4 and IPv6 underlays alike: a collect_md vxlan
+// device opens a UDP socket for each family (the driver's vxlan_sock_add),
+// takes reassembled IPv6 VXLAN, and encapsulates over IPv6 for a tunnel key
+// set with BPF_F_TUNINFO_IPV6, with the UDP checksum IPv6 needs
+// (bpf/outer6.h; TestV4InV6WithKernelVXLAN uses both directions).
 // The price: another kernel vxlan device can no longer bind the same port on
 // this node (--gro-device=false if you need that; fragmented VXLAN is then
 // lost, counted as pass_fragment).

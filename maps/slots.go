@@ -41,7 +41,7 @@ import (
 
 // slotAllocator hands out peer_counters slots for one tunnels map.
 type slotAllocator struct {
-	tunnels  *ebpf.Map
+	walk     func(func(bpf.WeftTunnelKey, bpf.WeftTunnelInfo) error) error // every entry of the tunnels map
 	counters *ebpf.Map
 	size     uint32 // slots in peer_counters, slot 0 included
 
@@ -50,14 +50,21 @@ type slotAllocator struct {
 	subnets map[bpf.WeftTunnelKey][16]byte // entry -> its remote, as written
 	peers   map[[16]byte]peerSlot          // remote -> its slot and entries
 	free    []uint32                       // slots no entry carries; the last is taken next
+	fresh   []freshSlot                    // taken by reserve, not zeroed yet
+}
+
+// freshSlot is a slot reserve took for remote, to be zeroed before use.
+type freshSlot struct {
+	slot   uint32
+	remote [16]byte
 }
 
 // peerSlot is one remote's slot (0: none) and how many entries point at it.
 // refs 0 is a slot taken for a write that has not happened yet.
 type peerSlot struct{ slot, refs uint32 }
 
-func newSlotAllocator(tunnels, counters *ebpf.Map) *slotAllocator {
-	return &slotAllocator{tunnels: tunnels, counters: counters, size: counters.MaxEntries()}
+func newSlotAllocator(walk func(func(bpf.WeftTunnelKey, bpf.WeftTunnelInfo) error) error, counters *ebpf.Map) *slotAllocator {
+	return &slotAllocator{walk: walk, counters: counters, size: counters.MaxEntries()}
 }
 
 // load rebuilds the state from the tunnels map; a.mu is held.
@@ -65,15 +72,10 @@ func (a *slotAllocator) load() error {
 	if a.loaded {
 		return nil
 	}
-	var (
-		key bpf.WeftTunnelKey
-		val bpf.WeftTunnelInfo
-	)
 	subnets := map[bpf.WeftTunnelKey][16]byte{}
 	peers := map[[16]byte]peerSlot{}
 	used := make([]bool, a.size)
-	iter := a.tunnels.Iterate()
-	for iter.Next(&key, &val) {
+	err := a.walk(func(key bpf.WeftTunnelKey, val bpf.WeftTunnelInfo) error {
 		subnets[key] = val.Remote
 		p := peers[val.Remote]
 		s := val.StatsSlot
@@ -88,9 +90,10 @@ func (a *slotAllocator) load() error {
 		used[s] = true // carried by an entry: not free, owned or not
 		p.refs++
 		peers[val.Remote] = p
-	}
-	if err := iter.Err(); err != nil {
-		return fmt.Errorf("read tunnels for counter slots: %w", err)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("counter slots: %w", err)
 	}
 	free := make([]uint32, 0, a.size)
 	for s := a.size - 1; s >= 1; s-- {
@@ -103,22 +106,55 @@ func (a *slotAllocator) load() error {
 }
 
 // reserve returns the slot an entry pointing at remote is written with,
-// taking and zeroing a free one for a remote without entries; a.mu is held.
-// Every reserve is followed by committed or abandoned.
+// taking a free one for a remote without entries; a.mu is held. Slots
+// taken are zeroed by zeroFresh before any entry carries them, and every
+// reserve is followed by committed or abandoned.
 func (a *slotAllocator) reserve(remote [16]byte) uint32 {
 	if p, ok := a.peers[remote]; ok {
 		return p.slot
 	}
 	var slot uint32
 	if n := len(a.free); n > 0 {
-		s := a.free[n-1]
-		if err := a.counters.Put(s, make([]bpf.WeftPeerStats, ebpf.MustPossibleCPU())); err == nil {
-			slot, a.free = s, a.free[:n-1]
-		}
-		// A slot that cannot be zeroed is not handed out; the peer counts as overflow.
+		slot, a.free = a.free[n-1], a.free[:n-1]
+		a.fresh = append(a.fresh, freshSlot{slot, remote})
 	}
 	a.peers[remote] = peerSlot{slot: slot}
 	return slot
+}
+
+// zeroFresh zeroes the slots reserve took, in one batch syscall where the
+// kernel allows (a cold start takes thousands). A slot that cannot be
+// zeroed is not handed out: its peer counts as overflow (slot 0), and the
+// returned set names such slots so the caller writes 0 instead.
+func (a *slotAllocator) zeroFresh() (failed map[uint32]bool) {
+	if len(a.fresh) == 0 {
+		return nil
+	}
+	fresh := a.fresh
+	a.fresh = nil
+	ncpu := ebpf.MustPossibleCPU()
+	keys := make([]uint32, len(fresh))
+	for i, f := range fresh {
+		keys[i] = f.slot
+	}
+	if n, err := a.counters.BatchUpdate(keys, make([]bpf.WeftPeerStats, len(keys)*ncpu), nil); err == nil && n == len(keys) {
+		return nil
+	}
+	zero := make([]bpf.WeftPeerStats, ncpu)
+	for _, f := range fresh {
+		if err := a.counters.Put(f.slot, zero); err != nil {
+			if failed == nil {
+				failed = map[uint32]bool{}
+			}
+			failed[f.slot] = true
+			a.free = append(a.free, f.slot)
+			if p, ok := a.peers[f.remote]; ok && p.slot == f.slot {
+				p.slot = 0
+				a.peers[f.remote] = p
+			}
+		}
+	}
+	return failed
 }
 
 // committed records that key now points at remote in the kernel.
@@ -208,6 +244,9 @@ func (a *slotAllocator) put(key bpf.WeftTunnelKey, val bpf.WeftTunnelInfo, write
 		return err
 	}
 	val.StatsSlot = a.reserve(val.Remote)
+	if a.zeroFresh()[val.StatsSlot] {
+		val.StatsSlot = 0
+	}
 	if err := write(&key, &val); err != nil {
 		a.abandoned(val.Remote)
 		return err
@@ -226,6 +265,13 @@ func (a *slotAllocator) putBatch(keys []bpf.WeftTunnelKey, vals []bpf.WeftTunnel
 	}
 	for i := range vals {
 		vals[i].StatsSlot = a.reserve(vals[i].Remote)
+	}
+	if failed := a.zeroFresh(); failed != nil {
+		for i := range vals {
+			if failed[vals[i].StatsSlot] {
+				vals[i].StatsSlot = 0
+			}
+		}
 	}
 	n, err := write()
 	for i := range keys {

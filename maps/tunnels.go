@@ -137,7 +137,9 @@ func NewTunnelMap(m *ebpf.Map) *TunnelMap { return &TunnelMap{m: m} }
 // map its programs count peers in: each entry written carries its remote's
 // counter slot (see slots.go).
 func NewCountedTunnelMap(m, counters *ebpf.Map) *TunnelMap {
-	return &TunnelMap{m: m, slots: newSlotAllocator(m, counters)}
+	tm := &TunnelMap{m: m}
+	tm.slots = newSlotAllocator(tm.walk, counters)
+	return tm
 }
 
 // write puts one entry, with its counter slot when there are counters.

@@ -158,27 +158,67 @@ func (tm *TunnelMap) DeleteBatch(subnets []netip.Prefix) (failed []netip.Prefix,
 // allBatch reads every entry with BPF_MAP_LOOKUP_BATCH. ok is false when
 // the kernel refused the batch op and nothing was read.
 func (tm *TunnelMap) allBatch() (out []Tunnel, ok bool, err error) {
+	ok, err = tm.walkBatch(func(k bpf.WeftTunnelKey, v bpf.WeftTunnelInfo) error {
+		t, err := tunnelFromBPF(k, v)
+		if err != nil {
+			return err
+		}
+		out = append(out, t)
+		return nil
+	})
+	if !ok || err != nil {
+		return nil, ok, err
+	}
+	return out, true, nil
+}
+
+// walk calls fn with every raw entry, in batches where the kernel allows.
+func (tm *TunnelMap) walk(fn func(bpf.WeftTunnelKey, bpf.WeftTunnelInfo) error) error {
+	if tm.batch.usable() {
+		if ok, err := tm.walkBatch(fn); ok {
+			return err
+		}
+	}
+	var (
+		key bpf.WeftTunnelKey
+		val bpf.WeftTunnelInfo
+	)
+	iter := tm.m.Iterate()
+	for iter.Next(&key, &val) {
+		if err := fn(key, val); err != nil {
+			return fmt.Errorf("read tunnels: %w", err)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("read tunnels: %w", err)
+	}
+	return nil
+}
+
+// walkBatch is walk with BPF_MAP_LOOKUP_BATCH; ok is false when the kernel
+// refused the batch op and fn saw nothing.
+func (tm *TunnelMap) walkBatch(fn func(bpf.WeftTunnelKey, bpf.WeftTunnelInfo) error) (ok bool, err error) {
 	var (
 		cursor ebpf.MapBatchCursor
 		keys   = make([]bpf.WeftTunnelKey, batchChunk)
 		vals   = make([]bpf.WeftTunnelInfo, batchChunk)
+		seen   int
 	)
 	for {
 		n, err := tm.m.BatchLookup(&cursor, keys, vals, nil)
 		for i := range n {
-			t, cerr := tunnelFromBPF(keys[i], vals[i])
-			if cerr != nil {
-				return nil, true, fmt.Errorf("read tunnels: %w", cerr)
+			if ferr := fn(keys[i], vals[i]); ferr != nil {
+				return true, fmt.Errorf("read tunnels: %w", ferr)
 			}
-			out = append(out, t)
 		}
+		seen += n
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return out, true, nil // the end of the map
-		case err != nil && len(out) == 0 && tm.batch.refuse(err):
-			return nil, false, nil
+			return true, nil // the end of the map
+		case err != nil && seen == 0 && tm.batch.refuse(err):
+			return false, nil
 		case err != nil:
-			return nil, true, fmt.Errorf("read tunnels: %w", err)
+			return true, fmt.Errorf("read tunnels: %w", err)
 		}
 	}
 }

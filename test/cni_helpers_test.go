@@ -61,6 +61,7 @@ type cniNode struct {
 	name       string
 	node       *topo.Node
 	subnet     netip.Prefix
+	subnet6    netip.Prefix // dual-stack nodes (newCNILab6) only
 	vtepMAC    net.HardwareAddr
 	pinPath    string
 	dataDir    string
@@ -79,6 +80,22 @@ type cniLab struct {
 // between every pair, a subnet.env and data dir per node, and the plugin.
 // Everything is removed at cleanup, also after a failure.
 func newCNILab(t *testing.T, n int) *cniLab {
+	t.Helper()
+	return newCNILabWith(t, n, false)
+}
+
+// cniNetwork6 is the dual-stack CNI labs' IPv6 network.
+var cniNetwork6 = netip.MustParsePrefix("fd00:10:244::/48")
+
+// newCNILab6 is newCNILab with dual-stack nodes: node i also has
+// fd00:10:244:<i+1>::/64, in its subnet.env, its IPv6 tunnels (to the
+// peers' IPv4 underlay addresses: v6-in-v4) and its config.
+func newCNILab6(t *testing.T, n int) *cniLab {
+	t.Helper()
+	return newCNILabWith(t, n, true)
+}
+
+func newCNILabWith(t *testing.T, n int, dual bool) *cniLab {
 	t.Helper()
 	binDir := cniPluginDir(t)
 	lab, err := topo.New(topo.Options{})
@@ -116,6 +133,9 @@ func newCNILab(t *testing.T, n int) *cniLab {
 			subnetFile: filepath.Join(t.TempDir(), "subnet.env"),
 			cni:        cniConfig(binDir, t.TempDir()),
 		}
+		if dual {
+			cn.subnet6 = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0x02, 0x44, 0, byte(i + 1)}), 64)
+		}
 		c.nodes = append(c.nodes, cn)
 		decap := loader.DecapXDP
 		if i%2 == 1 {
@@ -127,8 +147,12 @@ func newCNILab(t *testing.T, n int) *cniLab {
 				return err
 			}
 			defer d.Close()
-			_, err = loader.SetupNode(d, loader.NodeConfig{Underlay: tn.UnderlayIf, Network: network, Subnet: cn.subnet,
-				VtepMAC: cn.vtepMAC, VNI: testVNI, Port: testPort, Decap: decap})
+			nc := loader.NodeConfig{Underlay: tn.UnderlayIf, Network: network, Subnet: cn.subnet,
+				VtepMAC: cn.vtepMAC, VNI: testVNI, Port: testPort, Decap: decap}
+			if cn.subnet6.IsValid() { // IPv6 pods over the IPv4 underlay (v6-in-v4)
+				nc.IPv6Network, nc.IPv6Subnet = cniNetwork6, cn.subnet6
+			}
+			_, err = loader.SetupNode(d, nc)
 			return err
 		})
 		if err != nil {
@@ -145,10 +169,15 @@ func newCNILab(t *testing.T, n int) *cniLab {
 			if peer == cn {
 				continue
 			}
-			err := set.Tunnels.Put(maps.Tunnel{Subnet: peer.subnet, Remote: peer.node.UnderlayIP, VtepMAC: peer.vtepMAC,
-				VNI: testVNI, Mode: maps.ModeVXLAN})
-			if err != nil {
-				t.Fatalf("tunnel %s -> %s: %v", cn.name, peer.name, err)
+			for _, sn := range []netip.Prefix{peer.subnet, peer.subnet6} {
+				if !sn.IsValid() {
+					continue
+				}
+				err := set.Tunnels.Put(maps.Tunnel{Subnet: sn, Remote: peer.node.UnderlayIP, VtepMAC: peer.vtepMAC,
+					VNI: testVNI, Mode: maps.ModeVXLAN})
+				if err != nil {
+					t.Fatalf("tunnel %s -> %s: %v", cn.name, peer.name, err)
+				}
 			}
 		}
 		set.Close()
@@ -156,11 +185,15 @@ func newCNILab(t *testing.T, n int) *cniLab {
 	return c
 }
 
-// writeSubnetEnv writes flannel's format, FLANNEL_SUBNET as first address/len.
+// writeSubnetEnv writes flannel's format, FLANNEL_SUBNET as first
+// address/len, with the FLANNEL_IPV6_* lines on a dual-stack node.
 func (cn *cniNode) writeSubnetEnv(t *testing.T, network, subnet netip.Prefix, mtu int) {
 	t.Helper()
-	env := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s/%d\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=false\n",
-		network, subnet.Masked().Addr().Next(), subnet.Bits(), mtu)
+	env := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s/%d\n", network, subnet.Masked().Addr().Next(), subnet.Bits())
+	if cn.subnet6.IsValid() {
+		env += fmt.Sprintf("FLANNEL_IPV6_NETWORK=%s\nFLANNEL_IPV6_SUBNET=%s/%d\n", cniNetwork6, cn.subnet6.Addr().Next(), cn.subnet6.Bits())
+	}
+	env += fmt.Sprintf("FLANNEL_MTU=%d\nFLANNEL_IPMASQ=false\n", mtu)
 	if err := os.WriteFile(cn.subnetFile, []byte(env), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -278,8 +311,34 @@ func cniPodIP(t *testing.T, res *current.Result) netip.Addr {
 	return a.Unmap()
 }
 
+// cniPodIPs are a dual-stack result's addresses: IPv4 first, then IPv6,
+// each with its gateway (<subnet>.1, <subnet>::1), on the pod's interface.
+func cniPodIPs(t *testing.T, res *current.Result) (v4, v6 netip.Addr) {
+	t.Helper()
+	if len(res.IPs) != 2 {
+		t.Fatalf("result has %d addresses, want 2 (IPv4, IPv6): %v", len(res.IPs), res)
+	}
+	for i, ipc := range res.IPs {
+		a, _ := netip.AddrFromSlice(ipc.Address.IP)
+		ones, _ := ipc.Address.Mask.Size()
+		gw, _ := netip.AddrFromSlice(ipc.Gateway)
+		if want := loader.GatewayIP(netip.PrefixFrom(a.Unmap(), ones)); gw.Unmap() != want || ipc.Interface == nil || *ipc.Interface != 1 {
+			t.Errorf("result address %d: %v gateway %v interface %v, want gateway %v on interface 1", i, ipc.Address.String(), ipc.Gateway, ipc.Interface, want)
+		}
+		if i == 0 {
+			v4 = a.Unmap()
+		} else {
+			v6 = a.Unmap()
+		}
+	}
+	if !v4.Is4() || !v6.Is6() {
+		t.Fatalf("result addresses %v %v: want IPv4 then IPv6", v4, v6)
+	}
+	return v4, v6
+}
+
 // leftovers lists what any attachment left on the node: weft-cni host
-// veths ("weft" + 11 hex digits), /32 routes into the node subnet,
+// veths ("weft" + 11 hex digits), /32 and /128 routes into the node subnets,
 // endpoint entries, pinned pod links, address reservations, records.
 func (cn *cniNode) leftovers(t *testing.T) []string {
 	t.Helper()
@@ -294,7 +353,7 @@ func (cn *cniNode) leftovers(t *testing.T) []string {
 				left = append(left, "host veth "+n)
 			}
 		}
-		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return err
 		}
@@ -302,8 +361,10 @@ func (cn *cniNode) leftovers(t *testing.T) []string {
 			if r.Dst == nil {
 				continue
 			}
-			if ones, _ := r.Dst.Mask.Size(); ones == 32 {
-				if a, ok := netip.AddrFromSlice(r.Dst.IP); ok && cn.subnet.Contains(a.Unmap()) {
+			if ones, bits := r.Dst.Mask.Size(); ones == bits {
+				// weft0's own <subnet6>::/128 is the node's, not a pod's.
+				if a, ok := netip.AddrFromSlice(r.Dst.IP); ok && (cn.subnet.Contains(a.Unmap()) ||
+					cn.subnet6.Contains(a.Unmap()) && a != loader.HostIP(cn.subnet6)) {
 					left = append(left, "route "+r.Dst.String())
 				}
 			}

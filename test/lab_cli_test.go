@@ -82,6 +82,32 @@ func TestLabDemoKube(t *testing.T) {
 	}
 }
 
+// TestLabDemoIPv6 runs `weft-lab demo --ipv6`: a dual-stack lab (two
+// Weft nodes, a flannel-style dual-stack node, a pod each) prints a ping
+// matrix per family and transfers over both.
+func TestLabDemoIPv6(t *testing.T) {
+	bin := binaries(t)
+	runRoot := t.TempDir()
+	out, err := exec.Command(filepath.Join(bin, "weft-lab"), "demo", "--ipv6", "--nodes", "2", "--pods", "1",
+		"--bin-dir", bin, "--run-root", runRoot).CombinedOutput()
+	if err != nil {
+		t.Errorf("demo --ipv6: %v\n%s", err, out)
+	}
+	m := labPrefixRE.FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("demo printed no lab prefix:\n%s", out)
+	}
+	for _, want := range []string{"ping matrix over IPv6", "fd00:10:244:", "TCP transfer over IPv6", "SUBNET"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo --ipv6 output lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(string(out), "6 of 6 pairs OK"); n != 2 {
+		t.Errorf("demo --ipv6: %d matrices with every pair OK, want 2 (IPv4, IPv6):\n%s", n, out)
+	}
+	assertLabGone(t, string(m[1]), runRoot)
+}
+
 // TestLabUpKillDown: `weft-lab up`, then kill -9 of the lab process, then
 // `weft-lab down` removes everything.
 func TestLabUpKillDown(t *testing.T) {

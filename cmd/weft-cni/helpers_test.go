@@ -106,8 +106,8 @@ func newTestNode(t *testing.T, subnet string) *testNode {
 }
 
 // newTestNode6 is a node with an IPv4 subnet, an IPv6 subnet or both (""
-// for a family it lacks). The data plane is set up for the IPv4 subnet
-// (or a stand-in on an IPv6-only node): the plugin only reads its maps.
+// for a family it lacks), set up as weftd would (an IPv6-only node on an
+// IPv6 underlay address, a dual-stack one v6-in-v4).
 func newTestNode6(t *testing.T, subnet, subnet6 string) *testNode {
 	t.Helper()
 	n := &testNode{
@@ -122,14 +122,21 @@ func newTestNode6(t *testing.T, subnet, subnet6 string) *testNode {
 	if subnet6 != "" {
 		n.subnet6 = netip.MustParsePrefix(subnet6).Masked()
 	}
-	dpSubnet := n.subnet
-	if !dpSubnet.IsValid() {
-		dpSubnet = netip.MustParsePrefix("10.255.0.0/24")
+	nc := loader.NodeConfig{Underlay: "ul0", VtepMAC: net.HardwareAddr{0x0e, 0, 0, 0, 0, 1}, VNI: 1, Port: 8472, Decap: loader.DecapTC}
+	if n.subnet.IsValid() {
+		nc.Network, nc.Subnet = netip.MustParsePrefix("10.0.0.0/8"), n.subnet
+	}
+	if n.subnet6.IsValid() {
+		nc.IPv6Network, nc.IPv6Subnet = netip.MustParsePrefix("fd00::/16"), n.subnet6
+	}
+	if !n.subnet.IsValid() {
+		nc.UnderlayIP6 = netip.MustParseAddr("fd99::1")
 	}
 	n.nsPath = newNetns(t, n.prefix+"-node")
 	for _, args := range [][]string{
 		{"link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"},
 		{"addr", "add", "192.168.99.1/24", "dev", "ul0"},
+		{"addr", "add", "fd99::1/64", "dev", "ul0", "nodad"},
 		{"link", "set", "ul0", "up"}, {"link", "set", "ul0p", "up"}, {"link", "set", "lo", "up"},
 	} {
 		if out, err := exec.Command("ip", append([]string{"-n", n.prefix + "-node"}, args...)...).CombinedOutput(); err != nil {
@@ -151,10 +158,7 @@ func newTestNode6(t *testing.T, subnet, subnet6 string) *testNode {
 			return err
 		}
 		defer d.Close()
-		_, err = loader.SetupNode(d, loader.NodeConfig{
-			Underlay: "ul0", Network: netip.MustParsePrefix("10.0.0.0/8"), Subnet: dpSubnet,
-			VtepMAC: net.HardwareAddr{0x0e, 0, 0, 0, 0, 1}, VNI: 1, Port: 8472, Decap: loader.DecapTC,
-		})
+		_, err = loader.SetupNode(d, nc)
 		return err
 	})
 	if err != nil {
@@ -261,7 +265,8 @@ func (n *testNode) leftovers(t *testing.T, podNS string) []string {
 				continue
 			}
 			a := netip.MustParseAddr(r.Dst.IP.String()).Unmap()
-			if ones, bits := r.Dst.Mask.Size(); ones == bits && (n.subnet.Contains(a) || n.subnet6.Contains(a)) {
+			// weft0's own <subnet6>::/128 is the node's, not a pod's.
+			if ones, bits := r.Dst.Mask.Size(); ones == bits && (n.subnet.Contains(a) || n.subnet6.Contains(a) && a != loader.HostIP(n.subnet6)) {
 				left = append(left, "route "+r.Dst.String())
 			}
 		}

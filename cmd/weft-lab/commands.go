@@ -20,14 +20,24 @@ import (
 // no arguments.
 func currentLink(runRoot string) string { return filepath.Join(runRoot, "current") }
 
+// The --ipv6 lab's IPv6 pod network and underlay.
+var (
+	network6  = netip.MustParsePrefix("fd00:10:244::/48")
+	underlay6 = netip.MustParsePrefix("fd77::/64")
+)
+
 // build makes the cluster the flags describe and records it.
 func build(cf *clusterFlags, stdout io.Writer) (*lab.Cluster, error) {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(stdout, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 	}
-	c, err := lab.New(lab.Options{BinDir: cf.binDir, WireLike: cf.wireLike, Logf: logf,
+	opts := lab.Options{BinDir: cf.binDir, WireLike: cf.wireLike, Logf: logf,
 		RunRoot: cf.runRoot, Network: netip.MustParsePrefix("10.244.0.0/16"),
-		Store: lab.Store(cf.store), Manifest: cf.manifest})
+		Store: lab.Store(cf.store), Manifest: cf.manifest}
+	if cf.ipv6 {
+		opts.Network6, opts.UnderlayCIDR6 = network6, underlay6
+	}
+	c, err := lab.New(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +55,13 @@ func build(cf *clusterFlags, stdout io.Writer) (*lab.Cluster, error) {
 	}
 	for i := 1; i <= cf.flannelNodes; i++ {
 		sn := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(200 + i), 0}), 24)
-		if _, err := c.AddFlannelNode(fmt.Sprintf("flannel%d", i), sn); err != nil {
+		var sn6 netip.Prefix // the /64 number 200+i of network6, beside the IPv4 one
+		if cf.ipv6 {
+			b := network6.Addr().As16()
+			b[7] = byte(200 + i)
+			sn6 = netip.PrefixFrom(netip.AddrFrom16(b), 64)
+		}
+		if _, err := c.AddFlannelNodeDual(fmt.Sprintf("flannel%d", i), sn, sn6); err != nil {
 			return fail(err)
 		}
 	}
@@ -60,7 +76,12 @@ func build(cf *clusterFlags, stdout io.Writer) (*lab.Cluster, error) {
 	if err := c.SaveState(); err != nil {
 		return fail(err)
 	}
-	// Let every weftd see every lease before anyone pings.
+	// Let every weftd see every lease before anyone pings: a tunnel per
+	// remote subnet, two per node with --ipv6.
+	want := len(c.Nodes) - 1
+	if cf.ipv6 {
+		want *= 2
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for _, n := range c.Nodes {
 		if n.Kind != lab.KindWeft {
@@ -68,11 +89,11 @@ func build(cf *clusterFlags, stdout io.Writer) (*lab.Cluster, error) {
 		}
 		for {
 			ts, err := n.Tunnels()
-			if err == nil && len(ts) == len(c.Nodes)-1 {
+			if err == nil && len(ts) == want {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fail(fmt.Errorf("node %s has %d tunnels, want %d", n.Name, len(ts), len(c.Nodes)-1))
+				return fail(fmt.Errorf("node %s has %d tunnels, want %d", n.Name, len(ts), want))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -133,9 +154,14 @@ func runStatus(_ context.Context, args []string, stdout, stderr io.Writer) error
 	for _, n := range st.Nodes {
 		var pods []string
 		for _, p := range n.Pods {
-			pods = append(pods, p.Name+"="+p.IP.String())
+			pod := p.Name + "=" + p.IP.String()
+			if p.IP6.IsValid() {
+				pod += "," + p.IP6.String()
+			}
+			pods = append(pods, pod)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Kind, n.UnderlayIP, n.Subnet, strings.Join(pods, " "))
+		subnet := strings.Trim(n.Subnet+","+n.Subnet6, ",") // either may be absent
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Kind, n.UnderlayIP, subnet, strings.Join(pods, " "))
 	}
 	tw.Flush()
 	for _, n := range st.Nodes {
@@ -211,7 +237,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}()
 
 	step("ping matrix: every pod to every pod")
-	failed := pingMatrix(ctx, c, stdout)
+	failed := pingMatrix(ctx, c, stdout, false)
+	if cf.ipv6 {
+		step("ping matrix over IPv6: every pod to every pod")
+		failed += pingMatrix(ctx, c, stdout, true)
+	}
 
 	var firstWeft *lab.Node
 	for _, n := range c.Nodes {
@@ -228,12 +258,19 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 
-	if len(c.Nodes) > 1 && cf.pods > 0 {
+	for _, v6 := range []bool{false, true} {
+		if len(c.Nodes) < 2 || cf.pods == 0 || v6 && !cf.ipv6 {
+			break
+		}
 		src, dst := c.Nodes[0].Pods[0], c.Nodes[len(c.Nodes)-1].Pods[0]
+		dstIP, family := dst.IP, ""
+		if v6 {
+			dstIP, family = dst.IP6, " over IPv6"
+		}
 		const size = 200 << 20
-		step("TCP transfer: 200 MB from %s/%s to %s/%s", c.Nodes[0].Name, src.Name, c.Nodes[len(c.Nodes)-1].Name, dst.Name)
+		step("TCP transfer%s: 200 MB from %s/%s to %s/%s", family, c.Nodes[0].Name, src.Name, c.Nodes[len(c.Nodes)-1].Name, dst.Name)
 		tctx, cancel := context.WithTimeout(ctx, time.Minute)
-		res, err := lab.TransferTCP(tctx, src.NSPath, dst.NSPath, dst.IP, size)
+		res, err := lab.TransferTCP(tctx, src.NSPath, dst.NSPath, dstIP, size)
 		cancel()
 		switch {
 		case err != nil:
@@ -260,9 +297,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-// pingMatrix pings every pod from every pod, prints a grid of OK/FAIL and
-// returns how many pairs failed.
-func pingMatrix(ctx context.Context, c *lab.Cluster, stdout io.Writer) int {
+// pingMatrix pings every pod from every pod on the pods' IPv4 (IPv6 with
+// v6) addresses, prints a grid of OK/FAIL and returns how many pairs failed.
+func pingMatrix(ctx context.Context, c *lab.Cluster, stdout io.Writer, v6 bool) int {
 	type podRef struct {
 		label, ns string
 		ip        netip.Addr
@@ -270,7 +307,11 @@ func pingMatrix(ctx context.Context, c *lab.Cluster, stdout io.Writer) int {
 	var pods []podRef
 	for _, n := range c.Nodes {
 		for _, p := range n.Pods {
-			pods = append(pods, podRef{label: n.Name + "/" + p.Name, ns: p.NSPath, ip: p.IP})
+			ip := p.IP
+			if v6 {
+				ip = p.IP6
+			}
+			pods = append(pods, podRef{label: n.Name + "/" + p.Name, ns: p.NSPath, ip: ip})
 		}
 	}
 	ok := make([][]bool, len(pods))

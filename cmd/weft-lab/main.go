@@ -3,7 +3,7 @@
 // weftd per node, pods wired as a container runtime would, and optionally
 // flannel-style kernel-vxlan nodes sharing the cluster.
 //
-//	weft-lab up [--nodes 3] [--pods 2] [--flannel-nodes 0]   build it and keep it running until Ctrl-C
+//	weft-lab up [--nodes 3] [--pods 2] [--flannel-nodes 0] [--ipv6]   build it and keep it running until Ctrl-C
 //	weft-lab status                                          nodes, subnets, pods, tunnel tables
 //	weft-lab down                                            remove everything a run made (also after a crash)
 //	weft-lab demo                                            up, prove it works, down
@@ -51,7 +51,7 @@ func main() {
 // valueFlags are weft-lab's flags that take a separate value, so that they
 // can be written before the command (cliargs.Normalize).
 var valueFlags = map[string]bool{"--nodes": true, "--pods": true, "--flannel-nodes": true, "--bin-dir": true, "--run-root": true,
-	"--store": true, "--manifest": true} // every flag but --wire-like
+	"--store": true, "--manifest": true} // every flag but --wire-like and --ipv6
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	args = cliargs.Normalize(args, valueFlags)
@@ -98,6 +98,7 @@ type clusterFlags struct {
 	binDir, runRoot           string
 	wireLike                  bool
 	store, manifest           string
+	ipv6                      bool
 }
 
 func addClusterFlags(fs *pflag.FlagSet, defFlannel int) *clusterFlags {
@@ -111,6 +112,7 @@ func addClusterFlags(fs *pflag.FlagSet, defFlannel int) *clusterFlags {
 	fs.BoolVar(&cf.wireLike, "wire-like", false, "make the underlay veths behave like a wire (segmentation offloads off, GRO on)")
 	fs.StringVar(&cf.store, "store", "etcd", "where leases live: etcd (flannel's etcd schema) or kube (Node objects on a real kube-apiserver, weftd --kube-subnet-mgr)")
 	fs.StringVar(&cf.manifest, "manifest", "", "with --store=kube: the manifest whose ServiceAccount and RBAC weftd runs with (default: deploy/kube-weft.yml as built in)")
+	fs.BoolVar(&cf.ipv6, "ipv6", false, "dual-stack: IPv6 pods too (fd00:10:244::/48, a /64 per node) over an underlay with IPv6 (fd77::/64)")
 	return cf
 }
 

@@ -332,8 +332,8 @@ func runStatus(e *env, args []string) error {
 		kv("Config", "not set (programs pass everything to the kernel)")
 	} else {
 		c := st.Config
-		kv("Underlay", fmt.Sprintf("%s (ifindex %d, %s, MTU %d)", c.UnderlayIP, c.UnderlayIfIndex, c.UnderlayMAC, c.MTU))
-		kv("Host device", fmt.Sprintf("ifindex %d, %s", c.HostIfIndex, c.HostIP))
+		kv("Underlay", fmt.Sprintf("%s (ifindex %d, %s, MTU %d)", addrs(c.UnderlayIP, c.UnderlayIP6), c.UnderlayIfIndex, c.UnderlayMAC, c.MTU))
+		kv("Host device", fmt.Sprintf("ifindex %d, %s", c.HostIfIndex, addrs(c.HostIP, c.HostIP6)))
 		kv("VTEP", fmt.Sprintf("%s, VNI %d, UDP port %d, source ports [%d, %d)", c.VtepMAC, c.VNI, c.Port, c.SrcPortMin, c.SrcPortMax))
 		kv("Pin layout", c.Layout)
 	}
@@ -348,4 +348,19 @@ func runStatus(e *env, args []string) error {
 	kv("Endpoints", st.Endpoints)
 	kv("Drops", st.Drops)
 	return tw.Flush()
+}
+
+// addrs prints a node's IPv4 and IPv6 address of one kind, leaving out a
+// family it has none of ("none" when neither).
+func addrs(v4, v6 netip.Addr) string {
+	var out []string
+	for _, a := range []netip.Addr{v4, v6} {
+		if a.IsValid() {
+			out = append(out, a.String())
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }

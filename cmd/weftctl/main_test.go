@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -70,6 +71,9 @@ func TestReadsPinnedMaps(t *testing.T) {
 	want := []maps.Tunnel{
 		{Subnet: netip.MustParsePrefix("10.244.2.0/24"), Remote: netip.MustParseAddr("192.168.77.12"), VtepMAC: net.HardwareAddr{0xe, 0x77, 0, 0, 0, 2}, VNI: 1, Mode: maps.ModeVXLAN},
 		{Subnet: netip.MustParsePrefix("10.244.3.0/24"), Remote: netip.MustParseAddr("192.168.77.13"), VtepMAC: net.HardwareAddr{0xe, 0x77, 0, 0, 0, 3}, VNI: 1, Mode: maps.ModeDirect},
+		// IPv6 pod subnets (issue 14): over the IPv6 underlay, and v6-in-v4.
+		{Subnet: netip.MustParsePrefix("fd10:244:0:2::/64"), Remote: netip.MustParseAddr("fd00:77::12"), VtepMAC: net.HardwareAddr{0xe, 0x77, 0, 0, 0, 2}, VNI: 1, Mode: maps.ModeVXLAN},
+		{Subnet: netip.MustParsePrefix("fd10:244:0:3::/64"), Remote: netip.MustParseAddr("192.168.77.13"), VtepMAC: net.HardwareAddr{0xe, 0x77, 0, 0, 0, 3}, VNI: 1, Mode: maps.ModeVXLAN},
 	}
 	for _, tu := range want {
 		if err := d.Maps.Tunnels.Put(tu); err != nil {
@@ -103,8 +107,45 @@ func TestReadsPinnedMaps(t *testing.T) {
 	}
 
 	out, _, code = runCtl(t, "tunnels", "--pin-path", pin)
-	if code != 0 || !strings.Contains(out, "SUBNET") || !strings.Contains(out, "10.244.3.0/24") || !strings.Contains(out, "direct") {
+	if code != 0 || !strings.Contains(out, "SUBNET") || !strings.Contains(out, "10.244.3.0/24") || !strings.Contains(out, "direct") ||
+		!regexp.MustCompile(`(?m)^fd10:244:0:2::/64 +fd00:77::12 +0e:77:00:00:00:02 +1 +vxlan`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^fd10:244:0:3::/64 +192\.168\.77\.13 `).MatchString(out) {
 		t.Errorf("tunnels table:\n%s", out)
+	}
+	// bpftool reads the IPv6 entries through BTF too: a plain IPv6 key
+	// (prefix length 64, no ::ffff: mapping) and an IPv6 remote.
+	if _, err := exec.LookPath("bpftool"); err == nil {
+		dump, err := exec.Command("bpftool", "-j", "map", "dump", "pinned", filepath.Join(pin, "tunnels")).Output()
+		if err != nil {
+			t.Fatalf("bpftool map dump: %v", err)
+		}
+		var entries []struct {
+			Formatted struct { // bpftool's BTF view
+				Key struct {
+					Prefixlen int
+					Addr      [16]byte
+				}
+				Value struct {
+					Remote [16]byte
+					Mode   int
+					Vni    int
+				}
+			}
+		}
+		if err := json.Unmarshal(dump, &entries); err != nil {
+			t.Fatalf("bpftool -j output: %v\n%s", err, dump)
+		}
+		found := false
+		for _, e := range entries {
+			en := e.Formatted
+			a, r := netip.AddrFrom16(en.Key.Addr), netip.AddrFrom16(en.Value.Remote)
+			if en.Key.Prefixlen == 64 && a.String() == "fd10:244:0:2::" && r.String() == "fd00:77::12" && en.Value.Vni == 1 {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("bpftool dump lacks the IPv6 tunnel by its BTF field names:\n%s", dump)
+		}
 	}
 	out, _, code = runCtl(t, "endpoints", "--pin-path", pin)
 	if code != 0 || !strings.Contains(out, "10.244.1.2") || !strings.Contains(out, "02:00:00:00:00:02") {
@@ -129,6 +170,22 @@ func TestReadsPinnedMaps(t *testing.T) {
 	out, _, _ = runCtl(t, "status", "--pin-path", pin)
 	if !strings.Contains(out, fmt.Sprintf("running (pid %d)", os.Getpid())) {
 		t.Errorf("status with weftd alive:\n%s", out)
+	}
+
+	// An IPv6-only node's config (issue 14): no IPv4 address anywhere.
+	d, err = loader.Load(loader.Options{PinPath: pin})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	err = d.Maps.Config.Set(maps.Config{UnderlayIfIndex: 1, UnderlayIP6: netip.MustParseAddr("fd00:77::11"), UnderlayMAC: net.HardwareAddr{2, 0, 0, 0, 0, 9},
+		HostIfIndex: 2, HostIP6: netip.MustParseAddr("fd10:244:0:1::"), VtepMAC: net.HardwareAddr{0xe, 0x77, 0, 0, 0, 1}, VNI: 1, Port: 8472, MTU: 1500})
+	d.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = runCtl(t, "status", "--pin-path", pin)
+	if !regexp.MustCompile(`Underlay: +fd00:77::11 \(ifindex 1,`).MatchString(out) || !regexp.MustCompile(`Host device: +ifindex 2, fd10:244:0:1::\n`).MatchString(out) {
+		t.Errorf("status of an IPv6-only node:\n%s", out)
 	}
 }
 

@@ -77,7 +77,8 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		return err
 	}
 	if ul, err = checkUnderlay(netCfg, ul, log); err != nil {
-		return err
+		// Like a bad --iface: exit 2, nothing on the node changed yet.
+		return flagError{err}
 	}
 	d.log.Info("network config", zap.Stringer("network", netCfg.Network), zap.Int("subnet_len", netCfg.SubnetLen),
 		zap.Stringer("ipv6_network", netCfg.IPv6Network), zap.Int("ipv6_subnet_len", netCfg.IPv6SubnetLen),

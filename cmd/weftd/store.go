@@ -304,7 +304,12 @@ func (k *kubeStore) Acquire(ctx context.Context, cfg *flannel.NetworkConfig, me 
 			zap.Stringer("detected", ip))
 		ip = own.PublicIPOverwrite
 	}
-	if own.PublicIPv6Overwrite.IsValid() && own.PublicIPv6Overwrite != ip6 && cfg.IPv6Network.IsValid() {
+	if own.PublicIPv6Overwrite.IsValid() && !ip6.IsValid() && cfg.IPv6Network.IsValid() {
+		// Outer IPv6 needs a source address on the underlay; without one
+		// this node's IPv6 pods travel over IPv4 whatever peers are told.
+		k.log.Warn("ignoring the Node's public-ipv6-overwrite annotation: the underlay has no IPv6 address to send from (v6-in-v4)",
+			zap.Stringer("public_ipv6_overwrite", own.PublicIPv6Overwrite))
+	} else if own.PublicIPv6Overwrite.IsValid() && own.PublicIPv6Overwrite != ip6 && cfg.IPv6Network.IsValid() {
 		k.log.Info("public IPv6 from the Node's public-ipv6-overwrite annotation", zap.Stringer("public_ipv6", own.PublicIPv6Overwrite),
 			zap.Stringer("detected", ip6))
 		ip6 = own.PublicIPv6Overwrite

@@ -20,8 +20,11 @@
 // "10.244.1.0-24&fc00:0:0:1::-64" and "0.0.0.0-0&fc00:0:0:1::-64"; values
 // with PublicIPv6 and BackendV6Data); lease6.go shows the shapes. Each
 // family is validated on its own terms, and a Lease carries the fields of
-// the families its network enables (HasIPv4, HasIPv6). SubnetEnv writes
-// and reads subnet.env with the FLANNEL_IPV6_* lines.
+// the families its network enables (HasIPv4, HasIPv6). In a dual-stack
+// network a lease may carry its IPv6 subnet without PublicIPv6: Weft's
+// "v6-in-v4", a node without an IPv6 underlay whose IPv6 pods are reached
+// over IPv4 (validateIPv6Part). SubnetEnv writes and reads subnet.env with
+// the FLANNEL_IPV6_* lines.
 //
 // Where flannel is lenient, this package is strict, because a value it lets
 // through becomes a forwarding entry in the data plane: flannel's vxlan

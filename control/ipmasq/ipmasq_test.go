@@ -2,6 +2,7 @@ package ipmasq_test
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -117,8 +118,58 @@ func TestEnsureRemoveIdempotent(t *testing.T) {
 	}
 }
 
-func TestRulesRejectIPv6(t *testing.T) {
-	if _, err := ipmasq.Rules(netip.MustParsePrefix("fd00::/48")); err == nil {
-		t.Fatal("IPv6 network accepted")
+func TestRulesIPv6(t *testing.T) {
+	got, err := ipmasq.Rules(netip.MustParsePrefix("fd00:10:244::/48"))
+	want := []string{
+		"ip6 saddr fd00:10:244::/48 ip6 daddr fd00:10:244::/48 return",
+		"ip6 saddr fd00:10:244::/48 ip6 daddr ff00::/8 return",
+		"ip6 saddr fd00:10:244::/48 masquerade fully-random",
+	}
+	if err != nil || strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("%v %v", got, err)
+	}
+	for _, bad := range []netip.Prefix{{}, netip.MustParsePrefix("::ffff:10.0.0.0/104")} {
+		if _, err := ipmasq.Rules(bad); !errors.Is(err, ipmasq.ErrNetwork) {
+			t.Errorf("%v: %v, want ErrNetwork", bad, err)
+		}
+	}
+}
+
+// TestEnsureRemoveIPv6: the IPv6 rules live in their own table (ip6 weft),
+// beside the IPv4 one, and go with Remove without touching it.
+func TestEnsureRemoveIPv6(t *testing.T) {
+	n := node(t)
+	network6 := netip.MustParsePrefix("fd00:10:244::/48")
+	ensure(t, n)
+	for range 2 {
+		if err := n.Do(func() error {
+			nft, err := ipmasq.New6()
+			if err != nil {
+				return err
+			}
+			return ipmasq.Ensure(context.Background(), nft, network6)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	table := nftList(t, n, "list", "table", "ip6", ipmasq.Table)
+	want, _ := ipmasq.Rules(network6)
+	for _, r := range want {
+		if c := strings.Count(table, r); c != 1 {
+			t.Errorf("rule %q appears %d times in\n%s", r, c, table)
+		}
+	}
+	if err := n.Do(func() error {
+		nft, err := ipmasq.New6()
+		if err != nil {
+			return err
+		}
+		return ipmasq.Remove(context.Background(), nft)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tables := nftList(t, n, "list", "tables")
+	if strings.Contains(tables, "table ip6 "+ipmasq.Table+"\n") || !strings.Contains(tables, "table ip "+ipmasq.Table+"\n") {
+		t.Errorf("after removing the IPv6 table:\n%s", tables)
 	}
 }

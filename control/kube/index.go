@@ -43,12 +43,13 @@ func newIndex() *index {
 func (x *index) set(key string, p parsed) []netip.Prefix {
 	var touched []netip.Prefix
 	if old, ok := x.nodes[key]; ok && old.lease != nil {
-		sn := old.lease.Subnet
-		x.claims[sn] = slices.DeleteFunc(x.claims[sn], func(k string) bool { return k == key })
-		if len(x.claims[sn]) == 0 {
-			delete(x.claims, sn)
+		for _, sn := range subnetsOf(old.lease) {
+			x.claims[sn] = slices.DeleteFunc(x.claims[sn], func(k string) bool { return k == key })
+			if len(x.claims[sn]) == 0 {
+				delete(x.claims, sn)
+			}
+			touched = append(touched, sn)
 		}
-		touched = append(touched, sn)
 	}
 	if p.lease == nil && p.invalid == nil {
 		delete(x.nodes, key)
@@ -56,11 +57,24 @@ func (x *index) set(key string, p parsed) []netip.Prefix {
 	}
 	x.nodes[key] = p
 	if p.lease != nil {
-		sn := p.lease.Subnet
-		x.claims[sn] = append(x.claims[sn], key)
-		touched = append(touched, sn)
+		for _, sn := range subnetsOf(p.lease) {
+			x.claims[sn] = append(x.claims[sn], key)
+			touched = append(touched, sn)
+		}
 	}
 	return touched
+}
+
+// subnetsOf is a lease's podCIDRs, IPv4 first: a dual-stack Node claims
+// both (their prefixes never collide as map keys).
+func subnetsOf(l *flannel.Lease) []netip.Prefix {
+	out := make([]netip.Prefix, 0, 2)
+	for _, sn := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+		if sn.IsValid() {
+			out = append(out, sn)
+		}
+	}
+	return out
 }
 
 // owner is the claimant of sn that keeps it: the oldest.
@@ -84,9 +98,12 @@ func (x *index) current(key string) peers.Change {
 	case p.invalid != nil:
 		return peers.Change{Key: key, Invalid: p.invalid}
 	}
-	if o := x.owner(p.lease.Subnet); o != key {
-		return peers.Change{Key: key, Invalid: &flannel.LeaseError{Key: key, Subnet: p.lease.Subnet, ModRevision: p.lease.ModRevision,
-			Err: fmt.Errorf("%w: podCIDR %s is already used by the older %s", flannel.ErrOverlap, p.lease.Subnet, o)}}
+	// A Node must own every podCIDR it has (flannel.NotOwner's rule).
+	for _, sn := range subnetsOf(p.lease) {
+		if o := x.owner(sn); o != key {
+			return peers.Change{Key: key, Invalid: &flannel.LeaseError{Key: key, Subnet: p.lease.Subnet, IPv6Subnet: p.lease.IPv6Subnet,
+				ModRevision: p.lease.ModRevision, Err: fmt.Errorf("%w: podCIDR %s is already used by the older %s", flannel.ErrOverlap, sn, o)}}
+		}
 	}
 	return peers.Change{Key: key, Lease: p.lease}
 }
@@ -140,9 +157,11 @@ func sameChange(a, b peers.Change) bool {
 	case a.Lease != nil && b.Lease != nil:
 		la, lb := a.Lease, b.Lease
 		return la.Subnet == lb.Subnet && la.PublicIP() == lb.PublicIP() && la.VXLAN.VNI == lb.VXLAN.VNI &&
-			la.VXLAN.VtepMAC.String() == lb.VXLAN.VtepMAC.String()
+			la.VXLAN.VtepMAC.String() == lb.VXLAN.VtepMAC.String() &&
+			la.IPv6Subnet == lb.IPv6Subnet && la.PublicIPv6() == lb.PublicIPv6() && la.VXLANv6.VNI == lb.VXLANv6.VNI &&
+			la.VXLANv6.VtepMAC.String() == lb.VXLANv6.VtepMAC.String()
 	case a.Invalid != nil && b.Invalid != nil:
-		return a.Invalid.Subnet == b.Invalid.Subnet && a.Invalid.Error() == b.Invalid.Error()
+		return a.Invalid.Subnet == b.Invalid.Subnet && a.Invalid.IPv6Subnet == b.Invalid.IPv6Subnet && a.Invalid.Error() == b.Invalid.Error()
 	}
 	return false
 }

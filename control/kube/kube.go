@@ -23,6 +23,13 @@
 //   - Annotations and NetworkUnavailable=False go out in one PATCH, after
 //     the data plane is up, so a node is never advertised before it can
 //     decapsulate.
+//   - Dual-stack and IPv6-only (issue 14): spec.podCIDRs' IPv6 entry is the
+//     node's IPv6 subnet, published as backend-v6-data and public-ipv6 in
+//     the same PATCH as the IPv4 pair (public-ipv6-overwrite wins), as
+//     flanneld does. A Node with an IPv6 podCIDR but no public-ipv6 is a
+//     Weft node without an IPv6 underlay (v6-in-v4), reached over IPv4; an
+//     IPv4-only Node in a dual-stack network is an IPv4 peer (flanneld
+//     drops it). Overlaps are checked per family.
 //   - After an apiserver outage a fresh informer is started as soon as the
 //     apiserver answers (see probeInterval) instead of waiting out
 //     client-go's backoff; its first batch is Full.
@@ -307,21 +314,38 @@ func (m *Manager) OwnNode(ctx context.Context) (Own, error) {
 }
 
 func (m *Manager) ownFrom(n *corev1.Node) (Own, error) {
-	sn, err := PodCIDR(n)
+	sn, sn6, err := podCIDRsFor(m.cfg, n)
+	if errors.Is(err, flannel.ErrOutsideNetwork) {
+		return Own{}, fmt.Errorf("kube: node %s: %w (fix --cluster-cidr of the controller manager or Network/IPv6Network in %s)",
+			n.Name, err, "net-conf.json")
+	}
 	if err != nil {
 		return Own{}, fmt.Errorf("kube: node %s: %w", n.Name, err)
 	}
-	if err := CheckPodCIDR(m.cfg, sn); err != nil {
-		return Own{}, fmt.Errorf("kube: node %s: %w (fix --cluster-cidr of the controller manager or Network in %s)",
-			n.Name, err, "net-conf.json")
+	if m.cfg.IPv6Network.IsValid() && !sn6.IsValid() {
+		m.log.Warn("own Node has no IPv6 podCIDR in a dual-stack network; serving IPv4 pods only (give the controller manager an IPv6 --cluster-cidr)",
+			zap.String("node", n.Name), zap.Strings("pod_cidrs", n.Spec.PodCIDRs))
 	}
-	own := Own{Subnet: sn}
-	if raw, ok := n.Annotations[m.ann.BackendData]; ok {
+	own := Own{Subnet: sn, IPv6Subnet: sn6}
+	// The VtepMAC published before, by either family (Weft publishes one
+	// MAC in both).
+	for _, k := range []string{m.ann.BackendData, m.ann.BackendV6Data} {
+		raw, ok := n.Annotations[k]
+		if !ok || own.VtepMAC != nil {
+			continue
+		}
 		if d, err := flannel.ParseVXLANData([]byte(raw)); err == nil {
 			own.VtepMAC = d.VtepMAC
 		} else {
-			m.log.Warn("own backend-data annotation is unreadable; publishing a new VtepMAC", zap.String("node", n.Name), zap.Error(err))
+			m.log.Warn("own "+k+" annotation is unreadable; publishing a new VtepMAC", zap.String("node", n.Name), zap.Error(err))
 		}
+	}
+	if s, ok := n.Annotations[m.ann.PublicIPv6Overwrite]; ok && s != "" {
+		ip, err := flannel.ParsePublicIPv6(s)
+		if err != nil {
+			return Own{}, fmt.Errorf("kube: node %s: annotation %s: %w", n.Name, m.ann.PublicIPv6Overwrite, err)
+		}
+		own.PublicIPv6Overwrite = ip
 	}
 	if s, ok := n.Annotations[m.ann.PublicIPOverwrite]; ok && s != "" {
 		ip, err := flannel.ParsePublicIP(s)

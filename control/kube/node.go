@@ -20,9 +20,10 @@ const DefaultAnnotationPrefix = "flannel.alpha.coreos.com"
 // (ErrBackendType, ErrLeaseJSON, ErrVtepMAC, ErrPublicIP,
 // ErrOutsideNetwork, ErrOverlap); a *flannel.LeaseError wraps one.
 var (
-	// ErrNoPodCIDR: the Node has no IPv4 podCIDR (the controller manager
-	// has not assigned one, or it runs without --allocate-node-cidrs).
-	ErrNoPodCIDR = errors.New("node has no IPv4 podCIDR")
+	// ErrNoPodCIDR: the Node has no podCIDR of a family the network needs
+	// (the controller manager has not assigned one, or it runs without
+	// --allocate-node-cidrs, or without the IPv6 --cluster-cidr).
+	ErrNoPodCIDR = errors.New("node has no podCIDR of the network's family")
 	// ErrPodCIDR: spec.podCIDR(s) does not parse as a CIDR without host bits.
 	ErrPodCIDR = errors.New("malformed podCIDR")
 )
@@ -35,6 +36,12 @@ type Annotations struct {
 	PublicIP          string // the node's underlay address
 	PublicIPOverwrite string // set by an admin: the address the node must publish instead
 	KubeManaged       string // "true" on every node a kube subnet manager runs on
+	// The IPv6 counterparts, written in the same PATCH when the Node has
+	// an IPv6 podCIDR (flanneld's BackendV6Data, BackendPublicIPv6,
+	// BackendPublicIPv6Overwrite).
+	BackendV6Data       string // {"VNI":1,"VtepMAC":"..."} of the IPv6 VTEP (Weft: the same MAC)
+	PublicIPv6          string
+	PublicIPv6Overwrite string
 }
 
 // NewAnnotations checks prefix like flanneld (a DNS subdomain, optionally
@@ -54,6 +61,10 @@ func NewAnnotations(prefix string) (Annotations, error) {
 		PublicIP:          p + "public-ip",
 		PublicIPOverwrite: p + "public-ip-overwrite",
 		KubeManaged:       p + "kube-subnet-manager",
+
+		BackendV6Data:       p + "backend-v6-data",
+		PublicIPv6:          p + "public-ipv6",
+		PublicIPv6Overwrite: p + "public-ipv6-overwrite",
 	}, nil
 }
 
@@ -71,77 +82,161 @@ func (a Annotations) Managed(n *corev1.Node) bool {
 // spec.podCIDR, as flanneld reads it. Weft never allocates one. Errors wrap
 // ErrNoPodCIDR or ErrPodCIDR.
 func PodCIDR(n *corev1.Node) (netip.Prefix, error) {
+	v4, _, err := PodCIDRs(n)
+	if err == nil && !v4.IsValid() {
+		err = fmt.Errorf("%w: spec.podCIDRs %v has no IPv4 entry", ErrNoPodCIDR, n.Spec.PodCIDRs)
+	}
+	return v4, err
+}
+
+// PodCIDRs is n's pod subnets, one per family (zero when it has none of
+// that family): spec.podCIDRs, else spec.podCIDR, as flanneld reads them.
+// More than two entries, or two of one family, are ErrPodCIDR (flanneld:
+// "pod cidrs should be IPv4/IPv6 only or dualstack"); none at all is
+// ErrNoPodCIDR.
+func PodCIDRs(n *corev1.Node) (v4, v6 netip.Prefix, err error) {
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
 		cidrs = []string{n.Spec.PodCIDR}
 	}
+	if len(cidrs) == 0 {
+		return v4, v6, fmt.Errorf("%w: spec.podCIDRs and spec.podCIDR are empty", ErrNoPodCIDR)
+	}
+	if len(cidrs) > 2 {
+		return v4, v6, fmt.Errorf("%w: spec.podCIDRs %v has more than one entry per family", ErrPodCIDR, cidrs)
+	}
 	for _, s := range cidrs {
 		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("%w: %q", ErrPodCIDR, s)
-		}
-		if !p.Addr().Is4() {
-			continue // the IPv6 half of a dual-stack node; Weft forwards IPv4
+		if err != nil || p.Addr().Zone() != "" || p.Addr().Is4In6() {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w: %q", ErrPodCIDR, s)
 		}
 		if p.Masked() != p {
-			return netip.Prefix{}, fmt.Errorf("%w: %q has host bits set", ErrPodCIDR, s)
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w: %q has host bits set", ErrPodCIDR, s)
 		}
-		return p, nil
+		dst := &v4
+		if p.Addr().Is6() {
+			dst = &v6
+		}
+		if dst.IsValid() {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w: spec.podCIDRs %v has two entries of one family", ErrPodCIDR, cidrs)
+		}
+		*dst = p
 	}
-	if len(cidrs) == 0 {
-		return netip.Prefix{}, fmt.Errorf("%w: spec.podCIDRs and spec.podCIDR are empty", ErrNoPodCIDR)
-	}
-	return netip.Prefix{}, fmt.Errorf("%w: spec.podCIDRs %v has no IPv4 entry", ErrNoPodCIDR, cidrs)
+	return v4, v6, nil
 }
 
-// CheckPodCIDR checks that a node's pod subnet lies inside the Network.
-// Unlike the etcd schema, its size is the controller manager's
-// --node-cidr-mask-size, not SubnetLen, which flannel ignores in this mode.
+// podCIDRsFor is PodCIDRs restricted to the families cfg has, and checked
+// against them: an IPv4 network needs an IPv4 podCIDR, an IPv6-only one an
+// IPv6 podCIDR, a dual-stack one at least the IPv4 one (a Node without an
+// IPv6 podCIDR is an IPv4-only peer, as an IPv4-only lease is in etcd).
+// The error is ErrNoPodCIDR, ErrPodCIDR or ErrOutsideNetwork; sn4 and sn6
+// are set as far as they parsed, to name the subnets in reports.
+func podCIDRsFor(cfg *flannel.NetworkConfig, n *corev1.Node) (sn4, sn6 netip.Prefix, err error) {
+	v4, v6, err := PodCIDRs(n)
+	if err != nil {
+		return v4, v6, err
+	}
+	if !cfg.Network.IsValid() {
+		v4 = netip.Prefix{}
+	}
+	if !cfg.IPv6Network.IsValid() {
+		v6 = netip.Prefix{}
+	}
+	switch {
+	case cfg.Network.IsValid() && !v4.IsValid():
+		return v4, v6, fmt.Errorf("%w: spec.podCIDRs %v has no IPv4 entry", ErrNoPodCIDR, n.Spec.PodCIDRs)
+	case !cfg.Network.IsValid() && !v6.IsValid():
+		return v4, v6, fmt.Errorf("%w: spec.podCIDRs %v has no IPv6 entry, and the network is IPv6-only", ErrNoPodCIDR, n.Spec.PodCIDRs)
+	}
+	if v4.IsValid() {
+		if err := CheckPodCIDR(cfg, v4); err != nil {
+			return v4, v6, err
+		}
+	}
+	if v6.IsValid() {
+		if err := CheckPodCIDR(cfg, v6); err != nil {
+			return v4, v6, err
+		}
+	}
+	return v4, v6, nil
+}
+
+// CheckPodCIDR checks that a node's pod subnet lies inside the Network (an
+// IPv6 one inside IPv6Network). Unlike the etcd schema, its size is the
+// controller manager's --node-cidr-mask-size, not SubnetLen, which flannel
+// ignores in this mode.
 func CheckPodCIDR(cfg *flannel.NetworkConfig, sn netip.Prefix) error {
-	if sn.Bits() < cfg.Network.Bits() || !cfg.Network.Contains(sn.Addr()) {
-		return fmt.Errorf("%w: podCIDR %s is not inside %s", flannel.ErrOutsideNetwork, sn, cfg.Network)
+	network := cfg.Network
+	if sn.Addr().Is6() {
+		network = cfg.IPv6Network
+	}
+	if !network.IsValid() || sn.Bits() < network.Bits() || !network.Contains(sn.Addr()) {
+		return fmt.Errorf("%w: podCIDR %s is not inside %s", flannel.ErrOutsideNetwork, sn, network)
 	}
 	return nil
 }
 
 // ParseNode turns a managed Node into a lease, or says why it is not one
-// (a *flannel.LeaseError keyed "node/<name>", with the Subnet when the
-// podCIDR parsed). Overlaps between Nodes are the Source's job.
+// (a *flannel.LeaseError keyed "node/<name>", with the subnets when the
+// podCIDRs parsed). Overlaps between Nodes are the Source's job.
+//
+// Each family the network has and the Node has a podCIDR of is read from
+// its annotations: IPv4 from backend-data and public-ip, IPv6 from
+// backend-v6-data and public-ipv6, as flanneld writes them. A Node with an
+// IPv6 podCIDR but no public-ipv6 is a Weft node without an IPv6 underlay
+// (v6-in-v4): reached at public-ip with its backend-data VtepMAC, like an
+// etcd lease without PublicIPv6.
 func (a Annotations) ParseNode(cfg *flannel.NetworkConfig, n *corev1.Node) (*flannel.Lease, *flannel.LeaseError) {
 	key := Key(n.Name)
 	rev, _ := strconv.ParseInt(n.ResourceVersion, 10, 64)
-	fail := func(sn netip.Prefix, err error) (*flannel.Lease, *flannel.LeaseError) {
-		return nil, &flannel.LeaseError{Key: key, Subnet: sn, ModRevision: rev, Err: err}
+	sn, sn6, err := podCIDRsFor(cfg, n)
+	fail := func(err error) (*flannel.Lease, *flannel.LeaseError) {
+		return nil, &flannel.LeaseError{Key: key, Subnet: sn, IPv6Subnet: sn6, ModRevision: rev, Err: err}
 	}
-	sn, err := PodCIDR(n)
 	if err != nil {
-		return fail(netip.Prefix{}, err)
-	}
-	if err := CheckPodCIDR(cfg, sn); err != nil {
-		return fail(sn, err)
+		return fail(err)
 	}
 	ann := n.Annotations // reading a nil map is fine
 	if bt := ann[a.BackendType]; bt != flannel.BackendVXLAN {
-		return fail(sn, fmt.Errorf("%w: annotation %s is %q, want %q", flannel.ErrBackendType, a.BackendType, bt, flannel.BackendVXLAN))
+		return fail(fmt.Errorf("%w: annotation %s is %q, want %q", flannel.ErrBackendType, a.BackendType, bt, flannel.BackendVXLAN))
 	}
-	raw, ok := ann[a.BackendData]
-	if !ok {
-		return fail(sn, fmt.Errorf("%w: annotation %s is missing", flannel.ErrLeaseJSON, a.BackendData))
+	attrs := flannel.LeaseAttrs{BackendType: flannel.BackendVXLAN}
+	l := &flannel.Lease{Subnet: sn, IPv6Subnet: sn6}
+	// v6-in-v4 needs the IPv4 half; an IPv6-only network has none, so
+	// there public-ipv6 is required, as in an etcd lease.
+	v6in4 := sn6.IsValid() && sn.IsValid() && ann[a.PublicIPv6] == ""
+	if sn.IsValid() {
+		raw, ok := ann[a.BackendData]
+		if !ok {
+			return fail(fmt.Errorf("%w: annotation %s is missing", flannel.ErrLeaseJSON, a.BackendData))
+		}
+		if l.VXLAN, err = flannel.ParseVXLANData([]byte(raw)); err != nil {
+			return fail(fmt.Errorf("annotation %s: %w", a.BackendData, err))
+		}
+		if attrs.PublicIP, err = flannel.ParsePublicIP(ann[a.PublicIP]); err != nil {
+			return fail(fmt.Errorf("annotation %s: %w", a.PublicIP, err))
+		}
+		attrs.BackendData = []byte(raw)
 	}
-	data, err := flannel.ParseVXLANData([]byte(raw))
-	if err != nil {
-		return fail(sn, fmt.Errorf("annotation %s: %w", a.BackendData, err))
+	if sn6.IsValid() {
+		if v6in4 {
+			l.VXLANv6 = l.VXLAN
+		} else {
+			if attrs.PublicIPv6, err = flannel.ParsePublicIPv6(ann[a.PublicIPv6]); err != nil {
+				return fail(fmt.Errorf("annotation %s: %w", a.PublicIPv6, err))
+			}
+			raw, ok := ann[a.BackendV6Data]
+			if !ok {
+				return fail(fmt.Errorf("%w: annotation %s is missing", flannel.ErrLeaseJSON, a.BackendV6Data))
+			}
+			if l.VXLANv6, err = flannel.ParseVXLANData([]byte(raw)); err != nil {
+				return fail(fmt.Errorf("annotation %s: %w", a.BackendV6Data, err))
+			}
+			attrs.BackendV6Data = []byte(raw)
+		}
 	}
-	ip, err := flannel.ParsePublicIP(ann[a.PublicIP])
-	if err != nil {
-		return fail(sn, fmt.Errorf("annotation %s: %w", a.PublicIP, err))
-	}
-	attrs := flannel.LeaseAttrs{PublicIP: ip, BackendType: flannel.BackendVXLAN, BackendData: []byte(raw)}
 	value, _ := flannel.MarshalLeaseAttrs(attrs) // for logs and weftctl: what the etcd schema would hold
-	return &flannel.Lease{
-		KV:     flannel.KV{Key: key, Value: value, CreateRevision: n.CreationTimestamp.UnixNano(), ModRevision: rev},
-		Subnet: sn,
-		Attrs:  attrs,
-		VXLAN:  data,
-	}, nil
+	l.KV = flannel.KV{Key: key, Value: value, CreateRevision: n.CreationTimestamp.UnixNano(), ModRevision: rev}
+	l.Attrs = attrs
+	return l, nil
 }

@@ -25,8 +25,13 @@ const (
 // writes) and sets NetworkUnavailable=False. Conditions merge by type, so
 // the kubelet's other conditions are untouched.
 func (a Annotations) PublishPatch(attrs flannel.LeaseAttrs, now time.Time) ([]byte, error) {
-	if !attrs.PublicIP.Is4() {
+	switch {
+	case attrs.PublicIP.IsValid() && !attrs.PublicIP.Is4():
 		return nil, fmt.Errorf("publish lease: %w: %v is not IPv4", flannel.ErrPublicIP, attrs.PublicIP)
+	case attrs.PublicIPv6.IsValid() && (!attrs.PublicIPv6.Is6() || attrs.PublicIPv6.Is4In6()):
+		return nil, fmt.Errorf("publish lease: %w: %v is not IPv6", flannel.ErrPublicIP, attrs.PublicIPv6)
+	case !attrs.PublicIP.IsValid() && !attrs.PublicIPv6.IsValid():
+		return nil, fmt.Errorf("publish lease: %w: neither PublicIP nor PublicIPv6", flannel.ErrPublicIP)
 	}
 	t := metav1.NewTime(now)
 	patch := map[string]any{
@@ -43,14 +48,22 @@ func (a Annotations) PublishPatch(attrs flannel.LeaseAttrs, now time.Time) ([]by
 	return json.Marshal(patch)
 }
 
-// annotationsFor is a lease as flanneld's annotations.
+// annotationsFor is a lease as flanneld's annotations: each family's pair
+// (backend-data and public-ip; backend-v6-data and public-ipv6) only when
+// the lease has that family's underlay address, as flanneld writes only
+// the halves its backend filled.
 func (a Annotations) annotationsFor(attrs flannel.LeaseAttrs) map[string]string {
-	return map[string]string{
+	m := map[string]string{
 		a.BackendType: attrs.BackendType,
-		a.BackendData: string(attrs.BackendData),
-		a.PublicIP:    attrs.PublicIP.String(),
 		a.KubeManaged: "true",
 	}
+	if attrs.PublicIP.IsValid() {
+		m[a.BackendData], m[a.PublicIP] = string(attrs.BackendData), attrs.PublicIP.String()
+	}
+	if attrs.PublicIPv6.IsValid() {
+		m[a.BackendV6Data], m[a.PublicIPv6] = string(attrs.BackendV6Data), attrs.PublicIPv6.String()
+	}
+	return m
 }
 
 // Publish writes this node's lease annotations and NetworkUnavailable=False

@@ -147,7 +147,8 @@ func (a Annotations) slimNode(obj any) (any, error) {
 		return obj, nil // a DeletedFinalStateUnknown tombstone
 	}
 	var ann map[string]string
-	for _, k := range [...]string{a.BackendType, a.BackendData, a.PublicIP, a.PublicIPOverwrite, a.KubeManaged} {
+	for _, k := range [...]string{a.BackendType, a.BackendData, a.PublicIP, a.PublicIPOverwrite, a.KubeManaged,
+		a.BackendV6Data, a.PublicIPv6, a.PublicIPv6Overwrite} {
 		if v, ok := n.Annotations[k]; ok {
 			if ann == nil {
 				ann = make(map[string]string, 5)

@@ -269,7 +269,16 @@ func TunnelForIPv6(l flannel.Lease, cfg *flannel.NetworkConfig, self Self) maps.
 // TunnelsFor is every map entry for a remote node's lease: one per family
 // the lease carries, IPv4 first.
 func TunnelsFor(l flannel.Lease, cfg *flannel.NetworkConfig, self Self) []maps.Tunnel {
-	out := make([]maps.Tunnel, 0, 2)
+	n := 0
+	if l.HasIPv4() {
+		n++
+	}
+	if l.HasIPv6() {
+		n++
+	}
+	// Exactly sized: the reconciler keeps one such slice per node, and
+	// most clusters are single-family.
+	out := make([]maps.Tunnel, 0, n)
 	if l.HasIPv4() {
 		out = append(out, TunnelFor(l, cfg, self))
 	}

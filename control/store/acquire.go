@@ -163,10 +163,15 @@ func (s *Store) newOwnLease(cfg *flannel.NetworkConfig, req LeaseRequest) (*OwnL
 // families would (flannel's newSubnetAttrs): an IPv4 network's lease has
 // the IPv4 fields only ("PublicIPv6":null, whatever IPv6 address the node
 // has); with IPv6 the lease adds PublicIPv6 and BackendV6Data with the
-// same VtepMAC (Weft has one VTEP for both families) when the node has an
-// IPv6 underlay address, and leaves them out when it has none (v6-in-v4:
-// peers reach its IPv6 pods at PublicIP); an IPv6-only network's lease has
-// PublicIP "0.0.0.0" and the IPv6 fields only.
+// same VtepMAC (Weft has one VTEP for both families); an IPv6-only
+// network's lease has PublicIP "0.0.0.0" and the IPv6 fields only.
+//
+// A node without an IPv6 underlay address in a dual-stack network
+// (v6-in-v4: peers reach its IPv6 pods at PublicIP) writes
+// "PublicIPv6":null but still BackendV6Data: a flannel node drops a whole
+// dual-stack lease whose BackendV6Data does not decode, IPv4 half included
+// (pkg/backend/vxlan handleSubnetEvents), while with it flannel programs
+// the IPv4 half and only fails the IPv6 FDB entry it has no address for.
 func leaseAttrs(cfg *flannel.NetworkConfig, req LeaseRequest) (flannel.LeaseAttrs, error) {
 	pub4, pub6 := req.PublicIP, req.PublicIPv6
 	switch {
@@ -181,7 +186,11 @@ func leaseAttrs(cfg *flannel.NetworkConfig, req LeaseRequest) (flannel.LeaseAttr
 	if cfg.Network.IsValid() && !pub4.IsValid() {
 		return flannel.LeaseAttrs{}, fmt.Errorf("%w: a network with IPv4 needs the node's IPv4 underlay address (PublicIP)", flannel.ErrPublicIP)
 	}
-	return flannel.NewDualVXLANAttrs(pub4, pub6, cfg.Backend.VNI, req.VtepMAC, req.VtepMAC)
+	a, err := flannel.NewDualVXLANAttrs(pub4, pub6, cfg.Backend.VNI, req.VtepMAC, req.VtepMAC)
+	if err == nil && cfg.IPv6Network.IsValid() && !pub6.IsValid() {
+		a.BackendV6Data = a.BackendData // v6-in-v4: the same VTEP
+	}
+	return a, err
 }
 
 // acquire runs the list-then-transaction loop for o.

@@ -111,6 +111,9 @@ func (ix *index) update(evs []Event, track bool) []string {
 			return
 		}
 		ix.owners.Each(sn, mark)
+		if len(ix.cover) == 0 {
+			return // no invalid record to annotate: the common case
+		}
 		// Invalid records overlapping sn: their annotation names its owner.
 		for b := 0; b <= ix.subnetLen(sn); b++ {
 			for _, k := range ix.cover[netip.PrefixFrom(sn.Addr(), b).Masked()] {

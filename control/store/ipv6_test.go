@@ -91,8 +91,22 @@ func TestAcquireDualStack(t *testing.T) {
 	if !o2.IPv6Subnet().IsValid() || o2.IPv6Subnet() == sn6 || o2.Subnet() == sn {
 		t.Fatalf("second node: %s", o2.Key())
 	}
-	if v, _, _, _ := getKV(t, cli, o2.Key()); v != leaseValue("192.168.8.2", mac(2)) {
-		t.Fatalf("v6-in-v4 value %s", v)
+	// "PublicIPv6":null, but BackendV6Data: a flannel node then still
+	// programs the IPv4 half (it skips a lease whose BackendV6Data does not
+	// decode altogether).
+	wantV6in4 := fmt.Sprintf(`{"PublicIP":"192.168.8.2","PublicIPv6":null,"BackendType":"vxlan",`+
+		`"BackendData":{"VNI":1,"VtepMAC":"%s"},"BackendV6Data":{"VNI":1,"VtepMAC":"%s"}}`, mac(2), mac(2))
+	if v, _, _, _ := getKV(t, cli, o2.Key()); v != wantV6in4 {
+		t.Fatalf("v6-in-v4 value %s\nwant %s", v, wantV6in4)
+	}
+	snap, err = s.List(ctx, cfg)
+	if err != nil || len(snap.Leases) != 2 {
+		t.Fatalf("list: %+v %v", snap, err)
+	}
+	for _, l := range snap.Leases {
+		if l.Key == o2.Key() && (l.PublicIPv6().IsValid() || l.VXLANv6.VtepMAC.String() != mac(2).String() || l.IPv6Subnet != o2.IPv6Subnet()) {
+			t.Fatalf("v6-in-v4 lease read back: %+v", l)
+		}
 	}
 
 	// Previous subnets of both families are honoured when free.

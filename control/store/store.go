@@ -31,9 +31,9 @@
 // "10.244.1.0-24&fd00:10:244:1::-64", picked per family as flannel does
 // (FreeSubnets, FreeIPv6Subnets; Previous and PreviousIPv6 first); in an
 // IPv6-only network "0.0.0.0-0&fd00:10:244:1::-64". The value carries
-// PublicIPv6 and BackendV6Data (the same VtepMAC as BackendData) when the
-// node has an IPv6 underlay address, and leaves them out when it has none
-// (v6-in-v4: peers reach its IPv6 pods over IPv4); an IPv4 network's lease
+// PublicIPv6 and BackendV6Data (the same VtepMAC as BackendData); a node
+// without an IPv6 underlay address writes "PublicIPv6":null (v6-in-v4:
+// peers reach its IPv6 pods over IPv4, see leaseAttrs); an IPv4 network's lease
 // keeps flannel's "PublicIPv6":null. A node finds its own lease by PublicIP,
 // or by PublicIPv6 in an IPv6-only network, where every PublicIP is
 // 0.0.0.0. A lease of ours that lacks a family the config has (or has one

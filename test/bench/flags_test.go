@@ -12,7 +12,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(o.configs, []string{cfgWire, cfgBridged, cfgVeth}) || o.rounds != 3 || len(o.dataplanes) != len(cluster.DataPlanes) || len(o.metrics) != len(allMetrics) {
+	if !slices.Equal(o.configs, []string{cfgWire, cfgBridged, cfgVeth, cfgIPv6}) || o.rounds != 3 || len(o.dataplanes) != len(cluster.DataPlanes) || len(o.metrics) != len(allMetrics) {
 		t.Errorf("defaults: %+v", o)
 	}
 
@@ -32,6 +32,12 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("A/B flags: %+v, %v", o, err)
 	}
 
+	if o, err = parseFlags(nil); err != nil || !o.switchGRO {
+		t.Errorf("switch GRO is on by default: %+v, %v", o, err)
+	}
+	if o, err = parseFlags([]string{"--switch-gro=false", "--config", "wire"}); err != nil || o.switchGRO {
+		t.Errorf("--switch-gro=false: %+v, %v", o, err)
+	}
 	if o, err = parseFlags([]string{"--only", "host-gw:udp64_pps", "--perf", "out/x.data", "--bpf-stats"}); err != nil ||
 		o.perfOut != "out/x.data" || !o.bpfStats {
 		t.Errorf("--only with --perf and --bpf-stats: %+v, %v", o, err)

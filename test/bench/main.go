@@ -9,10 +9,11 @@
 // Underlays (--config): wire (2 nodes, both ends of every underlay veth
 // wire-like: the headline), bridged (3 nodes on one Linux bridge, wire-like
 // at the node end only, the bridge ports at veth defaults with TSO on, as
-// kind-like nodes have them: no GRO before the receiving node's tc hook) and
-// veth (veth defaults everywhere).
+// kind-like nodes have them: no GRO before the receiving node's tc hook),
+// veth (veth defaults everywhere) and ipv6 (wire, with IPv6 on the underlay
+// and dual-stack pods, measured over IPv6; kernel-collect-md sits it out).
 //
-//	go run ./test/bench [--rounds 3] [--duration 3s] [--config all|wire,bridged,veth]
+//	go run ./test/bench [--rounds 3] [--duration 3s] [--config all|wire,bridged,veth,ipv6]
 //	                    [--dataplanes host-gw,...] [--metrics tcp_1_gbps,...] [--out test/bench/out]
 //	                    [--pin] [--only weft-tc:tcp_1_gbps [--perf FILE] [--bpf-stats]]
 //
@@ -32,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	flag "github.com/spf13/pflag"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -49,15 +51,46 @@ const (
 	cfgWire    = "wire-like"
 	cfgBridged = "bridged"
 	cfgVeth    = "default-veth"
+	// cfgIPv6 is the wire-like underlay with IPv6 on it and dual-stack
+	// pods, measured pod to pod over IPv6 (issue 14): beside wire-like's
+	// IPv4 numbers, what the second family costs each data plane.
+	cfgIPv6 = "wire-like-ipv6"
 )
 
 // underlays maps --config names to configurations, in report order.
-var underlays = []struct{ flag, name string }{{"wire", cfgWire}, {"bridged", cfgBridged}, {"veth", cfgVeth}}
+var underlays = []struct{ flag, name string }{{"wire", cfgWire}, {"bridged", cfgBridged}, {"veth", cfgVeth}, {"ipv6", cfgIPv6}}
+
+// The ipv6 configuration's pod network and underlay.
+var (
+	benchNetwork6  = netip.MustParsePrefix("fd00:10:244::/48")
+	benchUnderlay6 = netip.MustParsePrefix("fd77::/64")
+)
+
+// carriesIPv6 says whether a data plane can carry IPv6 pods (collect-md's
+// tc programs are IPv4 only).
+func carriesIPv6(dp cluster.DataPlane) bool { return dp != cluster.KernelCollectMD }
 
 // clusterShape is what each underlay configuration builds.
+// switchGROOff turns GRO off on the bridge-side end of every node's
+// underlay veth. Wire-like offloads have it on, so the bridge standing in
+// for a switch coalesces plain TCP (host-gw, weft-direct) into super-packets
+// before forwarding them and segments them again on the way out, while
+// VXLAN (no tunnel socket in the underlay namespace) crosses it frame by
+// frame: the same 2 CPUs pay the switch's work, and differently per data
+// plane. Off, every data plane's frames cross it one by one, as through a
+// switch; the nodes' own ends keep GRO.
+func switchGROOff(ctx context.Context, c *cluster.Cluster) error {
+	for _, n := range c.Nodes {
+		if _, err := c.Lab.UnderlayExec(ctx, "ethtool", "-K", n.Topo.UnderlayPeer, "gro", "off"); err != nil {
+			return fmt.Errorf("switch GRO off on %s: %w", n.Topo.UnderlayPeer, err)
+		}
+	}
+	return nil
+}
+
 func clusterShape(cfg string) (nodes int, off topo.Offloads) {
 	switch cfg {
-	case cfgWire:
+	case cfgWire, cfgIPv6:
 		return 2, topo.WireLike
 	case cfgBridged:
 		// The third node only hangs off the bridge, as on a shared segment.
@@ -78,6 +111,7 @@ type options struct {
 	pin        bool   // --pin
 	perfOut    string // --perf: perf record -a -g over the window (with --only)
 	bpfStats   bool   // --bpf-stats: Weft programs' run counts and times over the window (with --only)
+	switchGRO  bool   // --switch-gro: GRO on the wire-like underlay's bridge-side ports (the default)
 }
 
 func main() {
@@ -124,6 +158,7 @@ func parseFlags(args []string) (options, error) {
 	flag.StringVar(&only, "only", "", "PLANE:METRIC: run one data plane and one metric (1 round unless --rounds is given), for profiling")
 	flag.StringVar(&o.perfOut, "perf", "", "with --only: record the measured window with `perf record -a -g` into this file")
 	flag.BoolVar(&o.bpfStats, "bpf-stats", false, "with --only: print each Weft program's runs and average run time over the measured window (BPF_ENABLE_STATS, on for the window only)")
+	flag.BoolVar(&o.switchGRO, "switch-gro", true, "wire underlay: GRO on the bridge-side veth ports, which coalesce plain TCP (not VXLAN) before the bridge forwards it; false forwards frame by frame, as a switch does")
 	flag.StringVar(&o.hold, "hold", "", "build one cluster of this data plane (first --config), print its namespaces and keep it until Ctrl-C: for profiling by hand")
 	if err := flag.Parse(args); err != nil {
 		return o, err
@@ -136,7 +171,7 @@ func parseFlags(args []string) (options, error) {
 	}
 	switch config {
 	case "all":
-		config = "wire,bridged,veth"
+		config = "wire,bridged,veth,ipv6"
 	case "both":
 		config = "wire,veth"
 	}
@@ -148,7 +183,7 @@ func parseFlags(args []string) (options, error) {
 			}
 		}
 		if !found {
-			return o, fmt.Errorf("--config %q: want a comma-separated list of wire, bridged, veth, or all", config)
+			return o, fmt.Errorf("--config %q: want a comma-separated list of wire, bridged, veth, ipv6, or all", config)
 		}
 	}
 	if (o.perfOut != "" || o.bpfStats) && only == "" {
@@ -238,6 +273,9 @@ func run(ctx context.Context, o options) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
+				if cfg == cfgIPv6 && !carriesIPv6(dp) {
+					continue
+				}
 				seq++
 				prefix := fmt.Sprintf("%s_%d", runID, seq)
 				prefixes = append(prefixes, prefix)
@@ -260,13 +298,17 @@ func run(ctx context.Context, o options) error {
 // measureOne builds one cluster, runs every metric on it and tears it down.
 func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane, prefix, pinRoot, tag string, res results) (err error) {
 	nodes, off := clusterShape(cfg)
-	c, err := cluster.New(cluster.Options{
+	co := cluster.Options{
 		DataPlane: dp,
 		Nodes:     nodes,
 		Offloads:  off,
 		Lab:       topo.Options{Prefix: prefix},
 		PinRoot:   filepath.Join(pinRoot, prefix),
-	})
+	}
+	if cfg == cfgIPv6 {
+		co.Network6, co.Lab.UnderlayCIDR6 = benchNetwork6, benchUnderlay6
+	}
+	c, err := cluster.New(co)
 	if err != nil {
 		return fmt.Errorf("build: %w", err)
 	}
@@ -275,7 +317,17 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 			fmt.Printf("%s teardown: %v\n", tag, cerr)
 		}
 	}()
+	if !o.switchGRO && cfg == cfgWire {
+		if err := switchGROOff(ctx, c); err != nil {
+			return err
+		}
+	}
 	src, dst := c.Nodes[0].Pods[0], c.Nodes[1].Pods[0]
+	if cfg == cfgIPv6 { // every measurement addresses dst.IP: make it the IPv6 one
+		d := *dst
+		d.IP, d.Prefix = d.IP6, d.Prefix6
+		dst = &d
+	}
 	if err := startServers(dst); err != nil {
 		return err
 	}
@@ -336,7 +388,13 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 	}
 	if o.metrics[mUDP1400] {
 		end := o.beginWindow(tag, mUDP1400, c)
-		r, err := udpFlood(tctx, src, dst, 1400, o.duration)
+		// The same 1428-byte IP packet in both families: 1400 bytes of
+		// payload over IPv6 would not fit a 1430-byte pod MTU and fragment.
+		size := 1400
+		if dst.IP.Is6() {
+			size -= 20
+		}
+		r, err := udpFlood(tctx, src, dst, size, o.duration)
 		end()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", mUDP1400, err))

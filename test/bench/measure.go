@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/test/topo"
@@ -281,6 +283,28 @@ type udpResult struct {
 	busyFraction float64 // of all CPUs during the window
 }
 
+// batcher is recvmmsg/sendmmsg on a UDP socket of either family
+// (ipv4.Message and ipv6.Message are both socket.Message).
+type batcher interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func batchConn(c *net.UDPConn) batcher {
+	if a, ok := c.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
+		return ipv6.NewPacketConn(c)
+	}
+	return ipv4.NewPacketConn(c)
+}
+
+// udpNet is the UDP network of a's family.
+func udpNet(a netip.Addr) string {
+	if a.Is6() {
+		return "udp6"
+	}
+	return "udp4"
+}
+
 // udpFlood sends size-byte datagrams from src to dst as fast as one sender
 // goroutine can (sendmmsg, 64 per call) and counts what the receiver
 // (recvmmsg) gets over d, after a short warm-up. Both sockets are created
@@ -289,7 +313,7 @@ func udpFlood(ctx context.Context, src, dst *topo.Pod, size int, d time.Duration
 	var rconn, sconn *net.UDPConn
 	err := dst.Do(func() error {
 		var err error
-		rconn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: dst.IP.AsSlice(), Port: udpPort})
+		rconn, err = net.ListenUDP(udpNet(dst.IP), &net.UDPAddr{IP: dst.IP.AsSlice(), Port: udpPort})
 		return err
 	})
 	if err != nil {
@@ -299,7 +323,7 @@ func udpFlood(ctx context.Context, src, dst *topo.Pod, size int, d time.Duration
 	setBuf(rconn, unix.SO_RCVBUFFORCE, 8<<20)
 	err = src.Do(func() error {
 		var err error
-		sconn, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: dst.IP.AsSlice(), Port: udpPort})
+		sconn, err = net.DialUDP(udpNet(dst.IP), nil, &net.UDPAddr{IP: dst.IP.AsSlice(), Port: udpPort})
 		return err
 	})
 	if err != nil {
@@ -315,7 +339,7 @@ func udpFlood(ctx context.Context, src, dst *topo.Pod, size int, d time.Duration
 	go func() { // receiver
 		defer wg.Done()
 		defer pinThread(receiverCPU)()
-		pc := ipv4.NewPacketConn(rconn)
+		pc := batchConn(rconn)
 		msgs := make([]ipv4.Message, batch)
 		for i := range msgs {
 			msgs[i].Buffers = [][]byte{make([]byte, 2048)}
@@ -331,7 +355,7 @@ func udpFlood(ctx context.Context, src, dst *topo.Pod, size int, d time.Duration
 	go func() { // sender
 		defer wg.Done()
 		defer pinThread(senderCPU)()
-		pc := ipv4.NewPacketConn(sconn)
+		pc := batchConn(sconn)
 		payload := make([]byte, size)
 		msgs := make([]ipv4.Message, batch)
 		for i := range msgs {

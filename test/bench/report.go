@@ -144,6 +144,8 @@ func resultsFile(cfg string) string {
 		return "results-veth.json"
 	case cfgBridged:
 		return "results-bridged.json"
+	case cfgIPv6:
+		return "results-ipv6.json"
 	}
 	return "results.json"
 }

@@ -429,21 +429,19 @@ func (c *Cluster) loadWeft(n *Node) error {
 		}
 		defer d.Close()
 		if _, err := loader.SetupNode(d, loader.NodeConfig{
-			Underlay:  n.Topo.UnderlayIf,
-			Network:   c.Network,
-			Subnet:    n.Subnet,
-			VtepMAC:   n.VtepMAC,
-			VNI:       c.VNI,
-			Port:      c.Port,
-			Decap:     decap,
-			NoGROCell: c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirectNoCell,
+			Underlay:    n.Topo.UnderlayIf,
+			Network:     c.Network,
+			Subnet:      n.Subnet,
+			UnderlayIP6: n.Topo.UnderlayIP6, // zero on an IPv4 underlay: v6-in-v4
+			IPv6Network: c.Network6,
+			IPv6Subnet:  n.Subnet6,
+			VtepMAC:     n.VtepMAC,
+			VNI:         c.VNI,
+			Port:        c.Port,
+			Decap:       decap,
+			NoGROCell:   c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirectNoCell,
 		}); err != nil {
 			return err
-		}
-		if n.Subnet6.IsValid() {
-			if err := setConfig6(d, n); err != nil {
-				return err
-			}
 		}
 		for _, t := range c.tunnels(n) {
 			if err := d.Maps.Tunnels.Put(t); err != nil {
@@ -462,19 +460,6 @@ func (c *Cluster) loadWeft(n *Node) error {
 		}
 		return nil
 	})
-}
-
-// setConfig6 gives the node config its IPv6 addresses, as weftd does for
-// an IPv6 subnet: the IPv6 underlay address (the source of outer IPv6) and
-// weft0's IPv6 address, <subnet6>:: (the source of ICMPv6 errors).
-func setConfig6(d *loader.Datapath, n *Node) error {
-	cfg, err := d.Maps.Config.Get()
-	if err != nil {
-		return err
-	}
-	cfg.UnderlayIP6 = n.Topo.UnderlayIP6
-	cfg.HostIP6 = loader.HostIP(n.Subnet6)
-	return d.Maps.Config.Set(cfg)
 }
 
 // Stats returns a node's data-plane counters (Weft and kernel-collect-md

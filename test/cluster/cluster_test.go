@@ -70,8 +70,9 @@ func TestEveryDataPlaneCarriesPodTraffic(t *testing.T) {
 // TestIPv6PodTraffic builds the data planes with dual-stack pods (issue 14)
 // and pings pod to pod on both families, both ways: over a dual-stack
 // underlay every data plane with IPv6 (host-gw, kernel vxlan with
-// flannel-v6.1, Weft with outer IPv6), over an IPv4-only underlay Weft's
-// v6-in-v4. The Weft cases need the data plane's IPv6 paths.
+// flannel-v6.1, Weft with outer IPv6, Weft's DirectRouting), over an
+// IPv4-only underlay Weft's v6-in-v4. The Weft cases need the data plane's
+// IPv6 paths.
 func TestIPv6PodTraffic(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, BPF)")
@@ -82,7 +83,7 @@ func TestIPv6PodTraffic(t *testing.T) {
 		underlay6 bool
 	}{
 		{cluster.HostGW, true}, {cluster.KernelVXLAN, true}, {cluster.WeftTC, true}, {cluster.WeftXDP, true},
-		{cluster.WeftTC, false}, {cluster.WeftXDP, false},
+		{cluster.WeftDirect, true}, {cluster.WeftTC, false}, {cluster.WeftXDP, false},
 	} {
 		name := string(c.dp) + "/v6-in-v4"
 		lab := topo.Options{}
@@ -100,11 +101,12 @@ func TestIPv6PodTraffic(t *testing.T) {
 					t.Errorf("close: %v", err)
 				}
 			}()
-			wantMTU := 1450
-			if c.underlay6 && c.dp != cluster.HostGW {
-				wantMTU = 1430
-			} else if c.dp == cluster.HostGW {
+			wantMTU := 1450 // v6-in-v4: the IPv4 overhead for both families
+			switch {
+			case !c.dp.Encap():
 				wantMTU = 1500
+			case c.underlay6:
+				wantMTU = 1430
 			}
 			if cl.PodMTU() != wantMTU {
 				t.Errorf("pod MTU %d, want %d", cl.PodMTU(), wantMTU)

@@ -95,9 +95,6 @@ func (c *Cluster) AddFlannelNodeDual(name string, subnet, subnet6 netip.Prefix) 
 		return nil, err
 	}
 	n.VtepMAC = vtep
-	if n.Subnet6.IsValid() && c.Opts.Store == StoreKube {
-		return nil, fmt.Errorf("flannel node %s: IPv6 leases are written to etcd only (the lab's kube flannel node is IPv4)", name)
-	}
 
 	if c.Opts.Store == StoreKube {
 		f := &flannelNode{node: n, cancel: func() {}, done: make(chan struct{}), peers: map[string]topo.FlannelPeer{}}
@@ -105,7 +102,7 @@ func (c *Cluster) AddFlannelNodeDual(name string, subnet, subnet6 netip.Prefix) 
 		if err := c.addKubeFlannelNode(f); err != nil {
 			return nil, err
 		}
-		c.Opts.Logf("node %s: kernel vxlan (flannel v3 style, Node annotations), subnet %s, vtep %s", name, n.Subnet, vtep)
+		c.Opts.Logf("node %s: kernel vxlan (flannel v3 style, Node annotations), subnets %s, vtep %s", name, joinValid(n.Subnet, n.Subnet6), vtep)
 		return n, nil
 	}
 	cli, err := c.Etcd.Client()
@@ -122,7 +119,7 @@ func (c *Cluster) AddFlannelNodeDual(name string, subnet, subnet6 netip.Prefix) 
 	}
 	c.flannels = append(c.flannels, f)
 	go f.watch(ctx, c.EtcdPrefix, rev)
-	c.Opts.Logf("node %s: kernel vxlan (flannel v3 style), subnet %s, vtep %s", name, n.Subnet, vtep)
+	c.Opts.Logf("node %s: kernel vxlan (flannel v3 style), subnets %s, vtep %s", name, joinValid(n.Subnet, n.Subnet6), vtep)
 	return n, nil
 }
 

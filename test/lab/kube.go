@@ -45,6 +45,8 @@ const (
 	annBackendData  = annPrefix + "backend-data"
 	annPublicIP     = annPrefix + "public-ip"
 	annKubeManaged  = annPrefix + "kube-subnet-manager"
+	annBackendData6 = annPrefix + "backend-v6-data"
+	annPublicIP6    = annPrefix + "public-ipv6"
 	kubeInformerTTL = 5 * time.Minute
 )
 
@@ -55,6 +57,7 @@ type Kube struct {
 	Client      kubernetes.Interface // admin, on loopback
 	NetConfFile string               // --net-config-path of every weftd
 	next        int                  // the next subnet index the lab hands out
+	next6       int                  // the same for IPv6 podCIDRs
 }
 
 func (c *Cluster) initKube(ctx context.Context) error {
@@ -69,9 +72,9 @@ func (c *Cluster) initKube(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	k := &Kube{API: api, Client: api.Client(), NetConfFile: filepath.Join(c.Opts.RunDir, "net-conf.json"), next: 1}
+	k := &Kube{API: api, Client: api.Client(), NetConfFile: filepath.Join(c.Opts.RunDir, "net-conf.json"), next: 1, next6: 1}
 	c.Kube = k
-	addr, err := c.Lab.ServiceAddr(3)
+	addr, err := c.Lab.ServiceAddrAny(3)
 	if err != nil {
 		return err
 	}
@@ -106,11 +109,41 @@ func (c *Cluster) nextSubnet() netip.Prefix {
 	}
 }
 
+// nextSubnet6 is the IPv6 podCIDR the controller manager would assign
+// next in a dual-stack cluster: the /64s of Network6 from number 1 (never
+// one a flannel node took).
+func (c *Cluster) nextSubnet6() netip.Prefix {
+	for {
+		b := c.Opts.Network6.Masked().Addr().As16()
+		b[6], b[7] = byte(c.Kube.next6>>8), byte(c.Kube.next6)
+		c.Kube.next6++
+		sn := netip.PrefixFrom(netip.AddrFrom16(b), 64)
+		taken := false
+		for _, n := range c.Nodes {
+			taken = taken || n.Subnet6 == sn
+		}
+		if !taken {
+			return sn
+		}
+	}
+}
+
 // CreateNode creates the Node object as the kubelet and the controller
-// manager would: no annotations, spec.podCIDR(s) = subnet.
-func (k *Kube) CreateNode(ctx context.Context, name string, subnet netip.Prefix) error {
+// manager would: no annotations, spec.podCIDR(s) = subnet, and the IPv6
+// subnets after it (a dual-stack Node); an invalid subnet is left out
+// (an IPv6-only Node).
+func (k *Kube) CreateNode(ctx context.Context, name string, subnet netip.Prefix, subnets6 ...netip.Prefix) error {
+	var cidrs []string
+	for _, p := range append([]netip.Prefix{subnet}, subnets6...) {
+		if p.IsValid() {
+			cidrs = append(cidrs, p.String())
+		}
+	}
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/os": "linux"}},
-		Spec: corev1.NodeSpec{PodCIDR: subnet.String(), PodCIDRs: []string{subnet.String()}}}
+		Spec: corev1.NodeSpec{PodCIDRs: cidrs}}
+	if len(cidrs) > 0 {
+		n.Spec.PodCIDR = cidrs[0]
+	}
 	if _, err := k.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create node %s: %w", name, err)
 	}
@@ -123,7 +156,8 @@ func (k *Kube) CreateNode(ctx context.Context, name string, subnet netip.Prefix)
 func (c *Cluster) kubeWeftdCommand(n *Node, extra ...string) (string, []string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := c.Kube.CreateNode(ctx, n.Name, c.nodeSubnet(n)); err != nil {
+	sn, sn6 := c.nodeSubnets(n)
+	if err := c.Kube.CreateNode(ctx, n.Name, sn, sn6); err != nil {
 		return "", nil, err
 	}
 	kc := filepath.Join(c.Opts.RunDir, n.Name, "kubeconfig")
@@ -147,16 +181,25 @@ func (c *Cluster) kubeWeftdCommand(n *Node, extra ...string) (string, []string, 
 		"--subnet-file", n.SubnetFile,
 		"--metrics-addr", netip.AddrPortFrom(n.Topo.Addr(), metricsPort).String(),
 	)
+	if c.Opts.Network6.IsValid() && n.Topo.UnderlayIP6.IsValid() {
+		args = append(args, "--public-ipv6", n.Topo.UnderlayIP6.String())
+	}
 	return "/usr/bin/env", append(args, extra...), nil
 }
 
-// nodeSubnet is the podCIDR the lab assigned n (assigning one the first
+// nodeSubnets are the podCIDRs the lab assigned n, IPv4 and IPv6, each
+// invalid where the network lacks the family (assigning them the first
 // time: a restarted weftd finds its Node as it left it).
-func (c *Cluster) nodeSubnet(n *Node) netip.Prefix {
-	if !n.podCIDR.IsValid() {
-		n.podCIDR = c.nextSubnet()
+func (c *Cluster) nodeSubnets(n *Node) (netip.Prefix, netip.Prefix) {
+	if !n.podCIDR.IsValid() && !n.podCIDR6.IsValid() {
+		if !c.Opts.IPv6Only {
+			n.podCIDR = c.nextSubnet()
+		}
+		if c.Opts.Network6.IsValid() {
+			n.podCIDR6 = c.nextSubnet6()
+		}
 	}
-	return n.podCIDR
+	return n.podCIDR, n.podCIDR6
 }
 
 // FlannelAnnotations are a vxlan node's lease annotations exactly as
@@ -168,6 +211,19 @@ func FlannelAnnotations(publicIP netip.Addr, vtep net.HardwareAddr) map[string]s
 		annPublicIP:    publicIP.String(),
 		annKubeManaged: "true",
 	}
+}
+
+// FlannelAnnotations6 adds the IPv6 half flanneld writes for a node with
+// an IPv6 podCIDR, in the same patch: public-ipv6 and backend-v6-data.
+// publicIP invalid: an IPv6-only node, without the IPv4 half.
+func FlannelAnnotations6(publicIP, publicIP6 netip.Addr, vtep, vtep6 net.HardwareAddr) map[string]string {
+	a := map[string]string{annBackendType: "vxlan", annKubeManaged: "true"}
+	if publicIP.IsValid() {
+		a = FlannelAnnotations(publicIP, vtep)
+	}
+	a[annPublicIP6] = publicIP6.String()
+	a[annBackendData6] = fmt.Sprintf(`{"VNI":%d,"VtepMAC":"%s"}`, 1, vtep6)
+	return a
 }
 
 // PatchAnnotations sets annotations on a Node through nodes/status, the
@@ -189,10 +245,18 @@ func (c *Cluster) addKubeFlannelNode(f *flannelNode) error {
 	n := f.node
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := c.Kube.CreateNode(ctx, n.Name, n.Subnet); err != nil {
+	if err := c.Kube.CreateNode(ctx, n.Name, n.Subnet, n.Subnet6); err != nil {
 		return err
 	}
-	if err := c.Kube.PatchAnnotations(ctx, n.Name, FlannelAnnotations(n.Topo.UnderlayIP, n.VtepMAC)); err != nil {
+	ann := FlannelAnnotations(n.Topo.UnderlayIP, n.VtepMAC)
+	if n.Subnet6.IsValid() {
+		var ip4 netip.Addr
+		if n.Subnet.IsValid() {
+			ip4 = n.Topo.UnderlayIP
+		}
+		ann = FlannelAnnotations6(ip4, n.Topo.UnderlayIP6, n.Topo.Flannel.VtepMAC, n.Topo.Flannel.VtepMAC6)
+	}
+	if err := c.Kube.PatchAnnotations(ctx, n.Name, ann); err != nil {
 		return err
 	}
 	inf := cache.NewSharedIndexInformer(&cache.ListWatch{
@@ -243,21 +307,45 @@ func (c *Cluster) addKubeFlannelNode(f *flannelNode) error {
 }
 
 // flannelPeerFromNode reads a peer from a Node as flanneld does: managed,
-// vxlan, with a public IP, a VtepMAC and an IPv4 podCIDR.
+// vxlan; per family a podCIDR of it, a public IP and a VtepMAC (IPv4:
+// public-ip, backend-data; IPv6: public-ipv6, backend-v6-data).
 func flannelPeerFromNode(n *corev1.Node) (topo.FlannelPeer, bool) {
 	a := n.Annotations
 	if a[annKubeManaged] != "true" || a[annBackendType] != "vxlan" {
 		return topo.FlannelPeer{}, false
 	}
-	var d struct{ VtepMAC string }
-	if json.Unmarshal([]byte(a[annBackendData]), &d) != nil {
+	vtep := func(key string) net.HardwareAddr {
+		var d struct{ VtepMAC string }
+		if json.Unmarshal([]byte(a[key]), &d) != nil {
+			return nil
+		}
+		mac, _ := net.ParseMAC(d.VtepMAC)
+		return mac
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	var p topo.FlannelPeer
+	for _, s := range cidrs {
+		sn, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue
+		}
+		if sn.Addr().Is4() {
+			ip, err := netip.ParseAddr(a[annPublicIP])
+			if mac := vtep(annBackendData); err == nil && mac != nil {
+				p.Subnet, p.PublicIP, p.VtepMAC = sn.Masked(), ip, mac
+			}
+		} else {
+			ip, err := netip.ParseAddr(a[annPublicIP6])
+			if mac := vtep(annBackendData6); err == nil && mac != nil {
+				p.Subnet6, p.PublicIP6, p.VtepMAC6 = sn.Masked(), ip, mac
+			}
+		}
+	}
+	if !p.Subnet.IsValid() && !p.Subnet6.IsValid() {
 		return topo.FlannelPeer{}, false
 	}
-	mac, err := net.ParseMAC(d.VtepMAC)
-	ip, ierr := netip.ParseAddr(a[annPublicIP])
-	sn, serr := netip.ParsePrefix(n.Spec.PodCIDR)
-	if err != nil || ierr != nil || serr != nil || !sn.Addr().Is4() {
-		return topo.FlannelPeer{}, false
-	}
-	return topo.FlannelPeer{Subnet: sn.Masked(), PublicIP: ip, VtepMAC: mac}, true
+	return p, true
 }

@@ -44,11 +44,11 @@ const metricsPort = 9473
 
 // Options configures New.
 type Options struct {
-	Prefix    string       // run-unique name prefix; generated when empty
-	RunRoot   string       // parent of RunDir; default DefaultRunRoot
-	RunDir    string       // state, logs, subnet files, etcd data; default <RunRoot>/<prefix>
-	BinDir    string       // directory holding weftd, weftctl, weft-cni
-	Network   netip.Prefix // default 10.244.0.0/16
+	Prefix  string       // run-unique name prefix; generated when empty
+	RunRoot string       // parent of RunDir; default DefaultRunRoot
+	RunDir  string       // state, logs, subnet files, etcd data; default <RunRoot>/<prefix>
+	BinDir  string       // directory holding weftd, weftctl, weft-cni
+	Network netip.Prefix // default 10.244.0.0/16
 	// Network6, if valid, enables IPv6 pods (flannel's EnableIPv6,
 	// IPv6Network, IPv6SubnetLen 64): dual-stack, or IPv6-only with
 	// IPv6Only (EnableIPv4 false). Used by the default NetConfig.
@@ -61,7 +61,7 @@ type Options struct {
 	UnderlayCIDR6  netip.Prefix
 	NoUnderlayIPv4 bool
 	NetConfig      string // <prefix>/config JSON; default a vxlan config for Network (and Network6)
-	WireLike  bool         // underlay veths behave like a wire (topo.SetWireLike)
+	WireLike       bool   // underlay veths behave like a wire (topo.SetWireLike)
 	// Store is where leases live: StoreEtcd (default) or StoreKube (Node
 	// objects on a real kube-apiserver, weftd --kube-subnet-mgr).
 	Store Store
@@ -114,6 +114,7 @@ type Node struct {
 	VtepMAC    net.HardwareAddr
 	cluster    *Cluster
 	podCIDR    netip.Prefix // StoreKube: what the lab assigned the Node
+	podCIDR6   netip.Prefix // StoreKube: its IPv6 podCIDR
 	// KubeEnv is the environment of a kube-mode weftd (the DaemonSet's
 	// downward-API variables); empty means NODE_NAME=<Name>.
 	KubeEnv []string
@@ -258,8 +259,10 @@ func (c *Cluster) writeState() error {
 		st.KubeAPI = c.Kube.Fwd.URL()
 	}
 	for _, n := range c.Nodes {
-		ns := NodeState{Name: n.Name, Kind: n.Kind, NSPath: n.Topo.NSPath, UnderlayIP: n.Topo.Addr(),
-			Subnet: n.Subnet.String(), Pods: []PodState{}}
+		ns := NodeState{Name: n.Name, Kind: n.Kind, NSPath: n.Topo.NSPath, UnderlayIP: n.Topo.Addr(), Pods: []PodState{}}
+		if n.Subnet.IsValid() {
+			ns.Subnet = n.Subnet.String()
+		}
 		if n.Subnet6.IsValid() {
 			ns.Subnet6 = n.Subnet6.String()
 		}
