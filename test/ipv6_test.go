@@ -285,7 +285,7 @@ func TestIPv6PMTU(t *testing.T) {
 		}
 		for _, pr := range [][2]*lab.Node{{a, r}, {r, a}} {
 			before := snmp6(t, pr[0].Pods[0].NSPath)["Icmp6InPktTooBigs"]
-			transferIntact(t, pr[0], pr[1], size, 30*time.Second)
+			transferIntact(t, pr[0], pr[1], size, 20*time.Second)
 			if got := snmp6(t, pr[0].Pods[0].NSPath)["Icmp6InPktTooBigs"] - before; got == 0 {
 				t.Errorf("%s's pod received no Packet Too Big across the 1400-byte hop", pr[0].Name)
 			}
@@ -362,28 +362,43 @@ func TestIPv6LabFlannelNodes(t *testing.T) {
 // objects (weftd --kube-subnet-mgr): each Node gets an IPv4 and an IPv6
 // podCIDR, the flannel-style node publishes flanneld's public-ipv6 and
 // backend-v6-data annotations. Every pod reaches every other on both
-// families and 20 MB over IPv6 arrive intact Weft -> flannel.
+// families and 20 MB over IPv6 arrive intact Weft -> flannel. IPv6Only:
+// the same as an IPv6-only network on an IPv6-only underlay (the
+// apiserver reached over IPv6, IPv6 podCIDRs alone).
 func TestIPv6KubeDualStack(t *testing.T) {
-	c := startLab(t, lab.Options{Store: lab.StoreKube, Manifest: deploy.KubeWeftPath(),
-		Network6: testNetwork6, UnderlayCIDR6: testUnderlay6})
-	for _, name := range []string{"n1", "n2"} {
-		mustAddWeftNode(t, c, name)
-	}
-	k1, err := c.AddFlannelNodeDual("k1", flannelSubnet, flannelSubnet6)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range c.Nodes {
-		if _, err := c.AddPod(n, "p1"); err != nil {
-			t.Fatal(err)
+	for _, v6only := range []bool{false, true} {
+		name := "DualStack"
+		opts := lab.Options{Store: lab.StoreKube, Manifest: deploy.KubeWeftPath(), Network6: testNetwork6, UnderlayCIDR6: testUnderlay6}
+		sn := flannelSubnet
+		if v6only {
+			name, opts.IPv6Only, opts.NoUnderlayIPv4, sn = "IPv6Only", true, true, netip.Prefix{}
 		}
-		if !n.Subnet6.IsValid() || !n.Pods[0].IP6.IsValid() {
-			t.Fatalf("node %s: IPv6 subnet %v, pod %v: want dual-stack", n.Name, n.Subnet6, n.Pods[0].Addrs())
-		}
+		t.Run(name, func(t *testing.T) {
+			c := startLab(t, opts)
+			for _, name := range []string{"n1", "n2"} {
+				mustAddWeftNode(t, c, name)
+			}
+			k1, err := c.AddFlannelNodeDual("k1", sn, flannelSubnet6)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range c.Nodes {
+				if _, err := c.AddPod(n, "p1"); err != nil {
+					t.Fatal(err)
+				}
+				if !n.Subnet6.IsValid() || !n.Pods[0].IP6.IsValid() || n.Subnet.IsValid() == v6only {
+					t.Fatalf("node %s: subnets %v %v, pod %v: want IPv6 (and IPv4 unless IPv6-only)", n.Name, n.Subnet, n.Subnet6, n.Pods[0].Addrs())
+				}
+			}
+			want := 4
+			if v6only {
+				want = 2
+			}
+			for _, n := range c.Nodes[:2] {
+				waitFor(t, 10*time.Second, func() bool { ts, _ := n.Tunnels(); return len(ts) == want }, "node %s has %d tunnels", n.Name, want)
+			}
+			t.Run("PodMatrix", func(t *testing.T) { pingMatrix(t, c.Nodes) })
+			t.Run("TCPOverIPv6", func(t *testing.T) { transferIntact(t, c.Nodes[0], k1, 20<<20, time.Minute) })
+		})
 	}
-	for _, n := range c.Nodes[:2] {
-		waitFor(t, 10*time.Second, func() bool { ts, _ := n.Tunnels(); return len(ts) == 4 }, "node %s has 4 tunnels", n.Name)
-	}
-	t.Run("PodMatrix", func(t *testing.T) { pingMatrix(t, c.Nodes) })
-	t.Run("TCPOverIPv6", func(t *testing.T) { transferIntact(t, c.Nodes[0], k1, 20<<20, time.Minute) })
 }

@@ -446,7 +446,7 @@ func kubeBadNodes(t *testing.T, c *lab.Cluster, wefts []*lab.Node) {
 		msg    string
 	}{
 		{"NoAnnotations", func(n *corev1.Node) { n.Annotations = nil }, "weft_unmanaged_nodes", "not a peer"},
-		{"NoPodCIDR", func(n *corev1.Node) { n.Spec.PodCIDR, n.Spec.PodCIDRs = "", nil }, "weft_invalid_node_reports_total", "no IPv4 podCIDR"},
+		{"NoPodCIDR", func(n *corev1.Node) { n.Spec.PodCIDR, n.Spec.PodCIDRs = "", nil }, "weft_invalid_node_reports_total", "has no podCIDR"},
 		{"PodCIDROutsideNetwork", func(n *corev1.Node) { n.Spec.PodCIDR, n.Spec.PodCIDRs = "10.99.1.0/24", []string{"10.99.1.0/24"} },
 			"weft_invalid_node_reports_total", "outside Network"},
 		{"MalformedBackendData", func(n *corev1.Node) { n.Annotations["flannel.alpha.coreos.com/backend-data"] = `{"VNI":1,"VtepMAC":` },

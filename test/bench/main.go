@@ -66,6 +66,15 @@ var (
 	benchUnderlay6 = netip.MustParsePrefix("fd77::/64")
 )
 
+// shapeFamilies gives the ipv6 configuration's cluster dual-stack pods and
+// IPv6 on the underlay; other configurations stay IPv4.
+func shapeFamilies(cfg string, co cluster.Options) cluster.Options {
+	if cfg == cfgIPv6 {
+		co.Network6, co.Lab.UnderlayCIDR6 = benchNetwork6, benchUnderlay6
+	}
+	return co
+}
+
 // carriesIPv6 says whether a data plane can carry IPv6 pods (collect-md's
 // tc programs are IPv4 only).
 func carriesIPv6(dp cluster.DataPlane) bool { return dp != cluster.KernelCollectMD }
@@ -305,10 +314,7 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 		Lab:       topo.Options{Prefix: prefix},
 		PinRoot:   filepath.Join(pinRoot, prefix),
 	}
-	if cfg == cfgIPv6 {
-		co.Network6, co.Lab.UnderlayCIDR6 = benchNetwork6, benchUnderlay6
-	}
-	c, err := cluster.New(co)
+	c, err := cluster.New(shapeFamilies(cfg, co))
 	if err != nil {
 		return fmt.Errorf("build: %w", err)
 	}
@@ -476,8 +482,8 @@ func hold(ctx context.Context, o options) error {
 	defer os.RemoveAll(pinRoot)
 	defer topo.CleanupPrefix(runID)
 	nodes, off := clusterShape(o.configs[0])
-	c, err := cluster.New(cluster.Options{DataPlane: dp, Nodes: nodes, Offloads: off,
-		Lab: topo.Options{Prefix: runID}, PinRoot: pinRoot})
+	c, err := cluster.New(shapeFamilies(o.configs[0], cluster.Options{DataPlane: dp, Nodes: nodes, Offloads: off,
+		Lab: topo.Options{Prefix: runID}, PinRoot: pinRoot}))
 	if err != nil {
 		return err
 	}
@@ -494,7 +500,7 @@ func hold(ctx context.Context, o options) error {
 		}
 		fmt.Println()
 		for _, p := range n.Pods {
-			fmt.Printf("  pod %s: %s %s (host side %s)\n", p.Name, p.NSPath, p.IP, p.HostIf)
+			fmt.Printf("  pod %s: %s %s (host side %s)\n", p.Name, p.NSPath, strings.Trim(fmt.Sprint(p.Addrs()), "[]"), p.HostIf)
 		}
 	}
 	<-ctx.Done()

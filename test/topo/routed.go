@@ -223,7 +223,31 @@ func (l *Lab) AddRoutedNode(name string, o RoutedOptions) (*Node, error) {
 			}
 		}
 	}
+	// Lab services live on br0 (ServiceAddr: etcd, an apiserver): their
+	// replies to the routed node go via r1 too. Onlink through br0, so the
+	// route needs no address of r1's network on the bridge yet.
+	for _, f := range fams {
+		if err := routeOnlink(l.UnderlayPath, UnderlayBridge, f.seg, f.r1); err != nil {
+			return n, fmt.Errorf("add routed node %q: %w", name, err)
+		}
+	}
 	return n, nil
+}
+
+// routeOnlink installs "dst via via dev dev onlink" in the namespace.
+func routeOnlink(nsPath, dev string, dst netip.Prefix, via netip.Addr) error {
+	return withHandle(nsPath, func(h *netlink.Handle) error {
+		link, err := h.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", dev, err)
+		}
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(dst.Masked()), Gw: via.AsSlice()}
+		r.SetFlag(netlink.FLAG_ONLINK)
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("route %v via %v dev %s onlink in %s: %w", dst, via, dev, nsPath, err)
+		}
+		return nil
+	})
 }
 
 // routeSegments gives a node on br0 the routes to every routed segment.
