@@ -310,6 +310,14 @@ func TestIPv6PMTU(t *testing.T) {
 			t.Fatalf("a 1500-byte IPv6 ping crossed the 1400-byte link:\n%s", out)
 		}
 		for _, pr := range [][2]*lab.Node{{a, r}, {r, a}} {
+			// Each direction from scratch: a receiver that learnt the path MTU
+			// (the other direction's Packet Too Big) advertises an MSS that
+			// fits it, and the sender would never need to hear of the hop.
+			for _, n := range pr {
+				if out, err := exec.Command("nsenter", "--net="+n.Pods[0].NSPath, "--", "ip", "-6", "route", "flush", "cache").CombinedOutput(); err != nil {
+					t.Fatalf("flush %s's pod route cache: %v: %s", n.Name, err, out)
+				}
+			}
 			before := snmp6(t, pr[0].Pods[0].NSPath)["Icmp6InPktTooBigs"]
 			transferIntact(t, pr[0], pr[1], size, 20*time.Second)
 			if got := snmp6(t, pr[0].Pods[0].NSPath)["Icmp6InPktTooBigs"] - before; got == 0 {
