@@ -27,7 +27,7 @@ DEPS_IMAGE := nftables
 .PHONY: help deps deps-build generate build test fuzz bench profile demo demo-kube lab-up lab-down install-cni lint clean check-generate kube-bins image fuzz-long
 
 help: ## show this help
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
 
 deps-build: ## install clang/llvm/libbpf-dev if missing (needs root)
 	@./.ci/ensure-deps.sh $(DEPS_BUILD)
@@ -61,6 +61,9 @@ test: deps build kube-bins ## run every test, including the privileged end-to-en
 
 demo: deps build ## run the lab demo: a mixed Weft/flannel cluster in namespaces, proven and torn down (needs root)
 	./$(BIN)/weft-lab demo --bin-dir $(BIN)
+
+demo-ipv6: deps build ## the demo with dual-stack pods over a dual-stack underlay: a ping matrix per family, a transfer over each (needs root)
+	./$(BIN)/weft-lab demo --ipv6 --bin-dir $(BIN)
 
 demo-kube: deps build kube-bins ## the demo with Node objects on a real kube-apiserver (weftd --kube-subnet-mgr) instead of etcd (needs root)
 	./$(BIN)/weft-lab demo --store=kube --bin-dir $(BIN)

@@ -68,6 +68,13 @@ func BenchmarkProgramCost(b *testing.B) {
 		{"from_underlay/decap-udp64-v4-in-v6-to-local-pod", "from_underlay", func(e *env) []byte {
 			return validVX6(b, pkt{proto: layers.IPProtocolUDP, size: 64})
 		}, "deliver", 1},
+		// ... and IPv6 pods to and from peer E (v6-in-v6).
+		{"from_pod/encap-udp64-v6-in-v6", "from_pod", func(e *env) []byte {
+			return podFrame6(b, pod1v6, pkt6{dst: remotePodE6, proto: layers.IPProtocolUDP, size: 64})
+		}, "encap", 1},
+		{"from_underlay/decap-udp64-v6-in-v6-to-local-pod", "from_underlay", func(e *env) []byte {
+			return vxlan6in6Frame(b, innerFromE6(b, pkt6{proto: layers.IPProtocolUDP, size: 64}), nil)
+		}, "deliver", 1},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			// Node A with its IPv6 underlay address and peers E, F and G too:

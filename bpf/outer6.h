@@ -245,12 +245,43 @@ static __always_inline __u8 inner_ecn(const struct ethhdr *eth)
 
 /* ---- encapsulation ---- */
 
+/* Every IPv6 link carries 1280 bytes (RFC 8200 5): smaller outer packets need no path check. */
+#define IPV6_MIN_MTU 1280
+
+/*
+ * Whether the underlay path to tun's remote takes an outer IPv6 packet of
+ * outer_len bytes. IPv6 routers never fragment: a hop with a smaller MTU
+ * drops the packet and sends the node Packet Too Big, which the kernel keeps
+ * as a route exception (PMTU) for the remote. The FIB lookup sees that
+ * exception; a packet that no longer fits goes to the kernel's vxlan driver
+ * (weftgro0), which honours the path MTU (fragmenting the outer packet at
+ * the source or signalling the sender) instead of sending into a black
+ * hole. Only large packets pay for the lookup.
+ */
+static __always_inline int outer6_fits_path(struct __sk_buff *skb, const struct node_config *cfg,
+					    const struct tunnel_info *tun, __u32 outer_len)
+{
+	struct bpf_fib_lookup fib = {};
+
+	if (outer_len <= IPV6_MIN_MTU)
+		return 1;
+	fib.family = AF_INET6;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.tot_len = outer_len;
+	fib.ifindex = cfg->underlay_ifindex;
+	__builtin_memcpy(fib.ipv6_src, cfg->underlay_ip6, WEFT_ADDR_LEN);
+	__builtin_memcpy(fib.ipv6_dst, tun->remote, WEFT_ADDR_LEN);
+	/* SKIP_NEIGH (1 << 2, Linux 6.5+): only the route and its MTU matter here. */
+	return bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT | (1U << 2)) != BPF_FIB_LKUP_RET_FRAG_NEEDED;
+}
+
 /*
  * Pushes outer IPv6 + UDP + VXLAN + inner Ethernet after the MAC header,
  * over an inner IPv4 or IPv6 packet (the frame's own Ethernet type says
  * which). Returns 0, a helper's error (< 0), ENCAP6_NEEDS_KERNEL (nothing
- * changed: hand it to encap_via_kernel) or ENCAP6_NO_SOURCE (the node has
- * no IPv6 underlay address).
+ * changed: hand it to encap_via_kernel; also where it would exceed the
+ * underlay path's MTU, see outer6_fits_path) or ENCAP6_NO_SOURCE (the node
+ * has no IPv6 underlay address).
  */
 static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct node_config *cfg,
 					 const struct tunnel_info *tun)
@@ -283,6 +314,8 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 		return ENCAP6_NEEDS_KERNEL;
 	proto = eth->h_proto;
 	ecn = inner_ecn(eth);
+	if (!outer6_fits_path(skb, cfg, tun, skb->len - ETH_HLEN + VXLAN6_OVERHEAD))
+		return ENCAP6_NEEDS_KERNEL;
 
 	hash = bpf_get_hash_recalc(skb);
 	err = bpf_skb_adjust_room(skb, VXLAN6_OVERHEAD, BPF_ADJ_ROOM_MAC, flags);

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
 
 	weftmaps "github.com/weftnet/weft/maps"
 )
@@ -699,4 +700,48 @@ func TestDirect6(t *testing.T) {
 	r.check(t, tcActRedirect, counters("direct_rx"))
 	r = e.run("from_underlay", plain(peerEMAC))
 	r.check(t, tcActShot, counters("drop_direct_peer"))
+}
+
+// IPv6 routers do not fragment: a hop with a smaller MTU answers Packet Too
+// Big, and the kernel keeps the path MTU as a route exception. A packet
+// whose outer IPv6 header would exceed the path's MTU (here a /128 route
+// with MTU 1400 to peer H) goes to weftgro0's vxlan driver, which honours
+// it; what fits, and everything to other peers, stays in BPF.
+func TestFromPodEncap6PathMTU(t *testing.T) {
+	peerH := weftmaps.Tunnel{Subnet: netip.MustParsePrefix("10.244.8.0/24"), Remote: netip.MustParseAddr("fd00:8::8"),
+		VtepMAC: mustMAC("8e:00:00:00:00:08"), VNI: 1, Mode: weftmaps.ModeVXLAN}
+	ul, err := netlink.LinkByIndex(int(underlayIfIndex))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A locked route MTU stands in for the exception a Packet Too Big would
+	// leave (ip6_mtu_from_fib6 reads either; an unlocked route MTU it ignores).
+	route := &netlink.Route{LinkIndex: ul.Attrs().Index, Dst: &net.IPNet{IP: peerH.Remote.AsSlice(), Mask: net.CIDRMask(128, 128)},
+		MTU: 1400, MTULock: true}
+	if err := netlink.RouteReplace(route); err != nil {
+		t.Fatalf("route with MTU 1400: %v", err)
+	}
+	t.Cleanup(func() { netlink.RouteDel(route) })
+	e := newEnv6(t)
+	cfg := e.cfg
+	cfg.GROIfIndex = 9
+	e.setConfig(cfg)
+	if err := e.m.Tunnels.Put(peerH); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		dst     netip.Addr
+		size    int
+		counter string
+	}{
+		{"fits the 1400-byte path", netip.MustParseAddr("10.244.8.7"), 1400 - 70, "encap"},
+		{"1 byte over the path MTU", netip.MustParseAddr("10.244.8.7"), 1400 - 70 + 1, "encap_kernel"},
+		{"full size to a peer without the exception", remotePodE, 1500 - 70, "encap"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := e.run("from_pod", podFrame(t, pod1, pkt{dst: c.dst, proto: layers.IPProtocolUDP, size: c.size}))
+			r.check(t, tcActRedirect, counters(c.counter))
+		})
+	}
 }

@@ -137,7 +137,7 @@ static __always_inline int forward_to_peer6(struct __sk_buff *skb, const struct 
 	} else if (l3_len + overhead > cfg->mtu) {
 		if (from_pod) {
 			/* IPv6 routers never fragment: answer, or let the kernel answer. */
-			enum counter c = ptb_policy(ip6, data_end, l3_len, cfg);
+			enum counter c = ptb_policy(ip6, data_end, l3_len, cfg, 1);
 
 			if (c == CNT_PACKET_TOO_BIG)
 				return send_packet_too_big(skb, cfg, cfg->mtu - overhead);
@@ -146,6 +146,19 @@ static __always_inline int forward_to_peer6(struct __sk_buff *skb, const struct 
 		}
 		count(CNT_PASS_MTU, skb->len); /* weft0's MTU: the kernel signals its own sender */
 		return TC_ACT_OK;
+	}
+	if (from_pod && overhead == VXLAN6_OVERHEAD && l3_len + overhead > IPV6_MIN_MTU) {
+		/* Over the IPv6 underlay a hop may be smaller than ours (path_mtu6); l3_len is per segment. */
+		__u32 pmtu = path_mtu6(skb, cfg, tun, l3_len + overhead);
+
+		if (pmtu > overhead) {
+			enum counter c = ptb_policy(ip6, data_end, l3_len, cfg, 0);
+
+			if (c == CNT_PACKET_TOO_BIG)
+				return send_packet_too_big(skb, cfg, pmtu - overhead);
+			count(c, skb->len);
+			return counter_is_drop(c) ? TC_ACT_SHOT : TC_ACT_OK;
+		}
 	}
 
 	if (from_pod && ct_needs_stack6(skb, ip6, data_end)) {

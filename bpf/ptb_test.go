@@ -2,10 +2,14 @@ package bpf_test
 
 import (
 	"bytes"
+	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
+
+	weftmaps "github.com/weftnet/weft/maps"
 )
 
 // checkPacketTooBig checks an ICMPv6 Packet Too Big (RFC 4443 3.2) sent back
@@ -128,4 +132,89 @@ func TestFromPodPacketTooBig(t *testing.T) {
 		r = e.run("from_pod", podFrame(t, pod1, pkt{dst: remotePodB, size: 1500, df: true, proto: layers.IPProtocolICMPv4}))
 		r.check(t, tcActRedirect, counters("icmp_frag_needed"))
 	})
+}
+
+// Over the IPv6 underlay a hop may be smaller than our MTU: the node learns
+// it from the router's Packet Too Big (an exception route), and pods must
+// hear of it from us, since the kernel's forwarding path (weft0's MTU)
+// cannot. Here a route with a locked MTU stands in for the learnt exception
+// (the FIB reports either; an unlocked route MTU it leaves to the device's).
+func TestFromPodPacketTooBigPathMTU(t *testing.T) {
+	peerE6 := weftmaps.Tunnel{Subnet: netip.MustParsePrefix("fd00:10:244:5::/64"), Remote: peerE.Remote,
+		VtepMAC: peerE.VtepMAC, VNI: 1, Mode: weftmaps.ModeVXLAN}
+	remotePodE6 := netip.MustParseAddr("fd00:10:244:5::7")
+	env := func(t *testing.T) *env {
+		e := newEnv6(t)
+		if err := e.m.Tunnels.Put(peerE6); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	route := &netlink.Route{LinkIndex: int(underlayIfIndex), Dst: &net.IPNet{IP: peerE.Remote.AsSlice(), Mask: net.CIDRMask(128, 128)}, MTU: 1400, MTULock: true}
+	if err := netlink.RouteAdd(route); err != nil {
+		t.Fatalf("route with a smaller MTU toward peer E: %v", err)
+	}
+	t.Cleanup(func() { _ = netlink.RouteDel(route) })
+
+	for _, c := range []struct {
+		name string
+		p    pkt6
+	}{
+		{"echo", pkt6{proto: layers.IPProtocolICMPv6, size: 1400}},
+		// The kernel cannot answer this one: built here whatever the protocol.
+		{"TCP", pkt6{size: 1400}},
+		{"UDP, path MTU + 1", pkt6{proto: layers.IPProtocolUDP, size: 1331}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := env(t)
+			c.p.dst = remotePodE6
+			in := podFrame6(t, pod1v6, c.p)
+			r := e.run("from_pod", in)
+			r.check(t, tcActRedirect, counters("packet_too_big"))
+			checkPacketTooBig(t, in, r.out, 1400-70)
+		})
+	}
+	t.Run("exactly the path MTU is sent", func(t *testing.T) {
+		e := env(t)
+		r := e.run("from_pod", podFrame6(t, pod1v6, pkt6{dst: remotePodE6, proto: layers.IPProtocolUDP, size: 1330}))
+		r.check(t, tcActRedirect, counters("encap"))
+	})
+	t.Run("never about an ICMPv6 error", func(t *testing.T) {
+		e := env(t)
+		r := e.run("from_pod", podFrame6(t, pod1v6, pkt6{dst: remotePodE6, proto: layers.IPProtocolICMPv6, icmpType: 1, size: 1400}))
+		r.check(t, tcActShot, counters("drop_mtu_no_icmp"))
+	})
+	t.Run("the host's traffic is not judged", func(t *testing.T) {
+		e := env(t)
+		r := e.run("from_host", hostFrame6(t, pkt6{dst: remotePodE6, size: 1400}))
+		r.check(t, tcActRedirect, counters("encap_host"))
+	})
+	t.Run("without the smaller hop it is sent", func(t *testing.T) {
+		if err := netlink.RouteDel(route); err != nil {
+			t.Fatal(err)
+		}
+		e := env(t)
+		r := e.run("from_pod", podFrame6(t, pod1v6, pkt6{dst: remotePodE6, size: 1400}))
+		r.check(t, tcActRedirect, counters("encap"))
+	})
+}
+
+// A GSO train whose segments do not fit the smaller hop is answered too
+// (Program.Run sets gso_size without gso_type: enough for the decision).
+func TestFromPodPacketTooBigPathMTUGSO(t *testing.T) {
+	peerE6 := weftmaps.Tunnel{Subnet: netip.MustParsePrefix("fd00:10:244:5::/64"), Remote: peerE.Remote,
+		VtepMAC: peerE.VtepMAC, VNI: 1, Mode: weftmaps.ModeVXLAN}
+	e := newEnv6(t)
+	if err := e.m.Tunnels.Put(peerE6); err != nil {
+		t.Fatal(err)
+	}
+	route := &netlink.Route{LinkIndex: int(underlayIfIndex), Dst: &net.IPNet{IP: peerE.Remote.AsSlice(), Mask: net.CIDRMask(128, 128)}, MTU: 1400, MTULock: true}
+	if err := netlink.RouteAdd(route); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netlink.RouteDel(route) })
+	in := podFrame6(t, pod1v6, pkt6{dst: netip.MustParseAddr("fd00:10:244:5::7"), size: 40 + 20 + 2*1340})
+	r := e.run("from_pod", in, withGSO(1340, 2))
+	r.check(t, tcActRedirect, counters("packet_too_big"))
+	checkPacketTooBig(t, in, r.out, 1400-70)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -93,6 +94,21 @@ func TestCNIDualStack(t *testing.T) {
 		}
 		if err := n.del(ctx, list, rt); err != nil {
 			t.Fatal(err)
+		}
+		n.assertClean(t)
+	})
+
+	t.Run("GC", func(t *testing.T) {
+		// CNI 1.1 GC of a dual-stack attachment the runtime no longer
+		// lists: both addresses, endpoints and host routes go.
+		n := c.nodes[1]
+		pod := cniPodNS(t, c, "gc")
+		list := n.conflist(t, "1.1.0", nil)
+		if _, err := n.add(ctx, list, cniRuntimeConf(strings.Repeat("e", 64), pod)); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.node.Do(func() error { return n.cni.GCNetworkList(ctx, list, &libcni.GCArgs{}) }); err != nil {
+			t.Fatalf("gc: %v", err)
 		}
 		n.assertClean(t)
 	})

@@ -173,6 +173,32 @@ func TestIPv6DualStackCluster(t *testing.T) {
 	t.Run("WeftctlTunnelsListsIPv6", func(t *testing.T) {
 		checkWeftctlIPv6Tunnels(t, c, n1, true)
 	})
+
+	t.Run("RestartKeepsIPv6", func(t *testing.T) {
+		// The pinned data plane forwards IPv6 while weftd is down, and a
+		// restarted weftd adopts the same subnets and tunnels.
+		before := tunnelSet(weftctlTunnels(t, c.Cluster, n1))
+		sn, sn6 := n1.Subnet, n1.Subnet6
+		if err := c.Lab.Stop(n1.Cmd); err != nil { // SIGKILL
+			t.Fatal(err)
+		}
+		for _, to := range []*lab.Node{n2, k1} {
+			if out, err := ping(n1.Pods[0].NSPath, to.Pods[0].IP6, 2, 0); err != nil {
+				t.Errorf("pod on n1 -> %s over IPv6 with weftd down: %v\n%s", to.Name, err, out)
+			}
+		}
+		if err := c.StartWeftd(n1); err != nil {
+			t.Fatal(err)
+		}
+		if n1.Subnet != sn || n1.Subnet6 != sn6 {
+			t.Errorf("after restart n1 has %v %v, had %v %v", n1.Subnet, n1.Subnet6, sn, sn6)
+		}
+		waitFor(t, 10*time.Second, func() bool { return slices.Equal(tunnelSet(weftctlTunnels(t, c.Cluster, n1)), before) },
+			"n1's tunnels after the restart equal those before: %v", before)
+		if out, err := ping(n1.Pods[0].NSPath, n2.Pods[0].IP6, 2, 0); err != nil {
+			t.Errorf("pod on n1 -> n2 over IPv6 after the restart: %v\n%s", err, out)
+		}
+	})
 }
 
 // checkWeftctlIPv6Tunnels: weftctl tunnels (JSON and the table) on n lists
@@ -284,6 +310,14 @@ func TestIPv6PMTU(t *testing.T) {
 			t.Fatalf("a 1500-byte IPv6 ping crossed the 1400-byte link:\n%s", out)
 		}
 		for _, pr := range [][2]*lab.Node{{a, r}, {r, a}} {
+			// Each direction from scratch: a receiver that learnt the path MTU
+			// (the other direction's Packet Too Big) advertises an MSS that
+			// fits it, and the sender would never need to hear of the hop.
+			for _, n := range pr {
+				if out, err := exec.Command("nsenter", "--net="+n.Pods[0].NSPath, "--", "ip", "-6", "route", "flush", "cache").CombinedOutput(); err != nil {
+					t.Fatalf("flush %s's pod route cache: %v: %s", n.Name, err, out)
+				}
+			}
 			before := snmp6(t, pr[0].Pods[0].NSPath)["Icmp6InPktTooBigs"]
 			transferIntact(t, pr[0], pr[1], size, 20*time.Second)
 			if got := snmp6(t, pr[0].Pods[0].NSPath)["Icmp6InPktTooBigs"] - before; got == 0 {

@@ -60,9 +60,12 @@ func TestWeftdBadLeases(t *testing.T) {
 		{name: "IPv6PublicIP", key: leaseKey(c, sub("10.244.152.0/24")), value: strings.Replace(valid, stranger.String(), "fd00::1", 1), want: "invalid PublicIP"},
 		{name: "InvalidVtepMAC", key: leaseKey(c, sub("10.244.153.0/24")), value: strings.Replace(valid, fakeNodeN(40).VtepMAC.String(), "0e:fa:zz:00:00:28", 1), want: "invalid VtepMAC"},
 		{name: "MulticastVtepMAC", key: leaseKey(c, sub("10.244.154.0/24")), value: strings.Replace(valid, fakeNodeN(40).VtepMAC.String(), "01:00:5e:00:00:28", 1), want: "invalid VtepMAC"},
-		// A second key for n2's subnet (flannel's dual-stack key form): the
-		// older lease keeps the subnet, n2's traffic is not hijacked.
-		{name: "OverlapSameSubnet", key: fmt.Sprintf("%s&fd00:1::-64", leaseKey(c, n2.Subnet)), value: valid, want: "overlaps another lease"},
+		// A second key for the victim's subnet (flannel's dual-stack key
+		// form): the older lease keeps the subnet, the victim's traffic is
+		// not hijacked. Not over a node with pods: k1, like flanneld, takes
+		// the newer key's lease for the subnet (and drops the route when the
+		// key goes), which would break k1, not Weft.
+		{name: "OverlapSameSubnet", key: fmt.Sprintf("%s&fd00:1::-64", leaseKey(c, victim.Subnet)), value: valid, want: "overlaps another lease"},
 		// A /23 over the victim's /24. Not over a node with pods: k1, like
 		// flanneld, checks no SubnetLen on the leases it receives, installs
 		// the /23 and overwrites the <subnet>.0 neighbour it shares with the

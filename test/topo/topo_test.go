@@ -664,3 +664,38 @@ func TestRoutedNodeIPv6(t *testing.T) {
 		t.Errorf("1500-byte IPv6 ping: want Packet Too Big with mtu 1400, got %v:\n%s", err, out)
 	}
 }
+
+// TestFlannelIPv6PathMTU: two flannel-style dual-stack nodes, one behind
+// the routers' 1400-byte link. A full-size IPv6 pod packet makes a
+// 1500-byte outer IPv6 packet, which the router refuses with Packet Too
+// Big; the kernel's vxlan driver learns the path MTU from it and answers
+// the pod's next oversize packet with Packet Too Big (mtu 1330), so
+// PMTU discovery works across the overlay. This is the behaviour
+// test/ipv6_test.go's TestIPv6PMTU/SmallerHop asks of Weft.
+func TestFlannelIPv6PathMTU(t *testing.T) {
+	l := testLabWith(t, dualLabOpt)
+	a := must(l.AddNode("a"))(t)
+	r := must(l.AddRoutedNode("r", RoutedOptions{LinkMTU: 1400}))(t)
+	must(a.SetupFlannelVXLAN(FlannelOptions{Subnet: subnetA, Subnet6: subnetA6}))(t)
+	must(r.SetupFlannelVXLAN(FlannelOptions{Subnet: subnetB, Subnet6: subnetB6}))(t)
+	pa := must(a.AddPod("p", a.Flannel.PodOptionsFor(must(hostAddr(subnetA, 2))(t), must(hostAddr(subnetA6, 2))(t))))(t)
+	pr := must(r.AddPod("p", r.Flannel.PodOptionsFor(must(hostAddr(subnetB, 2))(t), must(hostAddr(subnetB6, 2))(t))))(t)
+	ok(t, a.AddFlannelPeer(r.FlannelPeer()))
+	ok(t, r.AddFlannelPeer(a.FlannelPeer()))
+	var out []byte
+	var err error
+	for try := 0; try < 5; try++ { // neighbour resolution on three hops first
+		if err = pa.Ping(testCtx(t), pr.IP6, 1); err == nil {
+			break
+		}
+	}
+	ok(t, err)
+	// 1382 bytes of payload: a 1430-byte pod packet, 1500 bytes outer.
+	for try := 0; try < 5; try++ {
+		out, _ = execIn(testCtx(t), pa.NSPath, "ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1382", pr.IP6.String())
+		if strings.Contains(string(out), "mtu=1330") || strings.Contains(string(out), "mtu: 1330") {
+			return
+		}
+	}
+	t.Errorf("the pod never learned the path MTU 1330 across the 1400-byte hop:\n%s", out)
+}
