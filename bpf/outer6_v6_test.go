@@ -191,3 +191,19 @@ func TestEncapDecapRoundTrip6in6(t *testing.T) {
 	want := append(ethHdr(podOnE.MAC, podOnE.HostMAC, layers.EthernetTypeIPv6), hopDecremented(hopDecremented(in[14:]))...)
 	hexDiff(t, "delivered frame", dec.out, want)
 }
+
+// An oversize IPv6 packet toward a peer over the IPv6 underlay: the pod
+// hears of underlay MTU - 70 (outer IPv6's overhead), not - 50; the host's
+// own oversize packets are the kernel's to answer (weft0's route MTU).
+func TestPacketTooBig6in6(t *testing.T) {
+	for _, size := range []int{1500 - 70 + 1, 1500} {
+		e := newEnv6(t)
+		in := podFrame6(t, pod1v6, pkt6{dst: remotePodE6, size: size, proto: layers.IPProtocolICMPv6})
+		r := e.run("from_pod", in)
+		r.check(t, tcActRedirect, counters("packet_too_big"))
+		checkPacketTooBig(t, in, r.out, 1500-70)
+	}
+	e := newEnv6(t)
+	e.run("from_host", hostFrame6(t, pkt6{dst: remotePodE6, size: 1500 - 70 + 1, proto: layers.IPProtocolICMPv6})).
+		check(t, tcActOK, counters("pass_mtu"))
+}

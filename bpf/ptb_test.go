@@ -184,10 +184,24 @@ func TestFromPodPacketTooBigPathMTU(t *testing.T) {
 		r := e.run("from_pod", podFrame6(t, pod1v6, pkt6{dst: remotePodE6, proto: layers.IPProtocolICMPv6, icmpType: 1, size: 1400}))
 		r.check(t, tcActShot, counters("drop_mtu_no_icmp"))
 	})
-	t.Run("the host's traffic is not judged", func(t *testing.T) {
+	// The host's own packets get no Packet Too Big from here: like any
+	// packet over the path MTU that from_pod6 does not answer, they go to
+	// weftgro0's vxlan driver (outer6.h's outer6_fits_path), which signals
+	// the local sender itself; without weftgro0 they are a counted drop.
+	t.Run("the host's traffic goes to the kernel's vxlan driver", func(t *testing.T) {
+		e := env(t)
+		cfg := e.cfg
+		cfg.GROIfIndex = 9
+		e.setConfig(cfg)
+		r := e.run("from_host", hostFrame6(t, pkt6{dst: remotePodE6, size: 1400}))
+		r.check(t, tcActRedirect, counters("encap_kernel"))
+		r = e.run("from_host", hostFrame6(t, pkt6{dst: remotePodE6, size: 1330}))
+		r.check(t, tcActRedirect, counters("encap_host"))
+	})
+	t.Run("the host's traffic without weftgro0", func(t *testing.T) {
 		e := env(t)
 		r := e.run("from_host", hostFrame6(t, pkt6{dst: remotePodE6, size: 1400}))
-		r.check(t, tcActRedirect, counters("encap_host"))
+		r.check(t, tcActShot, counters("drop_outer6_needs_kernel"))
 	})
 	t.Run("without the smaller hop it is sent", func(t *testing.T) {
 		if err := netlink.RouteDel(route); err != nil {
