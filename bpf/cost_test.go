@@ -72,6 +72,13 @@ func BenchmarkProgramCost(b *testing.B) {
 		{"from_pod/encap-udp64-v6-in-v6", "from_pod", func(e *env) []byte {
 			return podFrame6(b, pod1v6, pkt6{dst: remotePodE6, proto: layers.IPProtocolUDP, size: 64})
 		}, "encap", 1},
+		// Over 1280 bytes outer: the path-MTU lookups toward the peer run (ptb.h, outer6.h).
+		{"from_pod/encap-udp1400-v6-in-v6", "from_pod", func(e *env) []byte {
+			return podFrame6(b, pod1v6, pkt6{dst: remotePodE6, proto: layers.IPProtocolUDP, size: 1400})
+		}, "encap", 1},
+		{"from_pod/encap-udp1400-v4-in-v6", "from_pod", func(e *env) []byte {
+			return podFrame(b, pod1, pkt{dst: remotePodE, proto: layers.IPProtocolUDP, size: 1400})
+		}, "encap", 1},
 		{"from_underlay/decap-udp64-v6-in-v6-to-local-pod", "from_underlay", func(e *env) []byte {
 			return vxlan6in6Frame(b, innerFromE6(b, pkt6{proto: layers.IPProtocolUDP, size: 64}), nil)
 		}, "deliver", 1},

@@ -281,10 +281,12 @@ static __always_inline int outer6_fits_path(struct __sk_buff *skb, const struct 
  * which). Returns 0, a helper's error (< 0), ENCAP6_NEEDS_KERNEL (nothing
  * changed: hand it to encap_via_kernel; also where it would exceed the
  * underlay path's MTU, see outer6_fits_path) or ENCAP6_NO_SOURCE (the node
- * has no IPv6 underlay address).
+ * has no IPv6 underlay address). path_checked: the caller has already asked
+ * the FIB whether this packet fits the path (forward_to_peer6 does for a
+ * pod's IPv6 packet, to answer it with Packet Too Big): one lookup, not two.
  */
 static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct node_config *cfg,
-					 const struct tunnel_info *tun)
+					 const struct tunnel_info *tun, int path_checked)
 {
 	const __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 |
 			    BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
@@ -314,7 +316,7 @@ static __always_inline long vxlan_encap6(struct __sk_buff *skb, const struct nod
 		return ENCAP6_NEEDS_KERNEL;
 	proto = eth->h_proto;
 	ecn = inner_ecn(eth);
-	if (!outer6_fits_path(skb, cfg, tun, skb->len - ETH_HLEN + VXLAN6_OVERHEAD))
+	if (!path_checked && !outer6_fits_path(skb, cfg, tun, skb->len - ETH_HLEN + VXLAN6_OVERHEAD))
 		return ENCAP6_NEEDS_KERNEL;
 
 	hash = bpf_get_hash_recalc(skb);

@@ -188,8 +188,8 @@ static __always_inline int forward_to_peer6(struct __sk_buff *skb, const struct 
 		if (overhead == VXLAN_OVERHEAD) {
 			err = vxlan_encap(skb, cfg, tun);
 		} else {
-			/* Over the IPv6 underlay (outer6.h), as forward_to_peer does. */
-			err = vxlan_encap6(skb, cfg, tun);
+			/* Over the IPv6 underlay (outer6.h), as forward_to_peer does; a pod's packet had its path checked above. */
+			err = vxlan_encap6(skb, cfg, tun, from_pod);
 			if (err == ENCAP6_NEEDS_KERNEL)
 				return encap_via_kernel(skb, cfg, tun);
 			if (err == ENCAP6_NO_SOURCE) {

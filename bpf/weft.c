@@ -363,7 +363,7 @@ static __always_inline int forward_to_peer(struct __sk_buff *skb, const struct n
 		if (overhead == VXLAN_OVERHEAD) {
 			err = vxlan_encap(skb, cfg, tun);
 		} else {
-			err = vxlan_encap6(skb, cfg, tun);
+			err = vxlan_encap6(skb, cfg, tun, 0);
 			if (err == ENCAP6_NEEDS_KERNEL)
 				return encap_via_kernel(skb, cfg, tun);
 			if (err == ENCAP6_NO_SOURCE) {
