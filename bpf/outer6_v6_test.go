@@ -124,8 +124,29 @@ func TestFromUnderlay6in6(t *testing.T) {
 		}(), "pass_outer6_csum"},
 		{"inner fragment header", vxlan6in6Frame(t, innerFromE6(t, pkt6{proto: layers.IPProtocolUDP, fragment: true}), nil), "pass_outer6_csum"},
 		{"inner source of an IPv4 underlay's subnet", vxlan6in6Frame(t, innerFromE6(t, pkt6{src: remoteSrcB6}), nil), "drop_unknown_peer"},
+		// Hostile or broken frames, each with a right outer UDP checksum.
+		{"inner source no tunnel covers", vxlan6in6Frame(t, innerFromE6(t, pkt6{src: netip.MustParseAddr("fd00:99::5")}), nil), "drop_unknown_source"},
+		{"outer source another peer's", vxlan6in6Frame(t, innerFromE6(t, pkt6{}), func(b []byte) {
+			a := peerF.Remote.As16()
+			copy(b[off6IP+8:off6IP+24], a[:])
+		}), "drop_unknown_peer"},
+		{"outer CE over a Not-ECT inner packet", vxlan6in6Frame(t, innerFromE6(t, pkt6{}), func(b []byte) { b[off6IP+1] |= 0x30 }), "drop_ecn_not_ect"},
+		{"VXLAN I flag clear", vxlan6in6Frame(t, innerFromE6(t, pkt6{}), func(b []byte) { b[off6VXLAN] = 0 }), "drop_vxlan_flags"},
+		{"another VNI", vxlan6in6Frame(t, innerFromE6(t, pkt6{}), func(b []byte) { b[off6VXLAN+6] ^= 1 }), "pass_other_vni"},
+		{"inner payload length past the frame", vxlan6in6Frame(t, innerFromE6(t, pkt6{}), func(b []byte) {
+			put16(b[off6InnerIP+4:], be16(b[off6InnerIP+4:])+8)
+		}), "drop_inner_malformed"},
+		{"inner version 4 behind an IPv6 Ethernet type", vxlan6in6Frame(t, innerFromE6(t, pkt6{}), func(b []byte) { b[off6InnerIP] = 0x45 }), "drop_inner_malformed"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			// FuzzDecap's reference model agrees with the table.
+			refWant := c.want
+			if refWant == "deliver" || refWant == "to_host" {
+				refWant = "decap"
+			}
+			if got := newRefNode6().classify(c.frame).reason; got != refWant {
+				t.Errorf("reference model: %s, the table says %s", got, refWant)
+			}
 			for _, prog := range []string{"from_underlay", "from_underlay_xdp"} {
 				e := newEnv6(t)
 				r := e.run(prog, c.frame)
@@ -148,7 +169,7 @@ func TestFromUnderlay6in6(t *testing.T) {
 					} else {
 						r.check(t, xdpPass, counters("decap"))
 					}
-				case "pass_outer6_csum":
+				case "pass_outer6_csum", "pass_other_vni":
 					want := uint32(tcActOK)
 					if prog != "from_underlay" {
 						want = xdpPass
