@@ -248,31 +248,51 @@ static __always_inline __u8 inner_ecn(const struct ethhdr *eth)
 /* Every IPv6 link carries 1280 bytes (RFC 8200 5): smaller outer packets need no path check. */
 #define IPV6_MIN_MTU 1280
 
+/* BPF_FIB_LOOKUP_SKIP_NEIGH (Linux 6.3+; an enum, missing from Debian's 6.1 UAPI headers). */
+#define WEFT_FIB_LOOKUP_SKIP_NEIGH (1U << 2)
+
+/*
+ * The path MTU toward an IPv6 underlay peer where the packet does not fit
+ * it, else 0. A router on the way that cannot forward our VXLAN answers
+ * the node with Packet Too Big; udpv6_err (through weftgro0's socket on
+ * the VXLAN port) turns it into an exception route, which the FIB lookup
+ * reports (as it does a route's mtu). The kernel's vxlan driver learns it
+ * the same way (skb_tunnel_check_pmtu); without this, a pod behind a
+ * smaller hop would send into a black hole (or, for GSO trains, which go
+ * through weftgro0, into the kernel's fragmenting of the outer packet).
+ * outer_len: the VXLAN packet's length (of one segment for a GSO skb: with
+ * tot_len set the lookup checks it, whatever the skb). A GSO skb answered
+ * is cut to its first 1232 bytes (bpf_skb_change_tail resets GSO).
+ */
+static __always_inline __u32 path_mtu6(struct __sk_buff *skb, const struct node_config *cfg,
+				       const struct tunnel_info *tun, __u32 outer_len)
+{
+	struct bpf_fib_lookup fib = {};
+
+	fib.family = AF_INET6;
+	fib.l4_protocol = IPPROTO_UDP;
+	__builtin_memcpy(fib.ipv6_src, cfg->underlay_ip6, sizeof(fib.ipv6_src));
+	__builtin_memcpy(fib.ipv6_dst, tun->remote, sizeof(fib.ipv6_dst));
+	fib.tot_len = outer_len;
+	fib.ifindex = cfg->underlay_ifindex;
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT | WEFT_FIB_LOOKUP_SKIP_NEIGH) !=
+	    BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return 0;
+	return fib.mtu_result;
+}
+
 /*
  * Whether the underlay path to tun's remote takes an outer IPv6 packet of
- * outer_len bytes. IPv6 routers never fragment: a hop with a smaller MTU
- * drops the packet and sends the node Packet Too Big, which the kernel keeps
- * as a route exception (PMTU) for the remote. The FIB lookup sees that
- * exception; a packet that no longer fits goes to the kernel's vxlan driver
- * (weftgro0), which honours the path MTU (fragmenting the outer packet at
- * the source or signalling the sender) instead of sending into a black
- * hole. Only large packets pay for the lookup.
+ * outer_len bytes (path_mtu6 above). A packet that no longer fits goes to
+ * the kernel's vxlan driver (weftgro0), which honours the path MTU
+ * (fragmenting the outer packet at the source or signalling the sender)
+ * instead of sending into a black hole. Only large packets pay for the
+ * lookup.
  */
 static __always_inline int outer6_fits_path(struct __sk_buff *skb, const struct node_config *cfg,
 					    const struct tunnel_info *tun, __u32 outer_len)
 {
-	struct bpf_fib_lookup fib = {};
-
-	if (outer_len <= IPV6_MIN_MTU)
-		return 1;
-	fib.family = AF_INET6;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.tot_len = outer_len;
-	fib.ifindex = cfg->underlay_ifindex;
-	__builtin_memcpy(fib.ipv6_src, cfg->underlay_ip6, WEFT_ADDR_LEN);
-	__builtin_memcpy(fib.ipv6_dst, tun->remote, WEFT_ADDR_LEN);
-	/* SKIP_NEIGH (1 << 2, Linux 6.5+): only the route and its MTU matter here. */
-	return bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT | (1U << 2)) != BPF_FIB_LKUP_RET_FRAG_NEEDED;
+	return outer_len <= IPV6_MIN_MTU || !path_mtu6(skb, cfg, tun, outer_len);
 }
 
 /*

@@ -10,7 +10,8 @@
  *   decap      -> deliver_decapsulated6: a local pod or the host (weft0)
  *   underlay   -> from_underlay_plain6: DirectRouting receive
  *
- * The encapsulation itself is weft.c's vxlan_encap (it takes the inner
+ * The encapsulation itself is weft.c's vxlan_encap over the IPv4 underlay
+ * and outer6.h's vxlan_encap6 over the IPv6 one (both take the inner
  * frame's own Ethernet type and ECN, whatever the family), so an IPv6 pod
  * packet travels over whichever underlay the tunnel's remote names.
  */

@@ -27,13 +27,11 @@
 #include "helpers.h"
 #include "frag_needed.h"
 #include "ipv6.h"
+#include "outer6.h" /* IPV6_MIN_MTU; path_mtu6, the underlay's path MTU */
 
-#define IPV6_MIN_MTU 1280
 #define PTB_HLEN 8                                       /* type, code, checksum, MTU */
 #define PTB_QUOTED (IPV6_MIN_MTU - IPV6_HLEN - PTB_HLEN) /* 1232 */
 #define PTB_CSUM_CHUNK 248                               /* (PTB_HLEN + PTB_QUOTED) / 5, a multiple of 4 */
-/* BPF_FIB_LOOKUP_SKIP_NEIGH (Linux 6.3+; an enum, missing from Debian's 6.1 UAPI headers). */
-#define WEFT_FIB_LOOKUP_SKIP_NEIGH (1U << 2)
 
 _Static_assert((PTB_HLEN + PTB_QUOTED) % PTB_CSUM_CHUNK == 0, "PTB checksum chunks must tile the message");
 
@@ -75,36 +73,6 @@ static __always_inline enum counter ptb_policy(const struct ipv6hdr *ip6, void *
 	if ((kernel_answers && ip6->nexthdr != IPPROTO_ICMPV6) || l3_len < PTB_QUOTED || addr_is_zero(cfg->host_ip6))
 		return CNT_PASS_MTU;
 	return CNT_PACKET_TOO_BIG;
-}
-
-/*
- * The path MTU toward an IPv6 underlay peer where the packet does not fit
- * it, else 0. A router on the way that cannot forward our VXLAN answers
- * the node with Packet Too Big; udpv6_err (through weftgro0's socket on
- * the VXLAN port) turns it into an exception route, which the FIB lookup
- * reports (as it does a route's mtu). The kernel's vxlan driver learns it
- * the same way (skb_tunnel_check_pmtu); without this, a pod behind a
- * smaller hop would send into a black hole (or, for GSO trains, which go
- * through weftgro0, into the kernel's fragmenting of the outer packet).
- * outer_len: the VXLAN packet's length (of one segment for a GSO skb: with
- * tot_len set the lookup checks it, whatever the skb). A GSO skb answered
- * is cut to its first 1232 bytes (bpf_skb_change_tail resets GSO).
- */
-static __always_inline __u32 path_mtu6(struct __sk_buff *skb, const struct node_config *cfg,
-				       const struct tunnel_info *tun, __u32 outer_len)
-{
-	struct bpf_fib_lookup fib = {};
-
-	fib.family = AF_INET6;
-	fib.l4_protocol = IPPROTO_UDP;
-	__builtin_memcpy(fib.ipv6_src, cfg->underlay_ip6, sizeof(fib.ipv6_src));
-	__builtin_memcpy(fib.ipv6_dst, tun->remote, sizeof(fib.ipv6_dst));
-	fib.tot_len = outer_len;
-	fib.ifindex = cfg->underlay_ifindex;
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT | WEFT_FIB_LOOKUP_SKIP_NEIGH) !=
-	    BPF_FIB_LKUP_RET_FRAG_NEEDED)
-		return 0;
-	return fib.mtu_result;
 }
 
 /*
