@@ -51,13 +51,25 @@ func FuzzEncap(f *testing.F) {
 		VtepMAC: localVtep, VNI: 1, Mode: weftmaps.ModeVXLAN}); err != nil {
 		f.Fatal(err)
 	}
+	// Peer E, over the IPv6 underlay, with us (A) as its peer for both pod
+	// families: v4-in-v6 and v6-in-v6 output must decapsulate there too.
+	pe := newBareEnv(f)
+	ecfg := defaultConfig()
+	ecfg.UnderlayIP6, ecfg.UnderlayMAC, ecfg.VtepMAC = peerE.Remote, peerEMAC, peerE.VtepMAC
+	pe.setConfig(ecfg)
+	for _, s := range []string{"10.244.0.0/24", "fd00:10:244::/64"} {
+		if err := pe.m.Tunnels.Put(weftmaps.Tunnel{Subnet: netip.MustParsePrefix(s), Remote: underlayIP6,
+			VtepMAC: localVtep, VNI: 1, Mode: weftmaps.ModeVXLAN}); err != nil {
+			f.Fatal(err)
+		}
+	}
 	ref := newRefNode6()
 
 	f.Fuzz(func(t *testing.T, frame []byte, fromHost bool) {
 		if len(frame) > 1600 || !tcRunnable(frame) {
 			return
 		}
-		a.tb, b.tb = t, t
+		a.tb, b.tb, pe.tb = t, t, t
 		name, encap := "from_pod", "encap"
 		if fromHost {
 			name, encap = "from_host", "encap_host"
@@ -75,7 +87,7 @@ func FuzzEncap(f *testing.F) {
 		}
 		inner := frame[14:]
 		if be16(frame[12:]) == 0x86dd {
-			checkFuzzEncapInner6(t, a, b, ref, inner, r.out, fromHost)
+			checkFuzzEncapInner6(t, a, b, pe, ref, inner, r.out, fromHost)
 			return
 		}
 		ip, ok := parseIPv4(inner)
@@ -93,6 +105,10 @@ func FuzzEncap(f *testing.F) {
 			if ip.ihl == 20 && ip.ihl <= len(inner) && ipv4ChecksumOK(inner[:20]) && l4ChecksumOK(inner) &&
 				gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {
 				checkEncap6(t, a.cfg, tun, inner, out, !fromHost)
+			}
+			// Peer E takes it back where the outer checksum is ours to vouch for.
+			if tun.Remote == peerE.Remote && netip.MustParsePrefix("10.244.0.0/24").Contains(ip.src) && ip.wellFormed(len(inner)) && l4ChecksumOK(inner) {
+				checkDecapByE(t, pe, out)
 			}
 			return
 		}
@@ -160,7 +176,7 @@ func l4ChecksumOK6(ip []byte) bool {
 // checkFuzzEncapInner6 is FuzzEncap's check for an IPv6 frame the program says it
 // encapsulated: to a VXLAN tunnel covering the destination, VXLAN as the
 // vxlan driver sends it (checkEncap6in4), and peer B decapsulates it again.
-func checkFuzzEncapInner6(t *testing.T, a, b *env, ref *refNode, inner, out []byte, fromHost bool) {
+func checkFuzzEncapInner6(t *testing.T, a, b, pe *env, ref *refNode, inner, out []byte, fromHost bool) {
 	t.Helper()
 	if len(inner) < 40 || inner[0]>>4 != 6 {
 		t.Fatalf("encapsulated a frame without an IPv6 header:\n%x", inner)
@@ -178,6 +194,10 @@ func checkFuzzEncapInner6(t *testing.T, a, b *env, ref *refNode, inner, out []by
 			layers.LayerTypeEthernet, gopacket.Default).ErrorLayer() == nil {
 			checkEncap6(t, a.cfg, tun, inner, out, !fromHost)
 		}
+		if plen := int(be16(inner[4:])); tun.Remote == peerE.Remote && netip.MustParsePrefix("fd00:10:244::/64").Contains(src) &&
+			plen != 0 && 40+plen == len(inner) && l4ChecksumOK6(inner) {
+			checkDecapByE(t, pe, out)
+		}
 		return
 	}
 	out = out[:14+50+len(inner)]
@@ -191,5 +211,14 @@ func checkFuzzEncapInner6(t *testing.T, a, b *env, ref *refNode, inner, out []by
 	d := b.run("from_underlay", out)
 	if d.delta["decap"] != 1 || d.verdict != tcActRedirect {
 		t.Errorf("peer B did not decapsulate what was sent: verdict %d, counters %v\n%x", d.verdict, d.delta, out)
+	}
+}
+
+// checkDecapByE: peer E decapsulates what node A sent it over the IPv6 underlay.
+func checkDecapByE(t *testing.T, pe *env, out []byte) {
+	t.Helper()
+	d := pe.run("from_underlay", out)
+	if d.delta["decap"] != 1 || d.verdict != tcActRedirect {
+		t.Errorf("peer E did not decapsulate what was sent: verdict %d, counters %v\n%x", d.verdict, d.delta, out)
 	}
 }
