@@ -57,9 +57,9 @@ func TestDirectNeighboursHook(t *testing.T) {
 	n := newFakeNeighbours()
 	r.KeepNeighbours(n)
 
-	two := dualKV("10.244.2.0-24&fd10:244:0:2::-64", "192.168.8.2", "fd00:8::2", 2, 4)   // direct in both families
+	two := dualKV("10.244.2.0-24&fd10:244:0:2::-64", "192.168.8.2", "fd00:8::2", 2, 4)    // direct in both families
 	three := dualKV("10.244.3.0-24&fd10:244:0:3::-64", "192.168.8.3", "fd00:99::3", 3, 5) // v4 direct, v6 routed
-	four := dualKV("10.244.4.0-24&fd10:244:0:4::-64", "192.168.50.4", "", 4, 6)         // v6-in-v4: vxlan only
+	four := dualKV("10.244.4.0-24&fd10:244:0:4::-64", "192.168.50.4", "", 4, 6)           // v6-in-v4: vxlan only
 	n.fail = netip.MustParseAddr("192.168.8.3")
 	if _, err := r.ApplyBatch(peers.Batch{Full: true, Changes: []peers.Change{change(t, cfg, two), change(t, cfg, three), change(t, cfg, four)}}); err != nil {
 		t.Fatal(err)
