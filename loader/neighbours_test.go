@@ -91,6 +91,14 @@ func TestNeighboursManagedEntries(t *testing.T) {
 			}
 			return nil
 		}
+		// An entry the kernel learned by itself (traffic to the peer) is
+		// made managed.
+		if out, err := exec.Command("ping", "-n", "-c", "1", "-W", "5", remotes[0].String()).CombinedOutput(); err != nil {
+			return fmt.Errorf("ping the peer: %v: %s", err, out)
+		}
+		if m, err := entry(remotes[0]); err != nil || m == nil || m.FlagsExt&netlink.NTF_EXT_MANAGED != 0 {
+			return fmt.Errorf("after a ping, want a learned unmanaged entry: %+v (%v)", m, err)
+		}
 		for _, a := range remotes {
 			if err := n.Keep(a); err != nil {
 				return err
