@@ -3,11 +3,14 @@ package test
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/maps"
@@ -21,8 +24,9 @@ import (
 // dropped by the receiver's anti-spoof check (drop_direct_peer), which
 // needs the sender's MAC: the sender's own Neighbour Solicitations come
 // from its link-local address and never taught the receiver its global
-// one. The entries go when the peer leaves, and --cleanup-on-exit removes
-// a node's own.
+// one. The check stays as strict: forged frames with the peer pod's source
+// from another host are dropped. The entries go when the peer leaves, and
+// --cleanup-on-exit removes a node's own.
 func TestDirectRoutingIPv6FirstPackets(t *testing.T) {
 	c := startLab(t, lab.Options{Network6: testNetwork6, UnderlayCIDR6: testUnderlay6,
 		NetConfig: fmt.Sprintf(`{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"%s","IPv6SubnetLen":64,`+
@@ -89,6 +93,21 @@ func TestDirectRoutingIPv6FirstPackets(t *testing.T) {
 		}
 	}
 
+	// Still as strict: the same source from another host on the segment
+	// (not the MAC n1 resolved for n2) is dropped and counted.
+	intruder, err := c.Lab.AddNode("intruder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := counter(t, n1, "drop_direct_peer")
+	var frames [][]byte
+	for i := range 3 {
+		frames = append(frames, udp6Frame(t, intruder.UnderlayMAC, n1.Topo.UnderlayMAC, p2.IP6, p1.IP6, 7003, fmt.Sprintf("forged %d", i)))
+	}
+	sendRawIn(t, intruder.NSPath, intruder.UnderlayIf, frames...)
+	waitFor(t, 5*time.Second, func() bool { return counter(t, n1, "drop_direct_peer")-before == uint64(len(frames)) },
+		"n1 counts the %d forged IPv6 frames as drop_direct_peer", len(frames))
+
 	// n2 leaves with --cleanup-on-exit: its lease is released, so n1 forgets
 	// n2's entries; n2's teardown removed its own for n1.
 	if err := stopWeftd(t, c, n2, syscall.SIGTERM); err != nil {
@@ -103,4 +122,18 @@ func TestDirectRoutingIPv6FirstPackets(t *testing.T) {
 		waitFor(t, 10*time.Second, func() bool { m, _ := managed(n1, a); return !m },
 			"n1 forgets its managed entry for %s once n2 left", a)
 	}
+}
+
+// udp6Frame is udpFrame for IPv6.
+func udp6Frame(t *testing.T, srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, dport uint16, payload string) []byte {
+	t.Helper()
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	udp := &layers.UDP{SrcPort: 40000, DstPort: layers.UDPPort(dport)}
+	udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv6}, ip, udp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
