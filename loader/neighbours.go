@@ -52,25 +52,32 @@ func (n *Neighbours) find(a netip.Addr) (*netlink.Neigh, error) {
 }
 
 // Keep makes the entry for a managed. An entry that already is (weftd
-// restarted) is left alone, so its resolved MAC stays valid throughout;
-// an entry the kernel learned by itself is replaced by a managed one.
+// restarted) is left alone: replacing it would reset it to unresolved and
+// drop the peer's packets until the kernel resolves it again. An entry the
+// kernel learned by itself is replaced by a managed one.
 func (n *Neighbours) Keep(a netip.Addr) error {
 	if !a.IsValid() || n.ifindex == 0 {
 		return fmt.Errorf("keep neighbour %s on ifindex %d: bad address or underlay", a, n.ifindex)
-	}
-	have, err := n.find(a)
-	if err != nil {
-		return err
-	}
-	if have != nil && have.FlagsExt&netlink.NTF_EXT_MANAGED != 0 {
-		return nil
 	}
 	e := n.neigh(a)
 	// NUD_NONE is what the kernel wants with managed (a permanent state is
 	// refused); it then probes at once, like `ip neigh add ADDR dev DEV managed`.
 	e.State = netlink.NUD_NONE
 	e.FlagsExt = netlink.NTF_EXT_MANAGED
-	if err := netlink.NeighSet(e); err != nil {
+	// The common case, a new peer, costs one exclusive add; only an
+	// existing entry costs a listing of the underlay's.
+	err := netlink.NeighAdd(e)
+	if errors.Is(err, unix.EEXIST) {
+		var have *netlink.Neigh
+		if have, err = n.find(a); err != nil {
+			return err
+		}
+		if have != nil && have.FlagsExt&netlink.NTF_EXT_MANAGED != 0 {
+			return nil
+		}
+		err = netlink.NeighSet(e)
+	}
+	if err != nil {
 		return fmt.Errorf("keep a managed neighbour entry for %s on ifindex %d (needs Linux 5.16+): %w", a, n.ifindex, err)
 	}
 	return nil

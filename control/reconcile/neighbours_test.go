@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/control/peers"
+	"github.com/weftnet/weft/maps"
 )
 
 // fakeNeighbours records what the reconciler asked of a DirectNeighbours;
@@ -99,13 +100,21 @@ func TestDirectNeighboursHook(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.take()
+	// A direct peer that left while weftd was down: its tunnel is still
+	// pinned, and the earlier weftd's entry for it is forgotten.
+	if err := f.Put(tun("10.244.6.0/24", "192.168.8.6", 6)); err != nil {
+		t.Fatal(err)
+	}
+	departed := f.m[netip.MustParsePrefix("10.244.6.0/24")]
+	departed.Mode = maps.ModeDirect
+	f.m[departed.Subnet] = departed
 	r2 := New(f, cfg, dualSelf, nil, nil)
 	n2 := newFakeNeighbours()
 	r2.KeepNeighbours(n2)
 	if _, err := r2.ApplyBatch(peers.Batch{Full: true, Changes: []peers.Change{change(t, cfg, back), change(t, cfg, moved), change(t, cfg, four6)}}); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := n2.take(), "keep 192.168.8.2, keep fd00:8::2"; got != want {
+	if got, want := n2.take(), "forget 192.168.8.6, keep 192.168.8.2, keep fd00:8::2"; got != want {
 		t.Fatalf("after a restart: %s, want %s", got, want)
 	}
 }

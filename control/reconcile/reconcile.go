@@ -151,6 +151,7 @@ type Reconciler struct {
 	neigh   DirectNeighbours             // nil: no neighbour entries are kept
 	directs map[netip.Addr]int           // mirror entries per remote whose Mode is Direct
 	kept    map[netip.Addr]struct{}      // remotes neigh holds an entry for
+	unsure  map[netip.Addr]struct{}      // direct remotes found in the map as read: an earlier weftd may hold an entry
 	nDirty  map[netip.Addr]struct{}      // remotes whose direct count changed since the last syncNeighbours
 	written map[netip.Prefix]struct{}    // while an audit reads the map: subnets written meanwhile
 }
@@ -201,21 +202,23 @@ func (r *Reconciler) syncNeighbours() {
 	}
 	for a := range r.nDirty {
 		_, have := r.kept[a]
+		_, unsure := r.unsure[a]
 		want := r.directs[a] > 0
 		switch {
-		case want && !have:
+		case want && (!have || unsure):
 			if err := r.neigh.Keep(a); err != nil {
 				r.log.Warn("keep a neighbour entry for a DirectRouting peer", zap.Stringer("remote", a), zap.Error(err))
 				continue
 			}
 			r.kept[a] = struct{}{}
-		case !want && have:
+		case !want && (have || unsure):
 			if err := r.neigh.Forget(a); err != nil {
 				r.log.Warn("forget the neighbour entry of a DirectRouting peer", zap.Stringer("remote", a), zap.Error(err))
 				continue
 			}
 			delete(r.kept, a)
 		}
+		delete(r.unsure, a)
 		delete(r.nDirty, a)
 	}
 }
@@ -303,7 +306,7 @@ func New(table TunnelTable, cfg *flannel.NetworkConfig, self Self, log *zap.Logg
 	}
 	return &Reconciler{table: table, cfg: cfg, self: self, log: log, metrics: m,
 		mirror: map[netip.Prefix]maps.Tunnel{}, remotes: map[netip.Addr]int{}, records: map[string]*record{},
-		directs: map[netip.Addr]int{}, kept: map[netip.Addr]struct{}{}, nDirty: map[netip.Addr]struct{}{},
+		directs: map[netip.Addr]int{}, kept: map[netip.Addr]struct{}{}, nDirty: map[netip.Addr]struct{}{}, unsure: map[netip.Addr]struct{}{},
 		claims: subnetkeys.New(0), pending: map[netip.Prefix]struct{}{}, lkg: map[netip.Prefix]struct{}{}}
 }
 
@@ -391,10 +394,16 @@ func (r *Reconciler) readMirror() error {
 	for a := range r.directs {
 		r.nDirty[a] = struct{}{}
 	}
+	first := !r.loaded
 	r.mirror, r.remotes, r.loaded = make(map[netip.Prefix]maps.Tunnel, len(actual)), make(map[netip.Addr]int), true
 	r.directs = make(map[netip.Addr]int)
 	for _, t := range actual {
 		r.setMirror(t)
+		if t.Mode == maps.ModeDirect && first {
+			// Pinned by an earlier weftd, which kept an entry for it: if the
+			// peer left while we were down, its entry is forgotten below.
+			r.unsure[t.Remote] = struct{}{}
+		}
 	}
 	return nil
 }
