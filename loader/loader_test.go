@@ -68,6 +68,12 @@ func testNS(t *testing.T) func(fn func() error) error {
 	run("-n", name, "link", "set", "ul0", "up")
 	run("-n", name, "link", "set", "ul0p", "up")
 	run("-n", name, "link", "set", "lo", "up")
+	return nsRunner(name)
+}
+
+// nsRunner returns a function running fn inside the named network namespace
+// on a locked thread.
+func nsRunner(name string) func(fn func() error) error {
 	return func(fn func() error) error {
 		runtime.LockOSThread()
 		orig, err := netns.Get()

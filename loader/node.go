@@ -431,7 +431,8 @@ func addHostLink(name string, mac net.HardwareAddr) error {
 	return nil
 }
 
-// TeardownNode removes weft0 (and with it the cluster route) and every pin:
+// TeardownNode removes weft0 (and with it the cluster route), the managed
+// neighbour entries of DirectRouting peers (Neighbours) and every pin:
 // the node stops forwarding. Must run in the node's network namespace.
 func TeardownNode(pinPath, hostDevice string) error {
 	if hostDevice == "" {
@@ -448,6 +449,8 @@ func TeardownNode(pinPath, hostDevice string) error {
 		return errors.Join(append(errs, err)...)
 	}
 	defer unlock()
+	// Before the pins go: the tunnels map says which entries are ours.
+	errs = append(errs, forgetDirectNeighbours(pinPath))
 	errs = append(errs, removeGRODevice(pinPath))
 	errs = append(errs, removeGROCell(pinPath))
 	errs = append(errs, remove(pinPath))

@@ -112,6 +112,9 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	rec := reconcile.New(dp.Maps.Tunnels, netCfg, reconcile.Self{Subnet: own.Subnet(), IPv6Subnet: own.IPv6Subnet(),
 		PublicIP: own.PublicIP(), PublicIPv6: own.PublicIPv6(), Underlay: ul.Prefix, Underlay6: ul.Prefix6}, log, d.metrics)
 	rec.PruneCounters(dp.Maps.PeerStats)
+	// DirectRouting peers' underlay addresses stay resolved, so the data
+	// plane's receive check accepts a new peer's first packets.
+	rec.KeepNeighbours(loader.NewNeighbours(int(nodeState.Config.UnderlayIfIndex)))
 	errc := make(chan error, 2)
 	go func() { errc <- d.keepLease(ctx, own) }()
 	go func() { errc <- st.Watch(ctx, func(b peers.Batch) { d.apply(rec, b) }) }()

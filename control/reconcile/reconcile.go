@@ -148,6 +148,11 @@ type Reconciler struct {
 	invalid int                          // records whose current value is invalid
 	remotes map[netip.Addr]int           // mirror entries per remote underlay address
 	peers   PeerCounters                 // nil: counters are not pruned
+	neigh   DirectNeighbours             // nil: no neighbour entries are kept
+	directs map[netip.Addr]int           // mirror entries per remote whose Mode is Direct
+	kept    map[netip.Addr]struct{}      // remotes neigh holds an entry for
+	unsure  map[netip.Addr]struct{}      // direct remotes found in the map as read: an earlier weftd may hold an entry
+	nDirty  map[netip.Addr]struct{}      // remotes whose direct count changed since the last syncNeighbours
 	written map[netip.Prefix]struct{}    // while an audit reads the map: subnets written meanwhile
 }
 
@@ -161,6 +166,63 @@ func (r *Reconciler) PruneCounters(p PeerCounters) {
 	r.peers = p
 }
 
+// DirectNeighbours keeps a neighbour entry the kernel resolves by itself
+// (loader.Neighbours) for each DirectRouting peer's underlay address. The
+// data plane accepts an unencapsulated packet from a direct peer only when
+// its source MAC is the one the kernel resolved for that peer, and an IPv6
+// peer's own Neighbour Solicitations (sent from its link-local address)
+// never teach us its global one: without the entry a new peer's first
+// packets are dropped until we happen to send to it.
+type DirectNeighbours interface {
+	Keep(remote netip.Addr) error   // idempotent
+	Forget(remote netip.Addr) error // idempotent: no entry is not an error
+}
+
+// KeepNeighbours makes the reconciler call n.Keep for the remote of every
+// Mode Direct tunnel it writes (or finds in the map on its first batch) and
+// n.Forget when the last direct tunnel to that remote goes. A failed Keep
+// or Forget is logged and retried on the next write.
+func (r *Reconciler) KeepNeighbours(n DirectNeighbours) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.neigh = n
+	for a := range r.directs {
+		r.nDirty[a] = struct{}{}
+	}
+	for a := range r.kept {
+		r.nDirty[a] = struct{}{}
+	}
+}
+
+// syncNeighbours tells neigh about the remotes whose direct tunnels came or
+// went since the last call: O(changed remotes), not O(cluster).
+func (r *Reconciler) syncNeighbours() {
+	if r.neigh == nil {
+		return
+	}
+	for a := range r.nDirty {
+		_, have := r.kept[a]
+		_, unsure := r.unsure[a]
+		want := r.directs[a] > 0
+		switch {
+		case want && (!have || unsure):
+			if err := r.neigh.Keep(a); err != nil {
+				r.log.Warn("keep a neighbour entry for a DirectRouting peer", zap.Stringer("remote", a), zap.Error(err))
+				continue
+			}
+			r.kept[a] = struct{}{}
+		case !want && (have || unsure):
+			if err := r.neigh.Forget(a); err != nil {
+				r.log.Warn("forget the neighbour entry of a DirectRouting peer", zap.Stringer("remote", a), zap.Error(err))
+				continue
+			}
+			delete(r.kept, a)
+		}
+		delete(r.unsure, a)
+		delete(r.nDirty, a)
+	}
+}
+
 // setMirror and dropMirror keep the mirror and the per-remote counts
 // together; a remote whose count drops to zero is returned as gone.
 func (r *Reconciler) setMirror(t maps.Tunnel) (gone netip.Addr) {
@@ -169,6 +231,10 @@ func (r *Reconciler) setMirror(t maps.Tunnel) (gone netip.Addr) {
 	}
 	r.mirror[t.Subnet] = t
 	r.remotes[t.Remote]++
+	if t.Mode == maps.ModeDirect {
+		r.directs[t.Remote]++
+		r.nDirty[t.Remote] = struct{}{}
+	}
 	if gone == t.Remote {
 		gone = netip.Addr{}
 	}
@@ -181,6 +247,12 @@ func (r *Reconciler) dropMirror(sn netip.Prefix) (gone netip.Addr) {
 		return netip.Addr{}
 	}
 	delete(r.mirror, sn)
+	if old.Mode == maps.ModeDirect {
+		if r.directs[old.Remote]--; r.directs[old.Remote] <= 0 {
+			delete(r.directs, old.Remote)
+		}
+		r.nDirty[old.Remote] = struct{}{}
+	}
 	if r.remotes[old.Remote]--; r.remotes[old.Remote] <= 0 {
 		delete(r.remotes, old.Remote)
 		return old.Remote
@@ -234,6 +306,7 @@ func New(table TunnelTable, cfg *flannel.NetworkConfig, self Self, log *zap.Logg
 	}
 	return &Reconciler{table: table, cfg: cfg, self: self, log: log, metrics: m,
 		mirror: map[netip.Prefix]maps.Tunnel{}, remotes: map[netip.Addr]int{}, records: map[string]*record{},
+		directs: map[netip.Addr]int{}, kept: map[netip.Addr]struct{}{}, nDirty: map[netip.Addr]struct{}{}, unsure: map[netip.Addr]struct{}{},
 		claims: subnetkeys.New(0), pending: map[netip.Prefix]struct{}{}, lkg: map[netip.Prefix]struct{}{}}
 }
 
@@ -317,9 +390,20 @@ func (r *Reconciler) readMirror() error {
 		r.metrics.ReconcileErrors.Add(1)
 		return fmt.Errorf("reconcile tunnels: read map: %w", err)
 	}
+	// Remotes that were direct before the re-read are re-checked too.
+	for a := range r.directs {
+		r.nDirty[a] = struct{}{}
+	}
+	first := !r.loaded
 	r.mirror, r.remotes, r.loaded = make(map[netip.Prefix]maps.Tunnel, len(actual)), make(map[netip.Addr]int), true
+	r.directs = make(map[netip.Addr]int)
 	for _, t := range actual {
 		r.setMirror(t)
+		if t.Mode == maps.ModeDirect && first {
+			// Pinned by an earlier weftd, which kept an entry for it: if the
+			// peer left while we were down, its entry is forgotten below.
+			r.unsure[t.Remote] = struct{}{}
+		}
 	}
 	return nil
 }
@@ -477,6 +561,7 @@ func (r *Reconciler) write(start time.Time, dirty map[netip.Prefix]struct{},
 			zap.Duration("write_took", wrote))
 	}
 	r.pruneCounters(gone)
+	r.syncNeighbours()
 	r.metrics.LastKnownGood.Store(int64(len(r.lkg)))
 	r.metrics.ObserveReconcile(time.Since(start), len(r.mirror), len(failed))
 	if len(errs) > 0 {

@@ -428,7 +428,7 @@ func (c *Cluster) loadWeft(n *Node) error {
 			return err
 		}
 		defer d.Close()
-		if _, err := loader.SetupNode(d, loader.NodeConfig{
+		st, err := loader.SetupNode(d, loader.NodeConfig{
 			Underlay:    n.Topo.UnderlayIf,
 			Network:     c.Network,
 			Subnet:      n.Subnet,
@@ -440,12 +440,22 @@ func (c *Cluster) loadWeft(n *Node) error {
 			Port:        c.Port,
 			Decap:       decap,
 			NoGROCell:   c.DataPlane == WeftTCNoCell || c.DataPlane == WeftDirectNoCell,
-		}); err != nil {
+		})
+		if err != nil {
 			return err
 		}
+		// As weftd's reconciler does: a managed neighbour entry per direct
+		// peer's underlay address, so the receive check knows every peer
+		// before its first packet (TeardownNode removes them).
+		neigh := loader.NewNeighbours(int(st.Config.UnderlayIfIndex))
 		for _, t := range c.tunnels(n) {
 			if err := d.Maps.Tunnels.Put(t); err != nil {
 				return err
+			}
+			if t.Mode == maps.ModeDirect {
+				if err := neigh.Keep(t.Remote); err != nil {
+					return err
+				}
 			}
 		}
 		for _, e := range endpoints(n) {

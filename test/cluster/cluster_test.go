@@ -131,6 +131,22 @@ func TestIPv6PodTraffic(t *testing.T) {
 					t.Errorf("b -> a: %v", err)
 				}
 			}
+			if c.dp == cluster.WeftDirect {
+				// Each node keeps a managed neighbour entry for its direct
+				// peers (as weftd does), so not even a new peer's first
+				// packets fail the receive check: an IPv6 peer's own
+				// solicitations come from its link-local address and would
+				// not teach us its global one.
+				for _, n := range cl.Nodes {
+					st, err := cl.Stats(n)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if st["drop_direct_peer"] != 0 || st["direct_rx"] == 0 {
+						t.Errorf("node %s: drop_direct_peer %d, direct_rx %d: want no drops and direct traffic", n.Name, st["drop_direct_peer"], st["direct_rx"])
+					}
+				}
+			}
 		})
 	}
 }
