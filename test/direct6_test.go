@@ -31,6 +31,11 @@ func TestDirectRoutingIPv6FirstPackets(t *testing.T) {
 	c := startLab(t, lab.Options{Network6: testNetwork6, UnderlayCIDR6: testUnderlay6,
 		NetConfig: fmt.Sprintf(`{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"%s","IPv6SubnetLen":64,`+
 			`"Backend":{"Type":"vxlan","VNI":1,"Port":8472,"DirectRouting":true}}`, testNetwork6)})
+	// Another host on the segment, for the spoofing check below.
+	intruder, err := c.Lab.AddNode("intruder")
+	if err != nil {
+		t.Fatal(err)
+	}
 	n1 := mustAddWeftNode(t, c, "n1")
 	n2 := mustAddWeftNode(t, c, "n2", "--cleanup-on-exit")
 	for _, n := range []*lab.Node{n1, n2} {
@@ -95,10 +100,6 @@ func TestDirectRoutingIPv6FirstPackets(t *testing.T) {
 
 	// Still as strict: the same source from another host on the segment
 	// (not the MAC n1 resolved for n2) is dropped and counted.
-	intruder, err := c.Lab.AddNode("intruder")
-	if err != nil {
-		t.Fatal(err)
-	}
 	before := counter(t, n1, "drop_direct_peer")
 	var frames [][]byte
 	for i := range 3 {
