@@ -408,7 +408,12 @@ func measureOne(ctx context.Context, o options, cfg string, dp cluster.DataPlane
 			report(mUDP1400, r.gbps)
 		}
 	}
-	if o.metrics[mRRp50] || o.metrics[mRRp99] {
+	if (o.metrics[mRRp50] || o.metrics[mRRp99]) && cfg == cfgIPv6 {
+		// Debian's sockperf (3.7) refuses IPv6 addresses ("-i Invalid
+		// address"); IPv6 support came in 3.8. Said once per cluster
+		// rather than recorded as a failure every round.
+		fmt.Printf("%s   (rr_*: not measured over IPv6: this sockperf takes IPv4 addresses only)\n", tag)
+	} else if o.metrics[mRRp50] || o.metrics[mRRp99] {
 		end := o.beginWindow(tag, "rr", c)
 		p50, p99, err := sockperfRR(tctx, src, dst, o.duration)
 		end()

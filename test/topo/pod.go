@@ -240,7 +240,8 @@ func ensureBridge(h *netlink.Handle, name string, mtu int) (netlink.Link, error)
 	if br, err := h.LinkByName(name); err == nil {
 		return br, nil
 	}
-	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}}); err != nil {
+	// Its own MAC, so it does not follow its ports' (see the underlay bridge in topo.go).
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu, HardwareAddr: randomMAC()}}); err != nil {
 		return nil, fmt.Errorf("add bridge %s: %w", name, err)
 	}
 	br, err := h.LinkByName(name)

@@ -198,7 +198,12 @@ func (l *Lab) setupUnderlay() error {
 		// A switch without MLD snooping: IPv6 Neighbour Discovery's
 		// multicast reaches every port, as on the segments Weft runs on.
 		snooping := false
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: UnderlayBridge, MTU: l.MTU}, MulticastSnooping: &snooping}
+		// A MAC of its own: a Linux bridge without one takes its lowest
+		// port's MAC and changes it as ports come and go, which leaves every
+		// node's neighbour entry for the lab services' address (etcd, the
+		// apiserver, on this bridge) pointing at a MAC the bridge no longer
+		// has until the entry is probed again.
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: UnderlayBridge, MTU: l.MTU, HardwareAddr: randomMAC()}, MulticastSnooping: &snooping}
 		if err := h.LinkAdd(br); err != nil {
 			return fmt.Errorf("add underlay bridge: %w", err)
 		}
