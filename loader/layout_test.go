@@ -47,6 +47,15 @@ func TestPinLayoutVersioned(t *testing.T) {
 	if err := AttachPodPinned(pin, 1); !errors.Is(err, maps.ErrPinLayout) {
 		t.Fatalf("AttachPodPinned over layout 99: %v, want ErrPinLayout", err)
 	}
+
+	// ... but they can be removed, which is what the refusal tells the
+	// operator to do (no host device of that name exists here).
+	if err := TeardownNode(pin, "weft-test-none"); err != nil {
+		t.Fatalf("teardown of layout 99 pins: %v", err)
+	}
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pins of layout 99 still there after teardown: %v", err)
+	}
 }
 
 func TestPinWritersShareOneLock(t *testing.T) {
