@@ -334,6 +334,42 @@ static __always_inline enum counter classify_inner(struct ethhdr *inner_eth, voi
 #define VXLAN_PARSE_LEN (ETH_HLEN + 20 + 8 + 8 + ETH_HLEN + 20)
 
 /*
+ * The VXLAN header and the inner frame behind it, the same whichever outer
+ * family carried them: udp is the outer UDP header, already checked to hold
+ * udp_len bytes (enough for VXLAN, inner Ethernet and an inner IPv4 header),
+ * outer_saddr the outer source (16 bytes, IPv4-mapped over IPv4). On
+ * CNT_DECAP, f->inner_ip and f->tunnel are set, and *inner_eth and
+ * *inner_len say where the inner frame is for a caller that sums it.
+ */
+static __always_inline enum counter classify_vxlan(struct udphdr *udp, void *data_end, __u32 udp_len,
+						   const struct node_config *cfg, const __u8 *outer_saddr,
+						   struct vxlan_frame *f, struct ethhdr **inner_eth,
+						   __u32 *inner_len)
+{
+	struct vxlanhdr *vx = (void *)(udp + 1);
+	struct ethhdr *eth = (void *)(vx + 1);
+	struct iphdr *inner_ip = (void *)(eth + 1);
+	enum counter c;
+
+	if ((void *)(inner_ip + 1) > data_end)
+		return CNT_DROP_SHORT; /* lengths agree but the bytes are not there */
+
+	if (!(vx->flags & VXLAN_FLAG_I))
+		return CNT_DROP_VXLAN_FLAGS;
+	/* Reserved bits are ignored on receipt (RFC 7348 section 5). */
+	if ((bpf_ntohl(vx->vni_reserved) >> 8) != cfg->vni)
+		return CNT_PASS_OTHER_VNI;
+
+	*inner_len = udp_len - sizeof(*udp) - sizeof(*vx) - ETH_HLEN;
+	c = classify_inner(eth, data_end, *inner_len, outer_saddr, &f->tunnel);
+	if (c != CNT_DECAP)
+		return c;
+	*inner_eth = eth;
+	f->inner_ip = inner_ip;
+	return CNT_DECAP;
+}
+
+/*
  * Decides what an underlay frame is. Returns CNT_DECAP only for VXLAN to our
  * port and VNI whose every header is consistent and whose outer source is the
  * underlay address of the peer owning the inner source subnet; otherwise the
@@ -353,9 +389,7 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
 	struct udphdr *udp;
-	struct vxlanhdr *vx;
 	struct ethhdr *inner_eth;
-	struct iphdr *inner_ip;
 	__u32 ihl, tot_len, udp_len, inner_len;
 	__u8 outer_saddr[WEFT_ADDR_LEN];
 	enum counter c;
@@ -406,29 +440,15 @@ static __always_inline enum counter classify_underlay(void *data, void *data_end
 	/* We strip this header before ip_rcv could check it, so check it here. */
 	if (!ipv4_csum_valid(ip))
 		return CNT_DROP_OUTER_CSUM;
-	if (udp_len < sizeof(*udp) + sizeof(*vx) + ETH_HLEN + sizeof(struct iphdr))
+	if (udp_len < sizeof(*udp) + sizeof(struct vxlanhdr) + ETH_HLEN + sizeof(struct iphdr))
 		return CNT_DROP_SHORT;
 
-	vx = (void *)(udp + 1);
-	inner_eth = (void *)(vx + 1);
-	inner_ip = (void *)(inner_eth + 1);
-	if ((void *)(inner_ip + 1) > data_end)
-		return CNT_DROP_SHORT; /* lengths agree but the bytes are not there */
-
-	if (!(vx->flags & VXLAN_FLAG_I))
-		return CNT_DROP_VXLAN_FLAGS;
-	/* Reserved bits are ignored on receipt (RFC 7348 section 5). */
-	if ((bpf_ntohl(vx->vni_reserved) >> 8) != cfg->vni)
-		return CNT_PASS_OTHER_VNI;
-
-	inner_len = udp_len - sizeof(*udp) - sizeof(*vx) - ETH_HLEN;
 	addr_from_v4(outer_saddr, ip->saddr);
-	c = classify_inner(inner_eth, data_end, inner_len, outer_saddr, &f->tunnel);
+	c = classify_vxlan(udp, data_end, udp_len, cfg, outer_saddr, f, &inner_eth, &inner_len);
 	if (c != CNT_DECAP)
 		return c;
 
 	f->outer_eth = eth;
-	f->inner_ip = inner_ip;
 	f->outer_ecn = ip->tos & 0x3;
 	f->overhead = VXLAN_OVERHEAD;
 	return CNT_DECAP;

@@ -456,9 +456,7 @@ static __always_inline enum counter classify_underlay6(void *data, void *data_en
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	struct udphdr *udp;
-	struct vxlanhdr *vx;
 	struct ethhdr *inner_eth;
-	struct iphdr *inner_ip;
 	__u32 plen, udp_len, inner_len;
 	enum counter c;
 
@@ -495,24 +493,12 @@ static __always_inline enum counter classify_underlay6(void *data, void *data_en
 	/* Payload length 0 is a jumbogram (RFC 2675): not VXLAN we send or take. */
 	if (plen > pkt_len - ETH_HLEN - sizeof(*ip6) || plen < sizeof(*udp) || udp_len != plen)
 		return CNT_DROP_OUTER_LENGTH;
-	if (udp_len < sizeof(*udp) + sizeof(*vx) + ETH_HLEN + sizeof(struct iphdr))
+	if (udp_len < sizeof(*udp) + sizeof(struct vxlanhdr) + ETH_HLEN + sizeof(struct iphdr))
 		return CNT_DROP_SHORT;
 	if (udp->check == 0)
 		return CNT_DROP_OUTER6_ZERO_CSUM;
 
-	vx = (void *)(udp + 1);
-	inner_eth = (void *)(vx + 1);
-	inner_ip = (void *)(inner_eth + 1);
-	if ((void *)(inner_ip + 1) > data_end)
-		return CNT_DROP_SHORT; /* lengths agree but the bytes are not there */
-
-	if (!(vx->flags & VXLAN_FLAG_I))
-		return CNT_DROP_VXLAN_FLAGS;
-	if ((bpf_ntohl(vx->vni_reserved) >> 8) != cfg->vni)
-		return CNT_PASS_OTHER_VNI;
-
-	inner_len = udp_len - sizeof(*udp) - sizeof(*vx) - ETH_HLEN;
-	c = classify_inner(inner_eth, data_end, inner_len, (const __u8 *)&ip6->saddr, &f->tunnel);
+	c = classify_vxlan(udp, data_end, udp_len, cfg, (const __u8 *)&ip6->saddr, f, &inner_eth, &inner_len);
 	if (c != CNT_DECAP)
 		return c;
 
@@ -527,7 +513,6 @@ static __always_inline enum counter classify_underlay6(void *data, void *data_en
 	}
 
 	f->outer_eth = eth;
-	f->inner_ip = inner_ip;
 	f->outer_ecn = bpf_ntohl(*(__be32 *)ip6) >> 20 & 0x3;
 	f->overhead = VXLAN6_OVERHEAD;
 	return CNT_DECAP;
